@@ -1,0 +1,37 @@
+"""segloss_d2: Auto Seg-Loss metric surrogates, evaluators and search as a detectron2 plugin.
+
+Public API (resolved lazily so that ``import segloss_d2`` never imports detectron2, and the
+pure-torch core stays usable from any framework)::
+
+    from segloss_d2 import SurrogateLoss, load_params, save_params, SegMetrics
+    from segloss_d2 import add_segloss_config, add_search_config, SegLossEvaluator  # need detectron2
+"""
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SurrogateLoss": "segloss_d2.surrogate.loss",
+    "SurrogateParams": "segloss_d2.surrogate.params",
+    "load_params": "segloss_d2.surrogate.params",
+    "save_params": "segloss_d2.surrogate.params",
+    "SegMetrics": "segloss_d2.evaluation.metrics",
+    "add_segloss_config": "segloss_d2.config",
+    "add_search_config": "segloss_d2.config",
+    "SegLossEvaluator": "segloss_d2.evaluation.evaluator",
+    "build_sem_seg_loss": "segloss_d2.modeling.build",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'segloss_d2' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
