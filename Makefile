@@ -1,0 +1,26 @@
+# segloss_d2 — the README's two commands: `make demo` and `make test`.
+PY := .venv/bin/python
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+install:
+	bash tools/install.sh
+
+demo: install
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check .
+
+bench: install
+	$(PY) benchmarks/bench_loss.py
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_search.py
+
+clean:
+	rm -rf output .pytest_cache .ruff_cache

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""segloss_d2: Auto Seg-Loss (ICLR 2021) metric surrogates, evaluators and search for detectron2.
+
+torch, torchvision and detectron2 are prerequisites, not install_requires: like detectron2 itself,
+they must match the user's CUDA and are installed first (``make install`` / tools/install.sh does
+all three). Install with ``pip install --no-build-isolation -e .`` so that this check sees them.
+"""
+from setuptools import find_packages, setup
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - install-time guard
+    raise SystemExit(
+        "segloss_d2 needs PyTorch installed first (then detectron2): see README 'Set-up', or run "
+        "'make install'. Use 'pip install --no-build-isolation' so the build sees your torch."
+    ) from e
+
+torch_ver = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+if torch_ver < (1, 8):
+    raise SystemExit(f"segloss_d2 needs torch >= 1.8, found {torch.__version__}")
+
+setup(
+    name="segloss_d2",
+    version="0.1.0",
+    description="Auto Seg-Loss metric surrogates, evaluators and search as a detectron2 plugin",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "tools", "projects")),
+    package_data={"segloss_d2.surrogate": ["presets/*.json"]},
+    install_requires=[
+        "numpy",
+        "scipy",
+        # headless build: servers and CI images often lack libGL, which opencv-python needs.
+        "opencv-python-headless",
+        "matplotlib",
+        "fvcore",
+        "tabulate",
+        "tqdm",
+        "tensorboard",
+        "Pillow",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "ruff"],
+        "ray": ["ray>=2.9"],
+    },
+)

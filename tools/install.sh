@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Idempotent set-up of segloss_d2 into the project virtualenv .venv (see README "Set-up").
+#
+#   1. .venv with a working torch + torchvision (kept if present, else torch==2.14.1 torchvision==0.29.1);
+#   2. an importable detectron2 (kept if present; else upstream from GitHub; else the PyPI source
+#      release pb1-detectron2==0.6 with the fixes of tools/patch_detectron2.py);
+#   3. segloss_d2 itself, editable, with the dev extra (plus the ray extra when SEGLOSS_EXTRAS=dev,ray).
+#
+# A second run checks imports only and downloads nothing. Any failing step stops with a message.
+# Environment: PYTHON (interpreter for a new venv, default python3), VENV (default .venv),
+# SEGLOSS_EXTRAS (default "dev"), TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1").
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+EXTRAS=${SEGLOSS_EXTRAS:-dev}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+D2_UPSTREAM="git+https://github.com/facebookresearch/detectron2.git"
+D2_SDIST="pb1-detectron2==0.6"
+CACHE="$ROOT/.cache/install"
+STAMP="$VENV/.segloss_d2-installed"
+
+say() { printf '[install] %s\n' "$*"; }
+die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
+# pip, minus the noise of this machine's file:// index warnings; returns pip's exit status.
+pip_() { local rc; "$PY" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location"; rc=${PIPESTATUS[0]}; return "$rc"; }
+pipi() { pip_ install "$@"; }
+
+# 1. virtualenv -------------------------------------------------------------------------------
+if [ ! -x "$PY" ]; then
+  command -v "${PYTHON:-python3}" >/dev/null || die "no ${PYTHON:-python3} on PATH (need Python >= 3.9)"
+  "${PYTHON:-python3}" -c 'import sys; assert sys.version_info >= (3, 9)' \
+    || die "$(${PYTHON:-python3} --version 2>&1) is too old: segloss_d2 needs Python >= 3.9"
+  say "creating $VENV"
+  "${PYTHON:-python3}" -m venv "$VENV" || die "python -m venv failed (Debian: apt-get install python3-venv)"
+fi
+
+# 2. torch + torchvision ----------------------------------------------------------------------
+if "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  say "torch: keeping $("$PY" -c 'import torch, torchvision; print(torch.__version__, "/ torchvision", torchvision.__version__)')"
+else
+  say "torch: installing $TORCH_SPEC"
+  # shellcheck disable=SC2086
+  pipi $TORCH_SPEC || die "pip install $TORCH_SPEC failed"
+  "$PY" -c "import torch, torchvision" || die "torch/torchvision installed but do not import together"
+fi
+
+# 3. detectron2 -------------------------------------------------------------------------------
+d2_ok() { "$PY" -c "import detectron2.engine, detectron2.projects.deeplab" >/dev/null 2>&1; }
+if d2_ok; then
+  say "detectron2: keeping $("$PY" -c 'import detectron2, os; print(detectron2.__version__, "from", os.path.dirname(detectron2.__file__))' 2>/dev/null)"
+else
+  pipi wheel setuptools || die "could not install wheel/setuptools (needed for --no-build-isolation builds)"
+  if timeout 20 git ls-remote https://github.com/facebookresearch/detectron2.git HEAD >/dev/null 2>&1; then
+    say "detectron2: installing upstream main from GitHub (compiles its C++ ops; minutes)"
+    pipi --no-build-isolation "$D2_UPSTREAM" || die "building upstream detectron2 failed (see above)"
+    say "detectron2: installed upstream $("$PY" -c 'import detectron2; print(detectron2.__version__)') from GitHub main; no fixes applied"
+  else
+    say "detectron2: GitHub unreachable; using the PyPI source release $D2_SDIST without C++ ops"
+    mkdir -p "$CACHE"
+    sdist=$(ls "$CACHE"/pb1-detectron2-0.6.tar.gz 2>/dev/null || true)
+    if [ -z "$sdist" ]; then
+      pip_ download --no-deps --no-build-isolation -d "$CACHE" "$D2_SDIST" || true
+      sdist=$(ls "$CACHE"/pb1-detectron2-0.6.tar.gz 2>/dev/null) || die "could not download $D2_SDIST from PyPI"
+    fi
+    src="$CACHE/pb1-detectron2-0.6"
+    rm -rf "$src" && tar -xzf "$sdist" -C "$CACHE" || die "could not unpack $sdist"
+    say "detectron2: applying compatibility fixes (tools/patch_detectron2.py):"
+    "$PY" tools/patch_detectron2.py "$src" || die "patching $src failed"
+    pipi --no-build-isolation "$src" || die "pip install of the patched $D2_SDIST failed"
+    say "detectron2: installed $D2_SDIST (upstream v0.6) from PyPI, pure Python, with the fixes above"
+  fi
+  d2_ok || die "detectron2 was installed but 'import detectron2.engine, detectron2.projects.deeplab' fails"
+fi
+
+# 4. segloss_d2 (editable) --------------------------------------------------------------------
+fingerprint="$(cat setup.py | sha1sum | cut -c1-16) $EXTRAS"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && "$PY" -c "import segloss_d2" >/dev/null 2>&1; then
+  say "segloss_d2: already installed (editable, extras: $EXTRAS)"
+else
+  say "segloss_d2: installing editable with extras [$EXTRAS]"
+  pipi --no-build-isolation -e ".[$EXTRAS]" || die "pip install -e .[$EXTRAS] failed"
+  echo "$fingerprint" > "$STAMP"
+fi
+"$PY" -c "import segloss_d2, detectron2" || die "'import segloss_d2, detectron2' fails after install"
+say "ready: $("$PY" -c 'import torch, detectron2, segloss_d2; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| segloss_d2", segloss_d2.__version__)')"
