@@ -37,20 +37,49 @@ if [ ! -x "$PY" ]; then
   "${PYTHON:-python3}" -m venv "$VENV" || die "python -m venv failed (Debian: apt-get install python3-venv)"
 fi
 
+# What already imports, probed in one interpreter (importing torch takes seconds): one line each,
+# "torch <versions>", "detectron2 <version> <dir>", "segloss_d2 <version>", or "<name> -" if broken.
+probe() {
+  "$PY" - 2>/dev/null <<'PYEOF' || true
+import os, warnings
+warnings.simplefilter("ignore")
+try:
+    import torch, torchvision
+    print("torch", torch.__version__, "/ torchvision", torchvision.__version__)
+except Exception:
+    print("torch -")
+    raise SystemExit
+try:
+    import detectron2, detectron2.engine, detectron2.projects.deeplab
+    print("detectron2", detectron2.__version__, "from", os.path.dirname(detectron2.__file__))
+except Exception:
+    print("detectron2 -")
+try:
+    import segloss_d2
+    print("segloss_d2", segloss_d2.__version__)
+except Exception:
+    print("segloss_d2 -")
+PYEOF
+}
+state=$(probe)
+have() { printf '%s\n' "$state" | grep "^$1 " | grep -qv "^$1 -"; }
+info() { printf '%s\n' "$state" | grep "^$1 " | cut -d' ' -f2-; }
+
 # 2. torch + torchvision ----------------------------------------------------------------------
-if "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
-  say "torch: keeping $("$PY" -c 'import torch, torchvision; print(torch.__version__, "/ torchvision", torchvision.__version__)')"
+if have torch; then
+  say "torch: keeping $(info torch)"
 else
   say "torch: installing $TORCH_SPEC"
   # shellcheck disable=SC2086
   pipi $TORCH_SPEC || die "pip install $TORCH_SPEC failed"
   "$PY" -c "import torch, torchvision" || die "torch/torchvision installed but do not import together"
+  state=$(probe)
 fi
 
 # 3. detectron2 -------------------------------------------------------------------------------
 d2_ok() { "$PY" -c "import detectron2.engine, detectron2.projects.deeplab" >/dev/null 2>&1; }
-if d2_ok; then
-  say "detectron2: keeping $("$PY" -c 'import detectron2, os; print(detectron2.__version__, "from", os.path.dirname(detectron2.__file__))' 2>/dev/null)"
+if have detectron2; then
+  say "detectron2: keeping $(info detectron2)"
 else
   pipi wheel setuptools || die "could not install wheel/setuptools (needed for --no-build-isolation builds)"
   if timeout 20 git ls-remote https://github.com/facebookresearch/detectron2.git HEAD >/dev/null 2>&1; then
@@ -77,12 +106,13 @@ fi
 
 # 4. segloss_d2 (editable) --------------------------------------------------------------------
 fingerprint="$(cat setup.py | sha1sum | cut -c1-16) $EXTRAS"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && "$PY" -c "import segloss_d2" >/dev/null 2>&1; then
-  say "segloss_d2: already installed (editable, extras: $EXTRAS)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && have segloss_d2; then
+  say "segloss_d2: keeping $(info segloss_d2) (editable, extras: $EXTRAS)"
 else
   say "segloss_d2: installing editable with extras [$EXTRAS]"
   pipi --no-build-isolation -e ".[$EXTRAS]" || die "pip install -e .[$EXTRAS] failed"
   echo "$fingerprint" > "$STAMP"
+  state=$(probe)
+  have segloss_d2 && have detectron2 || die "'import segloss_d2, detectron2' fails after install"
 fi
-"$PY" -c "import segloss_d2, detectron2" || die "'import segloss_d2, detectron2' fails after install"
-say "ready: $("$PY" -c 'import torch, detectron2, segloss_d2; print("torch", torch.__version__, "| detectron2", detectron2.__version__, "| segloss_d2", segloss_d2.__version__)')"
+say "ready: torch $(info torch) | detectron2 $(info detectron2) | segloss_d2 $(info segloss_d2)"
