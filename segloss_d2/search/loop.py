@@ -1,0 +1,202 @@
+"""Backend-agnostic outer loop of the search: sample, evaluate, log, update, checkpoint, resume.
+
+The backend (local K-models-per-worker, Ray, a synthetic function in tests) only supplies
+``evaluate_fn``; everything that makes the search durable and reproducible lives here::
+
+    state = SearchState.create(out_dir, config)        # or SearchState.resume(out_dir, config)
+    controller = PPOController(dim, mu_init, ..., seed=seed)
+    result = run_search(controller, state, evaluate_fn, iterations=12, samples_per_iter=32)
+    result.best_trial["theta"], result.final_mu
+"""
+import math
+import operator
+import time
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import torch
+
+from .ppo import PPOController
+from .state import STATUSES, SearchState
+
+__all__ = ["run_search", "SearchResult"]
+
+_RESERVED = ("iteration", "index", "theta")
+
+
+class SearchResult(NamedTuple):
+    """What :func:`run_search` returns.
+
+    Attributes:
+        best_trial (dict or None): the best logged trial record with status "ok" (ties: the later
+            one), or None if no trial succeeded.
+        final_mu (list of float): the controller's mean after the last update.
+    """
+
+    best_trial: Optional[Dict[str, Any]]
+    final_mu: List[float]
+
+
+def _format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _make_record(iteration: int, index: int, theta: torch.Tensor, result) -> Dict[str, Any]:
+    """Turn a backend result into a trial record; a non-finite reward becomes 0 / "diverged"."""
+    if not isinstance(result, Mapping) or "reward" not in result:
+        raise ValueError(f"trial result must be a dict with a 'reward', got {result!r}")
+    clash = [k for k in _RESERVED if k in result]
+    if clash:
+        raise ValueError(f"trial result must not set {clash}; run_search fills them in")
+    record = {"control_points": None, "metrics": {}, "seconds": None, "status": "ok"}
+    record.update(result)
+    reward = float(record["reward"])
+    if not math.isfinite(reward):
+        reward, record["status"] = 0.0, "diverged"
+    if record["status"] not in STATUSES:
+        raise ValueError(f"trial status must be one of {STATUSES}, got {record['status']!r}")
+    record.update(iteration=iteration, index=index, theta=theta.tolist(), reward=reward)
+    return record
+
+
+class _Progress:
+    """Counts trials finished in this process and formats the per-trial log line with ETA."""
+
+    def __init__(self, iterations: int, samples_per_iter: int, log: Callable[[str], None]):
+        self.iterations, self.samples_per_iter, self.log = iterations, samples_per_iter, log
+        self.total = iterations * samples_per_iter
+        self.start, self.done_here = time.monotonic(), 0
+
+    def trial_done(self, state: SearchState, record: Dict[str, Any]) -> None:
+        self.done_here += 1
+        n_done = len(state.all_trials())
+        eta = (time.monotonic() - self.start) / self.done_here * (self.total - n_done)
+        best = state.best_trial()
+        self.log(
+            f"[search] iter {record['iteration'] + 1}/{self.iterations} "
+            f"trial {record['index'] + 1}/{self.samples_per_iter} "
+            f"reward {record['reward']:.4f} ({record['status']}) | "
+            f"best {best['reward'] if best else float('nan'):.4f} | "
+            f"{n_done}/{self.total} trials | ETA {_format_seconds(eta)}"
+        )
+
+
+def _evaluate_iteration(state, evaluate_fn, t: int, samples: torch.Tensor, progress) -> None:
+    """Evaluate the candidates of iteration ``t`` that are not logged yet, logging each one."""
+    pending = [i for i in range(samples.shape[0]) if i not in state.finished_trials(t)]
+    if not pending:
+        return
+
+    def on_trial_done(index: int, result: Mapping[str, Any]) -> None:
+        index = operator.index(index)
+        if index not in pending:
+            raise ValueError(f"trial index {index!r} of iteration {t} was not requested")
+        if index in state.finished_trials(t):
+            raise ValueError(f"trial {index} of iteration {t} was already reported")
+        record = _make_record(t, index, samples[index], result)
+        state.append_trial(record)
+        progress.trial_done(state, record)
+
+    returned = evaluate_fn(t, list(pending), samples[pending], on_trial_done)
+    if returned is not None:
+        if len(returned) != len(pending):
+            raise ValueError(
+                f"evaluate_fn returned {len(returned)} results for {len(pending)} trials"
+            )
+        finished = state.finished_trials(t)
+        for index, result in zip(pending, returned):
+            if index not in finished:
+                on_trial_done(index, result)
+
+
+def run_search(
+    controller: PPOController,
+    state: SearchState,
+    evaluate_fn: Callable[..., Optional[List[Mapping[str, Any]]]],
+    iterations: int,
+    samples_per_iter: int,
+    log: Callable[[str], None] = print,
+    on_iteration_end: Optional[Callable[[int, Dict[str, Any], List[Dict[str, Any]]], None]] = None,
+) -> SearchResult:
+    """Run (or continue) the search until ``iterations`` controller updates are done.
+
+    If ``state`` holds a controller checkpoint (a resumed search), ``controller`` is first restored
+    from it; otherwise ``controller`` is used as given. The number of completed iterations is the
+    controller's ``iteration`` counter. For each remaining iteration ``t``:
+
+    1. unless the checkpoint already holds the samples of ``t``, draw ``samples_per_iter`` thetas
+       and checkpoint them (so a resumed run evaluates exactly the same candidates);
+    2. call ``evaluate_fn(t, indices, thetas, on_trial_done)`` with only the candidates of ``t``
+       that are not logged yet: ``indices`` is a list of ints, ``thetas`` the float32
+       ``(len(indices), D)`` tensor of their search variables in ``[0, 1]``;
+    3. once all candidates of ``t`` are logged, ``controller.update`` with the logged rewards,
+       checkpoint, call ``on_iteration_end(t, stats, records)`` (records ordered by index).
+
+    Reporting trials: the backend should call ``on_trial_done(index, result)`` as soon as a trial
+    finishes, so that it is logged durably (and a log line with ETA is printed) right away; call it
+    from the thread that runs ``evaluate_fn`` (it is not thread-safe). It may
+    instead, or additionally, return a list of results aligned with ``indices``; results not yet
+    reported through the callback are then logged in that order. A result is a dict with
+    ``reward`` (float; NaN/inf is logged as reward 0.0 with status "diverged") and optionally
+    ``metrics`` (dict), ``status`` ("ok" | "diverged" | "failed", default "ok"), ``seconds``,
+    ``control_points`` and any further JSON-able keys; ``iteration``, ``index`` and ``theta`` are
+    filled in here. Rewards fed to the controller are the values read back from the log, so an
+    interrupted-and-resumed search reaches bit-identically the same controller state and trials
+    as an uninterrupted one with the same seed.
+
+    Args:
+        controller (PPOController): fresh, or any controller with the same hyper-parameters when
+            resuming (its state is replaced by the checkpoint's).
+        state (SearchState): from ``SearchState.create`` or ``SearchState.resume``.
+        evaluate_fn (callable): see above. Exceptions propagate (the search can be resumed).
+        iterations (int): total number of controller updates.
+        samples_per_iter (int): candidates per iteration ``M``; must match a resumed checkpoint.
+        log (callable): receives one line per finished trial and per iteration.
+        on_iteration_end (callable, optional): e.g. TensorBoard scalars; called once per update,
+            after its checkpoint (not repeated on resume).
+
+    Returns:
+        SearchResult: best trial and final mu.
+    """
+    for name, value in (("iterations", iterations), ("samples_per_iter", samples_per_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    ckpt = state.load_controller()
+    samples = None
+    if ckpt is not None:
+        samples = ckpt["samples"]
+        if samples is not None and samples.shape[0] != samples_per_iter:
+            raise ValueError(
+                f"the checkpoint holds {samples.shape[0]} samples for iteration "
+                f"{ckpt['iteration']}, but samples_per_iter={samples_per_iter}"
+            )
+        controller.load_state_dict(ckpt["controller"])
+    progress = _Progress(iterations, samples_per_iter, log)
+
+    while controller.iteration < iterations:
+        t = controller.iteration
+        if samples is None:
+            samples = controller.sample(samples_per_iter)
+            state.save_controller(t, controller.state_dict(), samples)
+        _evaluate_iteration(state, evaluate_fn, t, samples, progress)
+        records = state.finished_trials(t)
+        missing = [i for i in range(samples_per_iter) if i not in records]
+        if missing:
+            raise RuntimeError(f"evaluate_fn returned without finishing trials {missing} of "
+                               f"iteration {t}")
+        ordered = [records[i] for i in range(samples_per_iter)]
+        stats = controller.update(samples, [r["reward"] for r in ordered])
+        samples = None
+        state.save_controller(controller.iteration, controller.state_dict(), None)
+        log(
+            f"[search] iteration {t + 1}/{iterations} done: mean reward "
+            f"{stats['reward_mean']:.4f}, baseline {stats['baseline']:.4f}, "
+            f"max {stats['reward_max']:.4f}, mu {[round(m, 4) for m in stats['mu']]}"
+        )
+        if on_iteration_end is not None:
+            on_iteration_end(t, stats, ordered)
+
+    return SearchResult(state.best_trial(), controller.mu.tolist())
