@@ -1,0 +1,233 @@
+"""Piecewise quadratic Bézier curves g: [0,1] -> [0,1] (spec §3.1-§3.4).
+
+A curve with ``n`` pieces is stored as its free control points, flat:
+``[x_1, y_1, x_2, y_2, ..., x_{2n-1}, y_{2n-1}]`` (length ``4n - 2``); ``P_0 = (0, 0)`` and
+``P_{2n} = (1, 1)`` are fixed. Piece ``k`` runs from ``P_{2k}`` through control ``P_{2k+1}`` to
+``P_{2k+2}``; piece 0 owns ``x <= x_2`` and piece ``k >= 1`` owns ``x_{2k} < x <= x_{2k+2}``.
+
+The curve is only evaluated, never trained by gradient descent (the search is black-box), so
+control points are constants: :func:`bezier_curve` is differentiable with respect to ``x`` only.
+"""
+import torch
+
+__all__ = [
+    "CLAMP_MIN",
+    "CLAMP_MAX",
+    "curve_length",
+    "identity_theta",
+    "clamp_theta",
+    "theta_to_control_points",
+    "control_points_to_theta",
+    "validate_control_points",
+    "bezier_curve",
+]
+
+CLAMP_MIN = 1e-4
+CLAMP_MAX = 1.0 - 1e-4
+
+
+def curve_length(num_pieces):
+    """Number of free numbers of one curve with ``num_pieces`` pieces: ``4 * num_pieces - 2``."""
+    if isinstance(num_pieces, bool) or not isinstance(num_pieces, int) or num_pieces < 1:
+        raise ValueError(f"num_pieces must be an int >= 1, got {num_pieces!r}")
+    return 4 * num_pieces - 2
+
+
+def identity_theta(num_pieces):
+    """Search variables of the identity curve g(x) = x (spec §3.4), as a list of floats.
+
+    Control points of the identity are ``x_j = y_j = j / (2n)``; in θ form
+    ``θ_j = (x_j - x_{j-1}) / (1 - x_{j-1}) = 1 / (2n - j + 1)``, e.g. [1/4, 1/4, 1/3, 1/3, 1/2, 1/2]
+    for two pieces and [1/2, 1/2] for one.
+    """
+    curve_length(num_pieces)
+    m = 2 * num_pieces
+    return [v for j in range(1, m) for v in (1.0 / (m - j + 1),) * 2]
+
+
+def _as_float64(values, name):
+    try:
+        if torch.is_tensor(values):
+            t = values.detach().to("cpu", torch.float64)
+        else:
+            t = torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be numbers, got {values!r}") from None
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    return t
+
+
+def clamp_theta(theta):
+    """Clamp search variables into ``[CLAMP_MIN, CLAMP_MAX]`` so no piece can degenerate (§3.1)."""
+    return torch.as_tensor(theta).clamp(CLAMP_MIN, CLAMP_MAX)
+
+
+def theta_to_control_points(theta, num_pieces, clamp=True):
+    """Map search variables θ ∈ [0,1]^(4n-2) of one curve to its monotone control points (§3.3).
+
+    Args:
+        theta: array-like of shape (..., 4n-2), laid out ``[θx_1, θy_1, θx_2, θy_2, ...]``, values in
+            [0, 1]; leading dimensions are batch dimensions.
+        num_pieces (int): n.
+        clamp (bool): clamp θ to ``[CLAMP_MIN, CLAMP_MAX]`` first (the default), which guarantees
+            strictly increasing x coordinates.
+
+    Returns:
+        float64 tensor of shape (..., 4n-2) with ``x_j = x_{j-1} + θx_j (1 - x_{j-1})`` (x_0 = 0),
+        likewise y; i.e. ``1 - x_j = prod_{i <= j} (1 - θx_i)``.
+    """
+    length = curve_length(num_pieces)
+    t = _as_float64(theta, "theta")
+    if t.dim() == 0 or t.shape[-1] != length:
+        raise ValueError(
+            f"theta for {num_pieces} piece(s) must have last dimension {length}, "
+            f"got shape {tuple(t.shape)}"
+        )
+    if (t < 0).any() or (t > 1).any():
+        raise ValueError(f"theta values must lie in [0, 1], got {t.tolist()}")
+    if clamp:
+        t = clamp_theta(t)
+    pairs = t.reshape(*t.shape[:-1], length // 2, 2)
+    cp = 1.0 - torch.cumprod(1.0 - pairs, dim=-2)
+    return cp.reshape(t.shape)
+
+
+def control_points_to_theta(control_points, num_pieces):
+    """Inverse of :func:`theta_to_control_points` (without clamping); float64 (..., 4n-2)."""
+    length = curve_length(num_pieces)
+    cp = _as_float64(control_points, "control_points")
+    if cp.dim() == 0 or cp.shape[-1] != length:
+        raise ValueError(f"control_points must have last dimension {length}, got {tuple(cp.shape)}")
+    pairs = cp.reshape(*cp.shape[:-1], length // 2, 2)
+    prev = torch.cat([torch.zeros_like(pairs[..., :1, :]), pairs[..., :-1, :]], dim=-2)
+    return ((pairs - prev) / (1.0 - prev)).reshape(cp.shape)
+
+
+def validate_control_points(control_points, num_pieces, name="control_points"):
+    """Check one curve's control points and return them as a list of floats.
+
+    Requirements: length ``4n - 2``; all values finite in [0, 1]; x strictly increasing,
+    ``0 < x_1 < x_2 < ... < x_{2n-1} < 1`` (no degenerate piece, finite slopes); y non-decreasing.
+
+    Raises:
+        ValueError naming ``name``, the offending index and value.
+    """
+    length = curve_length(num_pieces)
+    cp = _as_float64(control_points, name).reshape(-1)
+    if cp.numel() != length:
+        raise ValueError(
+            f"{name}: a curve with {num_pieces} piece(s) needs {length} numbers "
+            f"[x_1, y_1, ..., x_{2 * num_pieces - 1}, y_{2 * num_pieces - 1}], got {cp.numel()}"
+        )
+    values = cp.tolist()
+    for i, v in enumerate(values):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name}[{i}] = {v!r} is outside [0, 1]")
+    xs = [0.0] + values[0::2] + [1.0]
+    ys = [0.0] + values[1::2] + [1.0]
+    for j in range(1, len(xs)):
+        if not xs[j] > xs[j - 1]:
+            raise ValueError(
+                f"{name}: x coordinates must be strictly increasing (0 < x_1 < ... < 1), but "
+                f"x_{j} = {xs[j]!r} <= x_{j - 1} = {xs[j - 1]!r} (degenerate piece)"
+            )
+        if not ys[j] >= ys[j - 1]:
+            raise ValueError(
+                f"{name}: y coordinates must be non-decreasing, but y_{j} = {ys[j]!r} < "
+                f"y_{j - 1} = {ys[j - 1]!r}"
+            )
+    return values
+
+
+def _piece_coefficients(control_points):
+    """Per-piece scalar coefficients, computed in float64.
+
+    Returns a list of (upper_x, x0, inv_w, a, b, a2, y0, c1, c2) per piece, where for input x the
+    piece-local coordinate is ``u = (x - x0) * inv_w``, the Bézier parameter is
+    ``t = u / (a + sqrt(a2 + b u))`` (the root of ``(1-2a) t^2 + 2a t - u = 0`` in [0, 1],
+    written without the cancellation of ``(a - sqrt(.)) / (2a - 1)``), and
+    ``g = y0 + t (c1 + t c2)``.
+    """
+    values = [float(v) for v in control_points]
+    xs = [0.0] + values[0::2] + [1.0]
+    ys = [0.0] + values[1::2] + [1.0]
+    pieces = []
+    for k in range((len(xs) - 1) // 2):
+        x0, xc, x2 = xs[2 * k : 2 * k + 3]
+        y0, yc, y2 = ys[2 * k : 2 * k + 3]
+        w = x2 - x0
+        a = (xc - x0) / w
+        pieces.append((x2, x0, 1.0 / w, a, 1.0 - 2.0 * a, a * a, y0, 2.0 * (yc - y0),
+                       y0 - 2.0 * yc + y2))
+    return pieces
+
+
+def _evaluate(x, pieces, need_grad):
+    """g(x) and, if ``need_grad``, dg/dx for a float32/float64 tensor x; no autograd."""
+    if len(pieces) == 1:
+        _, x0, inv_w, a, b, a2, y0, c1, c2 = pieces[0]
+    else:
+        # Per-element coefficients of the owning piece: piece k wins where x > x_{2k}.
+        masks = [x > piece[0] for piece in pieces[:-1]]
+        coefficients = []
+        for i in range(1, 9):
+            c = torch.full_like(x, pieces[0][i])
+            for mask, piece in zip(masks, pieces[1:]):
+                c.masked_fill_(mask, piece[i])
+            coefficients.append(c)
+        x0, inv_w, a, b, a2, y0, c1, c2 = coefficients
+    u = torch.sub(x, x0).mul_(inv_w)
+    s = torch.mul(u, b).add_(a2).clamp_(min=0.0).sqrt_()
+    t = u.div_(torch.add(s, a))
+    grad = None
+    if need_grad:
+        # dg/dx = dg/dt * dt/du * du/dx = (c1 + 2 c2 t) * (1 / (2 s)) * inv_w
+        grad = torch.mul(t, c2).mul_(2.0).add_(c1).mul_(inv_w).div_(s).mul_(0.5)
+    g = torch.mul(t, c2).add_(c1).mul_(t).add_(y0)
+    return g, grad
+
+
+class _BezierFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, pieces):
+        g, grad = _evaluate(x, pieces, need_grad=x.requires_grad)
+        ctx.save_for_backward(grad)
+        return g
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad_out * grad, None
+
+
+def bezier_curve(x, control_points):
+    """Evaluate the piecewise quadratic Bézier curve g at every element of ``x`` (spec §3.1).
+
+    One vectorized pass over the elements: each element picks its piece's coefficients with a
+    comparison against the piece end points, then solves ``x(t) = x`` in closed form.
+
+    Args:
+        x (Tensor): any shape, values in [0, 1] (probabilities), any float dtype. Half and bfloat16
+            inputs are computed and returned in float32 (also under autocast); float64 stays
+            float64.
+        control_points: one curve's free control points, flat (4n-2,) sequence or tensor, already
+            validated (see :func:`validate_control_points`).
+
+    Returns:
+        Tensor like ``x`` (float32 or float64) holding g(x); differentiable with respect to ``x``
+        (dg/dx = (dg/dt)(dt/du)(du/dx), through the selected piece only, as in the reference).
+    """
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got {type(x).__name__} "
+                        f"{getattr(x, 'dtype', '')}")
+    if torch.is_tensor(control_points):
+        control_points = control_points.detach().reshape(-1).tolist()
+    n = len(control_points)
+    if n < 2 or (n + 2) % 4:
+        raise ValueError(f"control_points must have length 4n-2 (2, 6, 10, ...), got {n}")
+    pieces = _piece_coefficients(control_points)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _BezierFunction.apply(x, pieces)

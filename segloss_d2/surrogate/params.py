@@ -1,0 +1,340 @@
+"""Surrogate parameters: which metric(s), their weights and their Bézier curves; JSON io.
+
+File format (``format_version`` 1)::
+
+    {
+      "format_version": 1,
+      "terms": [
+        {"metric": "mIoU", "weight": 1.0, "num_pieces": 2,
+         "theta": [[...4n-2...], [...]] or null,         # search variables, one list per curve
+         "control_points": [[...4n-2...], [...]]}        # what the loss uses, one list per curve
+      ],
+      "reward": 0.8078 or null,
+      "provenance": {...free-form, JSON-serializable...}
+    }
+
+Curves per metric (spec §3.3/§3.4): mIoU, FWIoU, BIoU: [AND, OR]; mAcc, gAcc: [AND];
+BF1: [g1 (AND on p), g2 (AND on eroded p), g3 (OR on p), g4 (OR on eroded p)].
+"""
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from .bezier import curve_length, identity_theta, theta_to_control_points, validate_control_points
+
+__all__ = [
+    "FORMAT_VERSION",
+    "METRICS",
+    "SurrogateParams",
+    "curves_per_metric",
+    "default_num_pieces",
+    "theta_dim",
+    "identity_params",
+    "load_params",
+    "save_params",
+    "list_presets",
+]
+
+FORMAT_VERSION = 1
+_CURVES = {"mIoU": 2, "FWIoU": 2, "BIoU": 2, "BF1": 4, "mAcc": 1, "gAcc": 1}
+METRICS = tuple(_CURVES)
+_PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+
+
+def _check_metric(metric, where="metric"):
+    if not isinstance(metric, str) or metric not in _CURVES:
+        raise ValueError(f"{where}: unknown metric {metric!r}; expected one of {list(METRICS)}")
+    return metric
+
+
+def curves_per_metric(metric):
+    """Number of Bézier curves of a metric's surrogate: IoU-type 2, Acc-type 1, BF1 4."""
+    return _CURVES[_check_metric(metric)]
+
+
+def default_num_pieces(metric):
+    """Default pieces per curve: 1 for BF1, 2 otherwise (the released configs)."""
+    return 1 if _check_metric(metric) == "BF1" else 2
+
+
+def theta_dim(metric, num_pieces=None):
+    """Total number of search variables of one metric: curves x (4n - 2)."""
+    if num_pieces is None:
+        num_pieces = default_num_pieces(metric)
+    return curves_per_metric(metric) * curve_length(num_pieces)
+
+
+@dataclass
+class SurrogateParams:
+    """Parameters of a (weighted sum of) metric surrogate(s).
+
+    Attributes:
+        metrics (list[str]): metric names among :data:`METRICS`, no duplicates.
+        weights (list[float]): one finite weight per metric (the loss is Σ w_k (1 - surrogate_k)).
+        num_pieces (list[int]): pieces per curve, one per metric.
+        thetas (list): per metric, None or a list of ``curves_per_metric`` lists of 4n-2 search
+            variables in [0, 1] (None for the released presets, which only exist as control points).
+        control_points (list): per metric, a list of ``curves_per_metric`` validated lists of
+            4n-2 control-point coordinates (what the loss evaluates).
+        reward (float or None): the search reward that selected these parameters, if any.
+        provenance (dict): where the numbers come from (free-form, JSON-serializable).
+    """
+
+    metrics: List[str]
+    weights: List[float]
+    num_pieces: List[int]
+    thetas: List[Optional[List[List[float]]]]
+    control_points: List[List[List[float]]]
+    reward: Optional[float] = None
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self, source="SurrogateParams"):
+        """Check every field; raises ValueError naming ``source`` and the bad field."""
+        if isinstance(self.metrics, str) or not self.metrics:
+            raise ValueError(f"{source}: metrics must be a non-empty list, got {self.metrics!r}")
+        self.metrics = [_check_metric(m, f"{source}: metrics[{i}]")
+                        for i, m in enumerate(self.metrics)]
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"{source}: metrics must not repeat, got {self.metrics}")
+        k = len(self.metrics)
+        for name in ("weights", "num_pieces", "thetas", "control_points"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or len(value) != k:
+                raise ValueError(f"{source}: {name} must be a list with one entry per metric "
+                                 f"({k}), got {value!r}")
+        for i, w in enumerate(self.weights):
+            if not _is_finite_number(w):
+                raise ValueError(f"{source}: weights[{i}] must be a finite number, got {w!r}")
+        self.weights = [float(w) for w in self.weights]
+        thetas, control_points = [], []
+        for i, metric in enumerate(self.metrics):
+            n = self.num_pieces[i]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{source}: num_pieces[{i}] ({metric}) must be an int >= 1, "
+                                 f"got {n!r}")
+            ncurves = _CURVES[metric]
+            cps = self.control_points[i]
+            if not isinstance(cps, (list, tuple)) or len(cps) != ncurves:
+                raise ValueError(f"{source}: control_points[{i}] ({metric}) must hold {ncurves} "
+                                 f"curve(s), got {cps!r}")
+            control_points.append([
+                validate_control_points(cp, n, f"{source}: control_points[{i}][{j}] ({metric})")
+                for j, cp in enumerate(cps)
+            ])
+            th = self.thetas[i]
+            if th is not None:
+                if not isinstance(th, (list, tuple)) or len(th) != ncurves:
+                    raise ValueError(f"{source}: thetas[{i}] ({metric}) must be null or hold "
+                                     f"{ncurves} curve(s), got {th!r}")
+                checked = []
+                for j, curve in enumerate(th):
+                    if (not isinstance(curve, (list, tuple)) or len(curve) != curve_length(n)
+                            or not all(_is_finite_number(v) and 0.0 <= v <= 1.0 for v in curve)):
+                        raise ValueError(f"{source}: thetas[{i}][{j}] ({metric}) must be "
+                                         f"{curve_length(n)} numbers in [0, 1], got {curve}")
+                    checked.append([float(v) for v in curve])
+                th = checked
+            thetas.append(th)
+        self.thetas, self.control_points = thetas, control_points
+        if self.reward is not None:
+            if not _is_finite_number(self.reward):
+                raise ValueError(f"{source}: reward must be null or a finite number, "
+                                 f"got {self.reward!r}")
+            self.reward = float(self.reward)
+        if not isinstance(self.provenance, dict):
+            raise ValueError(f"{source}: provenance must be a dict, got {self.provenance!r}")
+
+    @classmethod
+    def from_theta(cls, metrics, thetas, num_pieces=None, weights=None, reward=None,
+                   provenance=None):
+        """Build parameters from search variables (spec §3.3, θ clamped to [1e-4, 1-1e-4]).
+
+        Args:
+            metrics (list[str]): metric names.
+            thetas (list): per metric, either a flat sequence of ``theta_dim(metric, n)`` numbers
+                (curves concatenated as in the reference) or a list of per-curve sequences.
+            num_pieces (int, list[int] or None): pieces per curve; None = per-metric default.
+            weights (list[float] or None): None = 1.0 each.
+        """
+        metrics = _as_metric_list(metrics)
+        pieces = _normalize_pieces(metrics, num_pieces)
+        if len(thetas) != len(metrics):
+            raise ValueError(f"thetas must hold one entry per metric ({len(metrics)}), "
+                             f"got {len(thetas)}")
+        curves, cps = [], []
+        for metric, n, theta in zip(metrics, pieces, thetas):
+            length, ncurves = curve_length(n), _CURVES[metric]
+            flat = [float(v) for v in _flatten(theta)]
+            if len(flat) != length * ncurves:
+                raise ValueError(f"theta for {metric} with {n} piece(s) needs "
+                                 f"{length * ncurves} numbers, got {len(flat)}")
+            per_curve = [flat[j * length:(j + 1) * length] for j in range(ncurves)]
+            curves.append(per_curve)
+            cps.append([theta_to_control_points(c, n).tolist() for c in per_curve])
+        return cls(metrics=metrics, weights=_normalize_weights(metrics, weights),
+                   num_pieces=pieces, thetas=curves, control_points=cps, reward=reward,
+                   provenance=dict(provenance or {}))
+
+    def to_dict(self):
+        """JSON-serializable dict in the current file format."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "terms": [
+                {"metric": m, "weight": w, "num_pieces": n, "theta": copy.deepcopy(th),
+                 "control_points": copy.deepcopy(cp)}
+                for m, w, n, th, cp in zip(self.metrics, self.weights, self.num_pieces,
+                                           self.thetas, self.control_points)
+            ],
+            "reward": self.reward,
+            "provenance": copy.deepcopy(self.provenance),
+        }
+
+    @classmethod
+    def from_dict(cls, data, source="<dict>"):
+        """Parse a dict in file format; raises ValueError naming ``source`` and the bad field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{source}: format_version must be {FORMAT_VERSION}, got {version!r}")
+        unknown = set(data) - {"format_version", "terms", "reward", "provenance"}
+        if unknown:
+            raise ValueError(f"{source}: unknown top-level field(s) {sorted(unknown)}")
+        terms = data.get("terms")
+        if not isinstance(terms, list) or not terms:
+            raise ValueError(f"{source}: 'terms' must be a non-empty list, got {terms!r}")
+        fields = {"metric", "weight", "num_pieces", "theta", "control_points"}
+        for i, term in enumerate(terms):
+            if not isinstance(term, dict) or set(term) != fields:
+                got = sorted(term) if isinstance(term, dict) else term
+                raise ValueError(f"{source}: terms[{i}] must have exactly the fields "
+                                 f"{sorted(fields)}, got {got}")
+        params = cls.__new__(cls)  # validated below with the file name in every message
+        params.metrics = [t["metric"] for t in terms]
+        params.weights = [t["weight"] for t in terms]
+        params.num_pieces = [t["num_pieces"] for t in terms]
+        params.thetas = [t["theta"] for t in terms]
+        params.control_points = [t["control_points"] for t in terms]
+        params.reward = data.get("reward")
+        params.provenance = data.get("provenance") or {}
+        params.validate(source)
+        return params
+
+
+def _is_finite_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and value - value == 0)
+
+
+def _flatten(values):
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    out = []
+    for v in values:
+        if isinstance(v, (list, tuple)) or hasattr(v, "tolist"):
+            out.extend(_flatten(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _as_metric_list(metrics):
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    metrics = list(metrics)
+    for i, m in enumerate(metrics):
+        _check_metric(m, f"metrics[{i}]")
+    return metrics
+
+
+def _normalize_pieces(metrics, num_pieces):
+    if num_pieces is None:
+        return [default_num_pieces(m) for m in metrics]
+    if isinstance(num_pieces, int) and not isinstance(num_pieces, bool):
+        return [num_pieces] * len(metrics)
+    num_pieces = list(num_pieces)
+    if len(num_pieces) != len(metrics):
+        raise ValueError(f"num_pieces must be an int or one per metric ({len(metrics)}), "
+                         f"got {num_pieces}")
+    return num_pieces
+
+
+def _normalize_weights(metrics, weights):
+    if weights is None:
+        return [1.0] * len(metrics)
+    weights = list(weights)
+    if len(weights) != len(metrics):
+        raise ValueError(f"weights must hold one entry per metric ({len(metrics)}), "
+                         f"got {weights}")
+    return weights
+
+
+def identity_params(metrics, num_pieces=None, weights=None):
+    """The "naive" surrogate: identity curves g(x) = x (the search initialization, §3.4)."""
+    metrics = _as_metric_list(metrics)
+    pieces = _normalize_pieces(metrics, num_pieces)
+    thetas = [[identity_theta(n)] * _CURVES[m] for m, n in zip(metrics, pieces)]
+    return SurrogateParams.from_theta(metrics, thetas, pieces, weights,
+                                      provenance={"source": "identity initialization (spec §3.4)"})
+
+
+def list_presets():
+    """Names of the parameter presets shipped with the package, e.g. ``["voc_biou", ...]``."""
+    return sorted(f[:-5] for f in os.listdir(_PRESET_DIR) if f.endswith(".json"))
+
+
+def load_params(name_or_path, expected_metrics=None, expected_num_pieces=None):
+    """Load parameters from a preset name (see :func:`list_presets`) or a JSON file path.
+
+    Args:
+        name_or_path (str or os.PathLike): e.g. ``"voc_miou"`` or ``"output/best_params.json"``.
+        expected_metrics (str or list[str] or None): if given, the file must hold exactly these
+            metrics (order free), e.g. to catch a params file searched for another metric.
+        expected_num_pieces (int or None): if given, every metric must use this many pieces.
+
+    Raises:
+        FileNotFoundError for an unknown name/path; ValueError naming the file and the bad field
+        for a corrupt, hand-edited or mismatching file.
+    """
+    path = os.fspath(name_or_path)
+    if not os.path.exists(path):
+        preset = os.path.join(_PRESET_DIR, f"{path}.json")
+        if os.sep in path or "/" in path or path.endswith(".json") or not os.path.exists(preset):
+            raise FileNotFoundError(f"no params file {path!r} and no preset of that name; "
+                                    f"presets: {list_presets()}")
+        path = preset
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    params = SurrogateParams.from_dict(data, source=path)
+    if expected_metrics is not None:
+        expected = _as_metric_list(expected_metrics)
+        if sorted(expected) != sorted(params.metrics):
+            raise ValueError(f"{path}: holds parameters for {params.metrics}, expected "
+                             f"{expected}")
+    if expected_num_pieces is not None and any(n != expected_num_pieces
+                                               for n in params.num_pieces):
+        raise ValueError(f"{path}: num_pieces {params.num_pieces}, expected "
+                         f"{expected_num_pieces} for every metric")
+    return params
+
+
+def save_params(params, path):
+    """Write ``params`` (validated again) to ``path`` as JSON; creates parent directories."""
+    if not isinstance(params, SurrogateParams):
+        raise TypeError(f"params must be a SurrogateParams, got {type(params).__name__}")
+    params.validate()
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(params.to_dict(), f, indent=2)
+        f.write("\n")
