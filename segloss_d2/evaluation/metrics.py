@@ -282,8 +282,8 @@ class SegMetrics:
             y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
             if y0 >= y1 or x0 >= x1:
                 continue
-            p_k = cv2.compare(pred_edge_label[y0:y1, x0:x1], int(k), cv2.CMP_EQ)
-            g_k = cv2.compare(gt_edge_label[y0:y1, x0:x1], int(k), cv2.CMP_EQ)
+            p_k = (pred_edge_label[y0:y1, x0:x1] == k).view(np.uint8)
+            g_k = (gt_edge_label[y0:y1, x0:x1] == k).view(np.uint8)
             counts[2, k] = cv2.countNonZero(cv2.bitwise_and(p_k, dilate_mask(g_k, tol)))
             counts[3, k] = cv2.countNonZero(cv2.bitwise_and(dilate_mask(p_k, tol), g_k))
         return counts
