@@ -37,8 +37,8 @@ def identity_theta(num_pieces):
     """Search variables of the identity curve g(x) = x (spec §3.4), as a list of floats.
 
     Control points of the identity are ``x_j = y_j = j / (2n)``; in θ form
-    ``θ_j = (x_j - x_{j-1}) / (1 - x_{j-1}) = 1 / (2n - j + 1)``, e.g. [1/4, 1/4, 1/3, 1/3, 1/2, 1/2]
-    for two pieces and [1/2, 1/2] for one.
+    ``θ_j = (x_j - x_{j-1}) / (1 - x_{j-1}) = 1 / (2n - j + 1)``, e.g.
+    [1/4, 1/4, 1/3, 1/3, 1/2, 1/2] for two pieces and [1/2, 1/2] for one.
     """
     curve_length(num_pieces)
     m = 2 * num_pieces
@@ -67,8 +67,8 @@ def theta_to_control_points(theta, num_pieces, clamp=True):
     """Map search variables θ ∈ [0,1]^(4n-2) of one curve to its monotone control points (§3.3).
 
     Args:
-        theta: array-like of shape (..., 4n-2), laid out ``[θx_1, θy_1, θx_2, θy_2, ...]``, values in
-            [0, 1]; leading dimensions are batch dimensions.
+        theta: array-like of shape (..., 4n-2), laid out ``[θx_1, θy_1, θx_2, θy_2, ...]``,
+            values in [0, 1]; leading dimensions are batch dimensions.
         num_pieces (int): n.
         clamp (bool): clamp θ to ``[CLAMP_MIN, CLAMP_MAX]`` first (the default), which guarantees
             strictly increasing x coordinates.

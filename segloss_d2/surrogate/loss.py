@@ -1,0 +1,122 @@
+"""SurrogateLoss: the Auto Seg-Loss training loss, ``loss_weight * Σ_k w_k (1 - surrogate_k)``."""
+import torch
+from torch import nn
+
+from .bezier import curve_length, validate_control_points
+from .inputs import check_logits_labels
+from .params import METRICS, SurrogateParams, curves_per_metric
+from .relaxed import (
+    LabelInfo,
+    relaxed_bf1,
+    relaxed_biou,
+    relaxed_fwiou,
+    relaxed_gacc,
+    relaxed_macc,
+    relaxed_miou,
+)
+
+__all__ = ["SurrogateLoss"]
+
+
+class SurrogateLoss(nn.Module):
+    """Weighted sum of searched (or naive) metric surrogates as one loss module.
+
+    Args:
+        params (SurrogateParams): metrics, weights and curves, e.g. ``load_params("voc_miou")``.
+        num_classes (int): C.
+        ignore_value (int): label value of void pixels (excluded; default 255).
+        tolerance (int): boundary tolerance in pixels for BIoU/BF1 (square of side 2 t + 1).
+        drop_background (bool): as the reference's ``drop_bg``: build the BIoU trimap from the
+            boundaries of classes >= 1 only, and leave class 0 out of the BF1 mean. It does not
+            change mIoU/FWIoU/mAcc/gAcc (nor the BIoU mean, which stays over all C classes).
+        present_classes_only (bool): average mIoU/BIoU/mAcc over the classes present in the batch's
+            ground truth instead of all C classes (a deviation from the reference, off by default).
+        loss_weight (float): overall factor.
+
+    The control points are registered buffers (``curve_<k>_<metric>``, shape (curves, 4n-2)), so
+    ``.to(device)`` and ``state_dict`` carry them. Inputs: logits (N, C, H, W) float at label
+    resolution (computed in float32, also under autocast), labels (N, H, W) int64 in
+    [0, C) ∪ {ignore_value}. Output: a 0-dim float32 tensor.
+    """
+
+    def __init__(self, params, num_classes, ignore_value=255, tolerance=5, drop_background=False,
+                 present_classes_only=False, loss_weight=1.0):
+        super().__init__()
+        if not isinstance(params, SurrogateParams):
+            raise TypeError(f"params must be a SurrogateParams (see load_params), got "
+                            f"{type(params).__name__}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+            raise ValueError(f"tolerance must be an int >= 0 (pixels), got {tolerance!r}")
+        if ignore_value is not None and 0 <= ignore_value < num_classes:
+            raise ValueError(f"ignore_value {ignore_value} collides with a class id in "
+                             f"[0, {num_classes})")
+        self.num_classes = num_classes
+        self.ignore_value = ignore_value
+        self.tolerance = tolerance
+        self.drop_background = bool(drop_background)
+        self.present_classes_only = bool(present_classes_only)
+        self.loss_weight = float(loss_weight)
+        self.metrics = list(params.metrics)
+        self.weights = list(params.weights)
+        self.num_pieces = list(params.num_pieces)
+        for k, (metric, n, cps) in enumerate(zip(self.metrics, self.num_pieces,
+                                                  params.control_points)):
+            if metric not in METRICS:
+                raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
+            if len(cps) != curves_per_metric(metric):
+                raise ValueError(f"{metric} needs {curves_per_metric(metric)} curve(s), the "
+                                 f"params hold {len(cps)}")
+            for j, cp in enumerate(cps):
+                if len(cp) != curve_length(n):
+                    raise ValueError(f"{metric} curve {j}: {n} piece(s) need {curve_length(n)} "
+                                     f"control-point numbers, got {len(cp)}")
+                validate_control_points(cp, n, f"{metric} curve {j}")
+            self.register_buffer(f"curve_{k}_{metric}",
+                                 torch.tensor(cps, dtype=torch.float64), persistent=True)
+
+    def extra_repr(self):
+        terms = " + ".join(f"{w:g}*(1-{m}~)" for m, w in zip(self.metrics, self.weights))
+        return (f"{self.loss_weight:g} * [{terms}], num_classes={self.num_classes}, "
+                f"ignore_value={self.ignore_value}, tolerance={self.tolerance}, "
+                f"drop_background={self.drop_background}, "
+                f"present_classes_only={self.present_classes_only}")
+
+    def _surrogate(self, metric, curves, probs, labels, info):
+        if metric == "mIoU":
+            return relaxed_miou(probs, labels, curves[0], curves[1], self.present_classes_only,
+                                info=info)
+        if metric == "FWIoU":
+            return relaxed_fwiou(probs, labels, curves[0], curves[1], info=info)
+        if metric == "BIoU":
+            return relaxed_biou(probs, labels, curves[0], curves[1], self.tolerance,
+                                self.drop_background, self.present_classes_only, info=info)
+        if metric == "mAcc":
+            return relaxed_macc(probs, labels, curves[0], self.present_classes_only, info=info)
+        if metric == "gAcc":
+            return relaxed_gacc(probs, labels, curves[0], info=info)
+        return relaxed_bf1(probs, labels, curves, self.tolerance, self.drop_background, info=info)
+
+    def surrogates(self, logits, labels):
+        """Per-metric surrogate values {metric: 0-dim tensor or None (undefined this batch)}."""
+        check_logits_labels(logits, labels, self.num_classes, self.ignore_value)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+            probs = torch.softmax(logits.to(dtype), dim=1)
+            info = LabelInfo(labels, self.num_classes)
+            out = {}
+            for k, metric in enumerate(self.metrics):
+                curves = getattr(self, f"curve_{k}_{metric}").tolist()
+                out[metric] = self._surrogate(metric, curves, probs, labels, info)
+        return out, probs
+
+    def forward(self, logits, labels):
+        """Loss ``loss_weight * Σ_k w_k (1 - surrogate_k)``; undefined terms contribute 0."""
+        values, probs = self.surrogates(logits, labels)
+        terms = [weight * (1.0 - values[metric])
+                 for metric, weight in zip(self.metrics, self.weights)
+                 if values[metric] is not None]
+        if not terms:  # keep the graph connected, with zero gradient
+            return probs.sum() * 0.0
+        return self.loss_weight * torch.stack(terms).sum()

@@ -1,0 +1,273 @@
+"""The six relaxed (differentiable) metrics of Auto Seg-Loss, exactly as the reference codes them.
+
+Spec §2.3. Conventions shared by every function here:
+
+- ``probs``: (N, C, H, W) float32/float64 softmax probabilities (the relaxed prediction).
+- ``labels``: (N, H, W) int64; values outside [0, C) (e.g. the ignore value 255) are void: an
+  all-zero one-hot row, excluded from region statistics.
+- Statistics are per class over the whole mini-batch (N, H, W), not per image; eps = 1e-8.
+- Each curve argument is one curve's flat control points (see :mod:`.bezier`).
+- Each function returns the surrogate metric as a 0-dim tensor (higher is better), or ``None``
+  when it is undefined for this batch (an empty mean: FWIoU without valid pixels, BF1 without any
+  ground-truth boundary, "present classes only" without present classes); the loss then skips the
+  term (contributes 0, never NaN).
+
+Instead of the reference's one-hot products these functions use label-indexed gathers, which are
+mathematically identical: ``Σ_i g(p_ic) y_ic`` is a sum of ``g(p_{i,label_i})`` per label, and
+``Σ_i (g + y - g y) = Σ_i g(p_ic) + n_c - Σ_{label_i = c} g(p_ic)``. Classes without ground truth in
+the counted pixels contribute exactly 0 (value and gradient) to mIoU/FWIoU/BIoU/mAcc, so the dense
+part of the work is restricted to the present classes; BF1 likewise only evaluates the classes that
+enter its mean.
+"""
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from .bezier import bezier_curve
+
+__all__ = [
+    "LabelInfo",
+    "dilate_bool",
+    "relaxed_miou",
+    "relaxed_fwiou",
+    "relaxed_biou",
+    "relaxed_macc",
+    "relaxed_gacc",
+    "relaxed_bf1",
+]
+
+EPS = 1e-8
+_WINDOW_CHUNK = 1 << 22  # elements per chunk of the sparse window gather in BF1
+
+
+def dilate_bool(mask, radius):
+    """Square (Chebyshev) dilation of a bool map over its last two dims, windows cut at the border.
+
+    Equal to ``max_pool2d(mask, 2 r + 1, stride=1, padding=r)`` on {0, 1} values, computed
+    separably with log-many shifted ORs.
+
+    Args:
+        mask (Tensor): bool, shape (..., H, W).
+        radius (int): r >= 0.
+    """
+    out = mask
+    for dim in (-1, -2):
+        length, covered = out.shape[dim], 0
+        while covered < radius:
+            shift = min(2 * covered + 1, radius - covered)
+            if shift < length:
+                new = out.clone()
+                new.narrow(dim, shift, length - shift).logical_or_(
+                    out.narrow(dim, 0, length - shift))
+                new.narrow(dim, 0, length - shift).logical_or_(
+                    out.narrow(dim, shift, length - shift))
+                out = new
+            covered += shift
+    return out
+
+
+class LabelInfo:
+    """Label statistics shared by the relaxed metrics of one batch (each computed once, lazily).
+
+    Args:
+        labels (Tensor): (N, H, W) int64.
+        num_classes (int): C.
+    """
+
+    def __init__(self, labels, num_classes):
+        self.labels = labels
+        self.num_classes = num_classes
+        self.valid = (labels >= 0) & (labels < num_classes)
+        self.safe = torch.where(self.valid, labels, 0)
+
+    @cached_property
+    def boundary(self):
+        """(N, H, W) bool: valid pixels with an in-image 8-neighbour of another label (§1.3)."""
+        lab = self.labels
+        differs = torch.zeros_like(self.valid)
+        h, w = lab.shape[-2:]
+        for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+            x0, x1 = max(0, -dx), w - max(0, dx)
+            a = lab[:, : h - dy, x0:x1]
+            b = lab[:, dy:, x0 + dx : x1 + dx]
+            neq = a != b
+            differs[:, : h - dy, x0:x1] |= neq
+            differs[:, dy:, x0 + dx : x1 + dx] |= neq
+        return differs & self.valid
+
+    def counts(self, mask):
+        """(C,) float per-class number of ground-truth pixels inside ``mask`` (N, H, W) bool."""
+        return torch.bincount(self.labels[mask], minlength=self.num_classes).float()
+
+    def trimap(self, tolerance, drop_background):
+        """(N, H, W) bool BIoU band: dilated ground-truth boundaries (without class 0 if asked)."""
+        edges = self.boundary
+        if drop_background:
+            edges = edges & (self.labels != 0)
+        return dilate_bool(edges, tolerance)
+
+
+
+def _intersection_union(probs, info, and_cp, or_cp, mask):
+    """Per-class relaxed intersection, union (None if ``or_cp`` is None) and GT counts.
+
+    I_c = Σ_{mask} g_A(p_c) y_c,  U_c = Σ_{mask} (g_O(p_c) + y_c - g_O(p_c) y_c) + eps,
+    n_c = Σ_{mask} y_c; all (C,) in the dtype of ``probs``.
+    """
+    n, c, h, w = probs.shape
+    dtype = probs.dtype
+    counts = info.counts(mask).to(dtype)
+    lab = info.safe.reshape(-1)
+    weight = mask.to(dtype)
+    p_lab = probs.gather(1, info.safe.unsqueeze(1)).reshape(-1)
+    zeros = probs.new_zeros(c)
+    inter = zeros.index_add(0, lab, bezier_curve(p_lab, and_cp) * weight.reshape(-1))
+    if or_cp is None:
+        return inter, None, counts
+    present = torch.nonzero(counts > 0).reshape(-1)
+    dense = probs if present.numel() == c else probs.index_select(1, present)
+    g_all = bezier_curve(dense, or_cp).reshape(n, dense.shape[1], h * w)
+    if bool(mask.all()):
+        g_sum = g_all.sum(dim=(0, 2))
+    else:
+        g_sum = torch.einsum("nck,nk->c", g_all, weight.reshape(n, h * w))
+    g_sum = g_sum if present.numel() == c else zeros.index_add(0, present, g_sum)
+    g_lab = zeros.index_add(0, lab, bezier_curve(p_lab, or_cp) * weight.reshape(-1))
+    union = g_sum + counts - g_lab + EPS
+    return inter, union, counts
+
+
+def _class_mean(values, counts, present_classes_only):
+    if not present_classes_only:
+        return values.mean()
+    present = counts > 0
+    if not bool(present.any()):
+        return None
+    return values[present].mean()
+
+
+def relaxed_miou(probs, labels, and_cp, or_cp, present_classes_only=False, info=None):
+    """mIoU~ = (1/C) Σ_c I_c / U_c over the valid pixels (absent classes add 0 to the mean)."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, info.valid)
+    return _class_mean(inter / union, counts, present_classes_only)
+
+
+def relaxed_fwiou(probs, labels, and_cp, or_cp, info=None):
+    """FWIoU~ = Σ_{c: n_c>0} n_c I_c / U_c / Σ_c n_c; None without valid pixels."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, info.valid)
+    total = counts.sum()
+    if not bool(total > 0):
+        return None
+    return (counts * (inter / union)).sum() / total
+
+
+def relaxed_biou(probs, labels, and_cp, or_cp, tolerance=5, drop_background=False,
+                 present_classes_only=False, info=None):
+    """BIoU~: mIoU~ over the valid pixels inside the ground-truth trimap band (§2.3).
+
+    The trimap is the union over classes (without class 0 if ``drop_background``) of the
+    ground-truth boundaries dilated by a (2 tolerance + 1)^2 square; exact, no gradient. The mean is
+    over all C classes (background included) unless ``present_classes_only``.
+    """
+    info = info or LabelInfo(labels, probs.shape[1])
+    mask = info.valid & info.trimap(tolerance, drop_background)
+    inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, mask)
+    return _class_mean(inter / union, counts, present_classes_only)
+
+
+def relaxed_macc(probs, labels, and_cp, present_classes_only=False, info=None):
+    """mAcc~ = (1/C) Σ_c Σ g_A(p_c) y_c / (Σ y_c + eps)."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
+    return _class_mean(inter / (counts + EPS), counts, present_classes_only)
+
+
+def relaxed_gacc(probs, labels, and_cp, info=None):
+    """gAcc~ = Σ_c Σ g_A(p_c) y_c / (Σ_c Σ y_c + eps)."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
+    return inter.sum() / (counts.sum() + EPS)
+
+
+def _erode(probs):
+    """3x3 min-pool of probabilities, border pad 1.0 (equal to ignoring out-of-image cells)."""
+    return -F.max_pool2d(-probs, kernel_size=3, stride=1, padding=1)
+
+
+def _window_max_at(values, n_idx, c_idx, h_idx, w_idx, radius):
+    """max over the (2r+1)^2 window (cut at the border) of ``values[n, c]`` around (h, w).
+
+    Equal to ``max_pool2d(values, 2r+1, 1, r)[n, c, h, w]`` including its gradient routing (to the
+    first maximum in row-major window order), but only evaluated at the given M positions.
+
+    Returns:
+        (M,) tensor, differentiable with respect to ``values``.
+    """
+    _, c, h, w = values.shape
+    offsets = torch.arange(-radius, radius + 1, device=values.device)
+    flat_values = values.reshape(-1)
+    chunk = max(1, _WINDOW_CHUNK // (2 * radius + 1) ** 2)
+    selected = []
+    with torch.no_grad():
+        detached = flat_values.detach()
+        for start in range(0, n_idx.numel(), chunk):
+            sl = slice(start, start + chunk)
+            rows = (h_idx[sl, None] + offsets).clamp_(0, h - 1)
+            cols = (w_idx[sl, None] + offsets).clamp_(0, w - 1)
+            plane = (n_idx[sl] * c + c_idx[sl]) * h
+            flat = ((plane[:, None, None] + rows[:, :, None]) * w + cols[:, None, :]).flatten(1)
+            best = detached[flat].argmax(dim=1, keepdim=True)
+            selected.append(flat.gather(1, best).squeeze(1))
+    index = torch.cat(selected) if selected else n_idx.new_zeros(0)
+    return flat_values.take(index)
+
+
+def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=None):
+    """BF1~ with four curves ``curves = [g1, g2, g3, g4]`` (spec §2.3).
+
+    e = MinPool3x3(p) (pad 1.0); B~ = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e); the ground-truth
+    boundary B_gt is exact; D~, D_gt are (2 tolerance + 1)^2 max-pool dilations;
+    P_c = Σ B~ D_gt / (Σ B~ + eps), R_c = Σ D~ B_gt / (Σ B_gt + eps), F_c = 2 P R / (P + R + eps);
+    the mean is over classes with a ground-truth boundary in the batch (without class 0 if
+    ``drop_background``). No valid mask (void pixels count for the prediction side). None if no
+    class qualifies.
+    """
+    n, c, h, w = probs.shape
+    info = info or LabelInfo(labels, c)
+    edges = info.boundary
+    n_gt = info.counts(edges).to(probs.dtype)
+    keep_mask = n_gt > 0
+    if drop_background:
+        keep_mask[0] = False
+    keep = torch.nonzero(keep_mask).reshape(-1)
+    k = keep.numel()
+    if k == 0:
+        return None
+    dense = probs if k == c else probs.index_select(1, keep)
+    eroded = _erode(dense)
+    g3p = bezier_curve(dense, curves[2])
+    g4e = bezier_curve(eroded, curves[3])
+    g1p_g2e = bezier_curve(dense, curves[0]) * bezier_curve(eroded, curves[1])
+    soft_edges = g3p + g4e - g3p * g4e - g1p_g2e
+
+    # Prediction side against the exact dilated ground-truth boundaries of the kept classes.
+    gt_edges = edges.unsqueeze(1) & (info.safe.unsqueeze(1) == keep.view(1, k, 1, 1))
+    gt_dilated = dilate_bool(gt_edges, tolerance)
+    n_fg = soft_edges.sum(dim=(0, 2, 3))
+    match_fg = (soft_edges * gt_dilated).sum(dim=(0, 2, 3))
+
+    # Ground-truth side: the dilated soft boundary is only needed at ground-truth boundary pixels.
+    position = torch.full((c,), -1, dtype=torch.long, device=probs.device)
+    position[keep] = torch.arange(k, device=probs.device)
+    kept_class = position[info.safe]
+    n_idx, h_idx, w_idx = torch.nonzero(edges & (kept_class >= 0), as_tuple=True)
+    c_idx = kept_class[n_idx, h_idx, w_idx]
+    soft_dilated = _window_max_at(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
+    match_gt = probs.new_zeros(k).index_add(0, c_idx, soft_dilated)
+
+    precision = match_fg / (n_fg + EPS)
+    recall = match_gt / (n_gt[keep] + EPS)
+    return (2 * precision * recall / (precision + recall + EPS)).mean()
