@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Train or evaluate a semantic-segmentation model with segloss_d2's losses and evaluator.
+
+    tools/train_net.py --config-file configs/shapes/tiny_deeplab_ce.yaml MODEL.DEVICE cpu
+    tools/train_net.py --config-file ... MODEL.SEM_SEG_HEAD.LOSS_TYPE searched \
+        MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS voc_miou
+    tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+
+Multi-GPU / multi-machine: detectron2's usual --num-gpus / --num-machines / --dist-url.
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from segloss_d2.engine import SegLossTrainer, get_segloss_cfg
+
+
+def setup(args):
+    cfg = get_segloss_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = SegLossTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return SegLossTrainer.test(cfg, model)
+    trainer = SegLossTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
