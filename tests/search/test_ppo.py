@@ -1,0 +1,191 @@
+import io
+
+import pytest
+import torch
+
+from segloss_d2.search.distributions import TruncatedNormal
+from segloss_d2.search.ppo import PPOController
+
+OPTIMUM = torch.tensor([0.85, 0.15, 0.7, 0.3, 0.9, 0.1])
+
+
+def _reward(thetas):
+    dim = thetas.shape[1]
+    return 1.0 - ((thetas - OPTIMUM[:dim]) ** 2).sum(dim=1) / dim
+
+
+def _run(controller, iterations, samples=16):
+    for _ in range(iterations):
+        thetas = controller.sample(samples)
+        controller.update(thetas, _reward(thetas))
+
+
+@pytest.mark.parametrize("ratio", ["per_dim", "joint"])
+@pytest.mark.parametrize("baseline", ["mu", "mean"])
+def test_moves_mu_toward_optimum(ratio, baseline):
+    controller = PPOController(6, 0.5, ratio=ratio, baseline=baseline, seed=0)
+    start = (controller.mu - OPTIMUM).norm().item()
+    _run(controller, 6)
+    end = (controller.mu - OPTIMUM).norm().item()
+    assert end < 0.6 * start, (start, end)
+    # every coordinate moved toward its optimum side of 0.5
+    assert ((controller.mu > 0.5) == (OPTIMUM > 0.5)).all(), controller.mu
+
+
+def test_sample_shape_range_and_row0():
+    controller = PPOController(4, [0.2, 0.4, 0.6, 0.8], seed=3)
+    thetas = controller.sample(9)
+    assert thetas.shape == (9, 4) and thetas.dtype == torch.float32
+    assert (thetas >= 0).all() and (thetas <= 1).all()
+    assert torch.equal(thetas[0], controller.mu)
+    assert not torch.equal(thetas[1], controller.mu)
+    mean_ctrl = PPOController(4, [0.2, 0.4, 0.6, 0.8], baseline="mean", seed=3)
+    assert not torch.equal(mean_ctrl.sample(9)[0], mean_ctrl.mu)
+
+
+def test_mu_init_maps_through_logit():
+    controller = PPOController(6, [0.25, 0.25, 1 / 3, 1 / 3, 0.5, 0.5])
+    torch.testing.assert_close(controller.mu, torch.tensor([0.25, 0.25, 1 / 3, 1 / 3, 0.5, 0.5]))
+
+
+def test_seed_controls_samples():
+    a, b, c = (PPOController(3, 0.5, seed=s).sample(5) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _reference_loss(mu_x, old_mu, sigma, thetas, adv, eps, ratio):
+    """The spec 4.3 objective, written independently of the controller."""
+    new = TruncatedNormal(torch.sigmoid(mu_x), sigma).log_prob(thetas)
+    old = TruncatedNormal(old_mu, sigma).log_prob(thetas)
+    if ratio == "joint":
+        r = torch.exp((new - old).sum(1))
+        return -torch.minimum(r * adv, r.clamp(1 - eps, 1 + eps) * adv).mean()
+    r = torch.exp(new - old)
+    a = adv[:, None]
+    return -sum(
+        torch.minimum(r[:, d] * a[:, 0], r[:, d].clamp(1 - eps, 1 + eps) * a[:, 0]).mean()
+        for d in range(thetas.shape[1])
+    )
+
+
+@pytest.mark.parametrize("ratio", ["per_dim", "joint"])
+@pytest.mark.parametrize("baseline", ["mu", "mean"])
+def test_update_equals_adam_on_reference_objective(ratio, baseline):
+    controller = PPOController(3, [0.3, 0.5, 0.6], ppo_steps=7, ratio=ratio, baseline=baseline,
+                               seed=5)
+    thetas = controller.sample(8)
+    rewards = torch.linspace(0.1, 0.9, 8)
+    adv = rewards - (rewards[0] if baseline == "mu" else rewards.mean())
+
+    mu_x = torch.nn.Parameter(torch.logit(torch.tensor([0.3, 0.5, 0.6])))
+    opt = torch.optim.Adam([mu_x], lr=0.2)
+    old_mu = torch.sigmoid(mu_x.detach()).clone()
+    for _ in range(7):
+        loss = _reference_loss(mu_x, old_mu, torch.full((3,), 0.2), thetas, adv, 0.2, ratio)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    stats = controller.update(thetas, rewards)
+    torch.testing.assert_close(controller.mu, torch.sigmoid(mu_x.detach()))
+    assert stats["iteration"] == 1 and controller.iteration == 1
+    assert stats["baseline"] == pytest.approx(float(rewards[0] if baseline == "mu"
+                                                    else rewards.mean()))
+    assert stats["mu"] == pytest.approx(controller.mu.tolist())
+
+
+def test_ratio_modes_differ():
+    results = []
+    for ratio in ("per_dim", "joint"):
+        controller = PPOController(4, 0.5, ratio=ratio, seed=2)
+        _run(controller, 1, samples=8)
+        results.append(controller.mu)
+    assert not torch.allclose(results[0], results[1])
+
+
+def test_zero_advantage_leaves_mu_unchanged():
+    controller = PPOController(3, 0.4, seed=0)
+    thetas = controller.sample(6)
+    controller.update(thetas, [0.5] * 6)
+    torch.testing.assert_close(controller.mu, torch.full((3,), 0.4))
+
+
+def test_state_dict_round_trip_continues_identically():
+    a = PPOController(5, 0.5, seed=11)
+    _run(a, 2, samples=6)
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    b = PPOController(5, 0.3, seed=99)  # different start and seed: all of it must be restored
+    b.load_state_dict(saved)
+    assert b.iteration == a.iteration == 2
+    for _ in range(2):
+        ta, tb = a.sample(6), b.sample(6)
+        assert torch.equal(ta, tb)
+        sa, sb = a.update(ta, _reward(ta)), b.update(tb, _reward(tb))
+        assert sa == sb
+    assert torch.equal(a.mu_x, b.mu_x)
+
+
+def test_state_dict_is_a_snapshot():
+    controller = PPOController(3, 0.5, seed=0)
+    _run(controller, 1, samples=4)
+    saved = controller.state_dict()
+    mu_x = saved["mu_x"].clone()
+    exp_avg = saved["optimizer"]["state"][0]["exp_avg"].clone()
+    _run(controller, 1, samples=4)
+    assert torch.equal(saved["mu_x"], mu_x)
+    assert torch.equal(saved["optimizer"]["state"][0]["exp_avg"], exp_avg)
+
+
+def test_load_state_dict_rejects_other_hyper_parameters():
+    saved = PPOController(3, 0.5, mu_lr=0.2).state_dict()
+    with pytest.raises(ValueError, match="mu_lr"):
+        PPOController(3, 0.5, mu_lr=0.1).load_state_dict(saved)
+    with pytest.raises(ValueError, match="dim"):
+        PPOController(4, 0.5).load_state_dict(saved)
+    with pytest.raises(ValueError, match="lacks keys"):
+        PPOController(3, 0.5).load_state_dict({"mu_x": saved["mu_x"]})
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(ratio="product"), "ratio"),
+        (dict(baseline="median"), "baseline"),
+        (dict(sigma=0.0), "sigma"),
+        (dict(sigma=-0.2), "sigma"),
+        (dict(mu_init=0.0), "mu_init"),
+        (dict(mu_init=1.0), "mu_init"),
+        (dict(mu_init=[0.5, 0.5]), "mu_init"),
+        (dict(dim=0), "dim"),
+        (dict(mu_lr=0), "mu_lr"),
+        (dict(ppo_steps=0), "ppo_steps"),
+        (dict(clip_eps=1.5), "clip_eps"),
+        (dict(seed=1.5), "seed"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = dict(dim=3, mu_init=0.5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        PPOController(**args)
+
+
+def test_bad_update_inputs():
+    controller = PPOController(3, 0.5, seed=0)
+    thetas = controller.sample(4)
+    with pytest.raises(ValueError, match="rewards must have shape"):
+        controller.update(thetas, [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="finite"):
+        controller.update(thetas, [0.1, float("nan"), 0.3, 0.4])
+    with pytest.raises(ValueError, match="thetas must have shape"):
+        controller.update(thetas[:, :2], [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        controller.update(thetas + 2, [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="thetas\\[0\\] == mu"):
+        controller.update(thetas.flip(0), [0.1, 0.2, 0.3, 0.4])
+    assert controller.iteration == 0  # nothing happened
+    torch.testing.assert_close(controller.mu, torch.full((3,), 0.5))
