@@ -1,0 +1,161 @@
+"""SegLossEvaluator: detectron2 adapter around :class:`~segloss_d2.evaluation.metrics.SegMetrics`.
+
+A drop-in companion of detectron2's ``SemSegEvaluator`` (same constructor, ``reset/process/
+evaluate`` contract, GT files and metadata) that also reports the boundary metrics of Auto Seg-Loss.
+All math lives in SegMetrics; this module only reads files, gathers states and formats results.
+"""
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import create_small_table
+from PIL import Image
+from tabulate import tabulate
+
+from .metrics import ALL_METRICS, SegMetrics
+
+__all__ = ["SegLossEvaluator"]
+
+_PER_CLASS_COLUMNS = ("IoU", "ACC", "BIoU", "BF1", "BoundaryIoU")
+RESULTS_FILE = "sem_seg_segloss_evaluation.json"
+
+
+class SegLossEvaluator(DatasetEvaluator):
+    """Evaluates mIoU, fwIoU, mACC, pACC (detectron2's names and definitions) plus BIoU, BF1
+    (Auto Seg-Loss, spec §1.2-1.4) and Boundary IoU, all accumulated over the dataset, in percent.
+
+    Results: ``OrderedDict({"sem_seg": {"mIoU": .., "fwIoU": .., "mACC": .., "pACC": .., "BIoU": ..,
+    "BF1": .., "BoundaryIoU": .., "IoU-<class>": .., "ACC-<class>": .., "BIoU-<class>": ..,
+    "BF1-<class>": .., "BoundaryIoU-<class>": ..}})`` (only the requested metrics). They are
+    also written to ``<output_dir>/sem_seg_segloss_evaluation.json`` (NaN as null).
+    """
+
+    def __init__(
+        self,
+        dataset_name,
+        distributed=True,
+        output_dir=None,
+        *,
+        num_classes=None,
+        ignore_label=None,
+        metrics=None,
+        tolerance=5,
+        drop_background=False,
+    ):
+        """
+        Args:
+            dataset_name (str): a registered dataset whose dicts have "file_name" and
+                "sem_seg_file_name" (a label PNG), and whose metadata has ``stuff_classes``.
+            distributed (bool): gather the statistics of all ranks and report on the main one.
+            output_dir (str or None): where to write the JSON results.
+            num_classes (int or None): must equal ``len(stuff_classes)`` if both are known; needed
+                when the metadata has no ``stuff_classes``.
+            ignore_label (int or None): void label of the GT files; default: the metadata's
+                ``ignore_label``, else 255.
+            metrics (iterable[str] or None): subset of ``mIoU, fwIoU, mACC, pACC, BIoU, BF1,
+                BoundaryIoU``; None for all.
+            tolerance (int): BIoU trimap / BF1 matching radius in pixels (reference: 5).
+            drop_background (bool): class 0 is background (PASCAL VOC semantics, see SegMetrics).
+        """
+        self._logger = logging.getLogger(__name__)
+        self._dataset_name = dataset_name
+        self._distributed = distributed
+        self._output_dir = output_dir
+        self._input_file_to_gt_file = {
+            record["file_name"]: record["sem_seg_file_name"]
+            for record in DatasetCatalog.get(dataset_name)
+        }
+        meta = MetadataCatalog.get(dataset_name)
+        class_names = meta.get("stuff_classes", None)
+        if class_names is None:
+            if num_classes is None:
+                raise ValueError(
+                    f"dataset {dataset_name!r} has no metadata 'stuff_classes'; pass num_classes"
+                )
+            class_names = [str(i) for i in range(num_classes)]
+        elif num_classes is not None and num_classes != len(class_names):
+            raise ValueError(
+                f"num_classes={num_classes} but dataset {dataset_name!r} has "
+                f"{len(class_names)} stuff_classes"
+            )
+        if ignore_label is None:
+            ignore_label = meta.get("ignore_label", 255)
+        self._metrics_args = dict(
+            num_classes=len(class_names),
+            ignore_value=ignore_label,
+            tolerance=tolerance,
+            drop_background=drop_background,
+            metrics=metrics,
+            class_names=list(class_names),
+        )
+        self.reset()
+
+    def reset(self):
+        self._metrics = SegMetrics(**self._metrics_args)
+
+    def process(self, inputs, outputs):
+        """
+        Args:
+            inputs (list[dict]): model inputs; each has "file_name" (a key of the dataset).
+            outputs (list[dict]): model outputs; each has "sem_seg", a (C, H, W) tensor of scores
+                at the GT resolution.
+        """
+        for input, output in zip(inputs, outputs):
+            pred = output["sem_seg"].argmax(dim=0).cpu()
+            gt_file = self._input_file_to_gt_file[input["file_name"]]
+            with PathManager.open(gt_file, "rb") as f:
+                gt = np.array(Image.open(f), dtype=np.int64)
+            try:
+                self._metrics.update(pred, gt)
+            except ValueError as e:
+                raise ValueError(f"{e} (prediction for {input['file_name']}, GT {gt_file})") from e
+
+    def evaluate(self):
+        """Gathers the statistics (distributed) and computes the metrics on the main process.
+
+        Returns:
+            OrderedDict: ``{"sem_seg": {metric: value in percent}}`` on the main process, None on
+            the others, ``{}`` if no image was processed.
+        """
+        metrics = self._metrics
+        if self._distributed:
+            comm.synchronize()
+            states = comm.gather(metrics.state_dict(), dst=0)
+            if not comm.is_main_process():
+                return None
+            metrics = SegMetrics(**self._metrics_args)
+            for state in states:
+                metrics.merge(state)
+        if metrics.num_images == 0:
+            self._logger.warning("[SegLossEvaluator] did not receive any prediction.")
+            return {}
+        res = metrics.compute()
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            path = os.path.join(self._output_dir, RESULTS_FILE)
+            with PathManager.open(path, "w") as f:
+                json.dump({k: None if math.isnan(v) else v for k, v in res.items()}, f, indent=1)
+        self._log_tables(res, metrics)
+        return OrderedDict({"sem_seg": res})
+
+    def _log_tables(self, res, metrics):
+        summary = {k: res[k] for k in ALL_METRICS if k in res}
+        self._logger.info(
+            f"Evaluation results of {self._dataset_name} ({metrics.num_images} images), "
+            f"in percent:\n" + create_small_table(summary)
+        )
+        columns = [c for c in _PER_CLASS_COLUMNS if f"{c}-{metrics.class_names[-1]}" in res]
+        rows = [
+            [name] + [res.get(f"{c}-{name}", "-") for c in columns] for name in metrics.class_names
+        ]
+        table = tabulate(
+            rows, headers=["class"] + columns, tablefmt="pipe", floatfmt=".2f", numalign="left"
+        )
+        self._logger.info("Per-class results:\n" + table)

@@ -1,0 +1,125 @@
+"""SegLossEvaluator against detectron2's SemSegEvaluator on a tiny in-memory dataset."""
+import json
+import logging
+import math
+import os
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+try:
+    import detectron2  # noqa: F401
+except ImportError:
+    if os.environ.get("SEGLOSS_REQUIRE_D2") == "1":
+        raise
+    pytest.skip("detectron2 is not installed", allow_module_level=True)
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.evaluation import SemSegEvaluator  # noqa: E402
+
+from segloss_d2 import SegLossEvaluator, SegMetrics  # noqa: E402
+
+CLASSES = ["road", "car", "sky", "tree"]  # "tree" never occurs in GT, only in predictions
+IGNORE = 255
+
+
+def _sample(rng, shape):
+    coarse = rng.integers(0, 3, (shape[0] // 6 + 1, shape[1] // 6 + 1))
+    gt = np.kron(coarse, np.ones((6, 6), dtype=np.int64))[: shape[0], : shape[1]]
+    gt[rng.random(shape) < 0.05] = IGNORE
+    gt[:3, :5] = IGNORE
+    labels = np.where(rng.random(shape) < 0.8, gt, rng.integers(0, len(CLASSES), shape))
+    labels[labels == IGNORE] = 0
+    logits = torch.randn(len(CLASSES), *shape)
+    logits[torch.from_numpy(labels)[None] == torch.arange(len(CLASSES))[:, None, None]] += 5.0
+    return gt, logits
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A registered dataset of 3 images of different sizes with PNG GT files, and model outputs."""
+    rng = np.random.default_rng(0)
+    records, outputs = [], []
+    for i, shape in enumerate([(30, 40), (25, 36), (40, 28)]):
+        gt, logits = _sample(rng, shape)
+        path = str(tmp_path / f"gt_{i}.png")
+        Image.fromarray(gt.astype(np.uint8)).save(path)
+        records.append({"file_name": f"img_{i}.jpg", "sem_seg_file_name": path,
+                        "height": shape[0], "width": shape[1]})
+        outputs.append({"sem_seg": logits})
+    name = f"segloss_test_{uuid.uuid4().hex}"
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(stuff_classes=CLASSES, ignore_label=IGNORE)
+    yield name, records, outputs
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def _run(evaluator, records, outputs):
+    evaluator.reset()
+    evaluator.process(records[:1], outputs[:1])  # one image, then a batch of two
+    evaluator.process(records[1:], outputs[1:])
+    return evaluator.evaluate()
+
+
+def test_matches_sem_seg_evaluator(dataset, tmp_path, caplog):
+    name, records, outputs = dataset
+    caplog.set_level(logging.INFO)
+    ours = _run(SegLossEvaluator(name, output_dir=str(tmp_path / "out")), records, outputs)
+    theirs = _run(SemSegEvaluator(name, distributed=False), records, outputs)
+    ours, theirs = ours["sem_seg"], theirs["sem_seg"]
+    for key in ["mIoU", "fwIoU", "mACC", "pACC"]:
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
+    for cls in CLASSES[:3]:
+        for key in [f"IoU-{cls}", f"ACC-{cls}"]:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
+    # "tree" is predicted but never in GT: both count IoU 0 in mIoU; detectron2 prints NaN for it,
+    # SegMetrics its IoU, 0 (so that mIoU is the NaN-mean of the per-class values)
+    assert math.isnan(ours["ACC-tree"]) and math.isnan(theirs["ACC-tree"])
+    assert ours["IoU-tree"] == 0.0 and math.isnan(theirs["IoU-tree"])
+
+    # the boundary metrics are SegMetrics' on the same label maps
+    direct = SegMetrics(len(CLASSES), ignore_value=IGNORE, class_names=CLASSES)
+    for record, output in zip(records, outputs):
+        gt = np.array(Image.open(record["sem_seg_file_name"]), dtype=np.int64)
+        direct.update(output["sem_seg"].argmax(0), gt)
+    assert ours == pytest.approx(direct.compute(), nan_ok=True)
+    assert list(ours)[:7] == ["mIoU", "fwIoU", "mACC", "pACC", "BIoU", "BF1", "BoundaryIoU"]
+
+    with open(tmp_path / "out" / "sem_seg_segloss_evaluation.json") as f:
+        saved = json.load(f)
+    assert saved["BF1"] == pytest.approx(ours["BF1"]) and saved["ACC-tree"] is None
+    assert "Per-class results" in caplog.text and "| road" in caplog.text
+
+
+def test_options_reach_segmetrics(dataset, caplog):
+    name, records, outputs = dataset
+    caplog.set_level(logging.INFO)
+    res = _run(
+        SegLossEvaluator(name, distributed=False, metrics=["mIoU", "BF1"], tolerance=2,
+                         drop_background=True),
+        records, outputs,
+    )["sem_seg"]
+    assert "BF1-road" not in res and "BF1-car" in res and "BIoU" not in res
+    direct = SegMetrics(len(CLASSES), tolerance=2, drop_background=True, class_names=CLASSES,
+                        metrics=["mIoU", "BF1"])
+    for record, output in zip(records, outputs):
+        direct.update(output["sem_seg"].argmax(0),
+                      np.array(Image.open(record["sem_seg_file_name"]), dtype=np.int64))
+    assert res == pytest.approx(direct.compute(), nan_ok=True)
+    assert "| road" in caplog.text
+
+
+def test_errors(dataset):
+    name, records, outputs = dataset
+    with pytest.raises(ValueError, match="num_classes=3 but dataset"):
+        SegLossEvaluator(name, num_classes=3)
+    evaluator = SegLossEvaluator(name)
+    evaluator.reset()
+    assert evaluator.evaluate() == {}
+    bad = {"sem_seg": torch.zeros(len(CLASSES), 5, 5)}
+    with pytest.raises(ValueError, match="shape.*img_0.jpg"):
+        evaluator.process(records[:1], [bad])
