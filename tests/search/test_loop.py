@@ -1,0 +1,199 @@
+import json
+
+import pytest
+import torch
+
+from segloss_d2.search.loop import run_search
+from segloss_d2.search.ppo import PPOController
+from segloss_d2.search.state import SearchState
+
+CONFIG = {"target_metric": "synthetic", "iterations": 3, "samples_per_iter": 4, "seed": 0}
+ITERS, M, DIM = 3, 4, 3
+OPTIMUM = torch.tensor([0.8, 0.2, 0.65])
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL / KeyboardInterrupt at an arbitrary point."""
+
+
+def _controller():
+    return PPOController(DIM, 0.5, ppo_steps=20, seed=0)
+
+
+def _result(theta):
+    reward = 1.0 - float(((theta - OPTIMUM) ** 2).sum()) / DIM
+    return {"reward": reward, "metrics": {"synthetic": reward}, "seconds": float(theta[0]),
+            "control_points": theta.tolist()}
+
+
+def _evaluate(budget=None, report=True):
+    """A backend that finishes ``budget`` trials in this 'process' and then gets killed."""
+    done = [0]
+
+    def evaluate(iteration, indices, thetas, on_trial_done):
+        assert thetas.shape == (len(indices), DIM)
+        results = []
+        for index, theta in zip(indices, thetas):
+            if budget is not None and done[0] >= budget:
+                raise Killed
+            results.append(_result(theta))
+            if report:
+                on_trial_done(index, results[-1])
+            done[0] += 1
+        return None if report else results
+
+    return evaluate
+
+
+def _open(directory, fresh):
+    if fresh:
+        return SearchState.create(str(directory), CONFIG)
+    return SearchState.resume(str(directory), CONFIG)
+
+
+def _finish(directory, fresh=False, **kwargs):
+    return run_search(_controller(), _open(directory, fresh), _evaluate(**kwargs), ITERS, M,
+                      log=lambda line: None)
+
+
+def _outcome(directory, result):
+    trials = [json.loads(line) for line in (directory / "trials.jsonl").read_text().splitlines()]
+    ckpt = torch.load(str(directory / "controller.pt"), weights_only=True)
+    return trials, result, ckpt
+
+
+def _assert_same(a, b):
+    trials_a, result_a, ckpt_a = a
+    trials_b, result_b, ckpt_b = b
+    assert trials_a == trials_b
+    assert result_a == result_b
+    assert ckpt_a["iteration"] == ckpt_b["iteration"] == ITERS
+    ca, cb = ckpt_a["controller"], ckpt_b["controller"]
+    assert torch.equal(ca["mu_x"], cb["mu_x"])
+    assert torch.equal(ca["generator"], cb["generator"])
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(ca["optimizer"]["state"][0][key], cb["optimizer"]["state"][0][key])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("reference")
+    return _outcome(directory, _finish(directory, fresh=True))
+
+
+def test_uninterrupted_run(reference, tmp_path):
+    trials, result, _ = reference
+    assert [(r["iteration"], r["index"]) for r in trials] == [(t, i) for t in range(ITERS)
+                                                               for i in range(M)]
+    assert all(r["status"] == "ok" for r in trials)
+    # baseline "mu": sample 0 of every iteration is the mean of that iteration
+    assert trials[0]["theta"] == pytest.approx([0.5] * DIM)
+    best = max(trials, key=lambda r: r["reward"])
+    assert result.best_trial == best
+    # the search made progress toward the optimum
+    start = float(((torch.full((DIM,), 0.5) - OPTIMUM) ** 2).sum())
+    assert float(((torch.tensor(result.final_mu) - OPTIMUM) ** 2).sum()) < start
+    # the returned-list reporting path gives the same search
+    _assert_same(reference, _outcome(tmp_path, _finish(tmp_path, fresh=True, report=False)))
+
+
+@pytest.mark.parametrize("budgets", [[0], [1], [4], [5, 3], [3, 0, 2], [11]])
+def test_kill_in_evaluate_then_resume_equals_uninterrupted(reference, tmp_path, budgets):
+    for n, budget in enumerate(budgets):
+        with pytest.raises(Killed):
+            _finish(tmp_path, fresh=(n == 0), budget=budget)
+    _assert_same(reference, _outcome(tmp_path, _finish(tmp_path)))
+
+
+@pytest.mark.parametrize("call", range(2 * ITERS))
+@pytest.mark.parametrize("after_write", [False, True])
+def test_kill_around_checkpoint_then_resume_equals_uninterrupted(
+    reference, tmp_path, monkeypatch, call, after_write
+):
+    # save_controller calls alternate: samples of iteration t, then the update of iteration t.
+    # Killing before the update's write is the gap between the last trial and the checkpoint.
+    original = SearchState.save_controller
+    calls = [0]
+
+    def dying_save(self, *args, **kwargs):
+        if calls[0] == call and not after_write:
+            raise Killed
+        original(self, *args, **kwargs)
+        if calls[0] == call:
+            raise Killed
+        calls[0] += 1
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SearchState, "save_controller", dying_save)
+        with pytest.raises(Killed):
+            _finish(tmp_path, fresh=True)
+    _assert_same(reference, _outcome(tmp_path, _finish(tmp_path)))
+
+
+def test_kill_during_trial_append_then_resume_equals_uninterrupted(reference, tmp_path):
+    with pytest.raises(Killed):
+        _finish(tmp_path, fresh=True, budget=6)
+    with open(tmp_path / "trials.jsonl", "ab") as f:  # the torn write of trial 7
+        f.write(b'{"control_points": [0.51, 0.2')
+    _assert_same(reference, _outcome(tmp_path, _finish(tmp_path)))
+
+
+def test_finished_search_resumes_to_the_same_result(reference, tmp_path):
+    first = _finish(tmp_path, fresh=True)
+    before = (tmp_path / "trials.jsonl").read_bytes()
+    calls = []
+    again = run_search(_controller(), _open(tmp_path, False), lambda *a: calls.append(a), ITERS, M,
+                       log=lambda line: None)
+    assert again == first and calls == []
+    assert (tmp_path / "trials.jsonl").read_bytes() == before
+
+
+def test_log_line_per_trial_and_iteration_hook(tmp_path):
+    lines, hooks = [], []
+    run_search(_controller(), _open(tmp_path, True), _evaluate(), ITERS, M, log=lines.append,
+               on_iteration_end=lambda t, stats, records: hooks.append((t, stats, records)))
+    trial_lines = [line for line in lines if " trial " in line]
+    assert len(trial_lines) == ITERS * M and all("ETA" in line for line in trial_lines)
+    assert "12/12 trials" in trial_lines[-1]
+    assert [h[0] for h in hooks] == list(range(ITERS))
+    assert [r["index"] for r in hooks[0][2]] == list(range(M))
+    assert hooks[-1][1]["iteration"] == ITERS
+
+
+def test_non_finite_reward_is_logged_as_diverged(tmp_path):
+    def evaluate(iteration, indices, thetas, on_trial_done):
+        return [dict(_result(t), reward=float("nan") if i == 2 else _result(t)["reward"])
+                for i, t in zip(indices, thetas)]
+
+    run_search(_controller(), _open(tmp_path, True), evaluate, 1, M, log=lambda line: None)
+    record = SearchState.resume(str(tmp_path), CONFIG).finished_trials(0)[2]
+    assert record["reward"] == 0.0 and record["status"] == "diverged"
+
+
+@pytest.mark.parametrize(
+    "evaluate,err,match",
+    [
+        (lambda t, idx, th, done: None, RuntimeError, "without finishing"),
+        (lambda t, idx, th, done: done(7, {"reward": 0.1}), ValueError, "not requested"),
+        (lambda t, idx, th, done: [done(0, {"reward": 0.1}), done(0, {"reward": 0.1})],
+         ValueError, "already reported"),
+        (lambda t, idx, th, done: [{"reward": 0.1}], ValueError, "returned 1 results"),
+        (lambda t, idx, th, done: [{"reward": 0.1, "index": 3}] * len(idx), ValueError,
+         "must not set"),
+        (lambda t, idx, th, done: [{"reward": 0.1, "status": "weird"}] * len(idx), ValueError,
+         "status"),
+        (lambda t, idx, th, done: [{"metrics": {}}] * len(idx), ValueError, "'reward'"),
+    ],
+)
+def test_bad_backend_behaviour_raises(tmp_path, evaluate, err, match):
+    with pytest.raises(err, match=match):
+        run_search(_controller(), _open(tmp_path, True), evaluate, ITERS, M,
+                   log=lambda line: None)
+
+
+def test_resume_with_other_samples_per_iter_raises(tmp_path):
+    with pytest.raises(Killed):
+        _finish(tmp_path, fresh=True, budget=2)
+    with pytest.raises(ValueError, match="samples_per_iter"):
+        run_search(_controller(), _open(tmp_path, False), _evaluate(), ITERS, M + 1,
+                   log=lambda line: None)
