@@ -131,9 +131,10 @@ def _missing(dataset_name, path, what, layout, registered_by="segloss_d2"):
     """A FileNotFoundError naming the dataset, the path, DETECTRON2_DATASETS and the layout."""
     return FileNotFoundError(
         f"Dataset '{dataset_name}': {what} not found: '{os.path.abspath(path)}'. "
-        f"{registered_by} registered it under the dataset root read from the DETECTRON2_DATASETS "
-        f"environment variable at registration time (now: {_env_hint()}); set it to the directory "
-        f"that holds your datasets before starting. {layout[0].upper()}{layout[1:]}."
+        f"{registered_by} registered it under a dataset root that defaults to the "
+        f"DETECTRON2_DATASETS environment variable as read at registration (now: {_env_hint()}); "
+        f"set it to the directory that holds your datasets before starting. "
+        f"{layout[0].upper()}{layout[1:]}."
     )
 
 
@@ -297,7 +298,8 @@ def register_voc_sem_seg(name, root, split):
 
     Args:
         name (str): dataset name, e.g. "voc_2012_sem_seg_val".
-        root (str): dataset root holding ``VOCdevkit/VOC2012`` (what ``DETECTRON2_DATASETS`` is).
+        root (str): dataset root holding ``VOCdevkit/VOC2012`` (what ``DETECTRON2_DATASETS`` is);
+            ``~`` is expanded, a relative root is resolved at load time.
         split (str): see :func:`load_voc_sem_seg`.
 
     Calling it again with the same arguments is a no-op; with other arguments it replaces this
@@ -307,6 +309,7 @@ def register_voc_sem_seg(name, root, split):
     """
     if split not in _VOC_LABEL_DIRS:
         raise ValueError(f"split must be one of {sorted(_VOC_LABEL_DIRS)}, got {split!r}")
+    root = os.path.expanduser(root)
     voc_dir = os.path.join(root, "VOCdevkit", "VOC2012")
 
     def same(f):
@@ -443,7 +446,8 @@ def register_all_segloss_datasets(root=None):
     detectron2 registered them with, and ``segloss_shapes_*`` use ``shapes_cache_dir()``.
 
     Args:
-        root (str or None): dataset root; None = ``$DETECTRON2_DATASETS`` or "datasets".
+        root (str or None): dataset root (``~`` expanded); None = ``$DETECTRON2_DATASETS`` or
+            "datasets", like detectron2's builtins.
     """
     root = os.getenv("DETECTRON2_DATASETS", "datasets") if root is None else root
     for name, split in VOC_SPLITS.items():

@@ -274,6 +274,15 @@ def test_register_voc_idempotent_and_rejects_foreign_names(voc_tree, names):
         register_voc_sem_seg(names("test_voc_bad"), str(root), "test")
 
 
+def test_voc_root_with_tilde(voc_tree, names, monkeypatch):
+    root, _ = voc_tree
+    monkeypatch.setenv("HOME", str(root))
+    name = names("test_voc_home")
+    register_voc_sem_seg(name, "~", "val")
+    assert MetadataCatalog.get(name).image_root.startswith(str(root) + os.sep)
+    assert [d["image_id"] for d in DatasetCatalog.get(name)] == VOC_VAL_IDS
+
+
 def test_register_all_under_another_root(voc_tree, tmp_path):
     root, labels = voc_tree
     val_name = "voc_2012_sem_seg_val"
