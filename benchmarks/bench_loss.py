@@ -1,0 +1,131 @@
+"""Forward+backward time and peak memory of each surrogate and baseline vs cross-entropy.
+
+Usage: python benchmarks/bench_loss.py [--quick] [--repeat R] [--device cpu|cuda|all]
+
+Input: logits (2, 19, 256, 512) (``--quick``: (2, 19, 64, 128)); labels are piecewise-constant
+(random 32x32-pixel cells, every class present, a void band), so boundaries are realistic.
+Ratios are against cross-entropy measured in the same run. Peak memory: CUDA peak allocated
+(``torch.cuda.max_memory_allocated``); on CPU the peak of memory allocated by torch, tracked with
+the profiler.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from segloss_d2.losses import LOSSES  # noqa: E402
+from segloss_d2.surrogate import SurrogateLoss, identity_params, load_params  # noqa: E402
+
+TARGETS = {"region": 3.0, "BIoU": 4.0, "BF1": 6.0}
+SURROGATES = [("mIoU", "voc_miou"), ("FWIoU", "voc_fwiou"), ("BIoU", "voc_biou"),
+              ("BF1", "voc_bf1"), ("mAcc", "voc_macc"), ("gAcc", "voc_gacc")]
+
+
+def make_inputs(shape, device, seed=0):
+    n, c, h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    cell = 32 if h >= 128 else 8
+    cells = torch.randint(0, c, (n, -(-h // cell), -(-w // cell)), generator=gen)
+    cells.view(-1)[:c] = torch.arange(c)
+    labels = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :h, :w].contiguous()
+    labels[:, h // 2 : h // 2 + 3, :] = 255
+    logits = torch.randn(shape, generator=gen) * 2
+    return logits.to(device), labels.to(device)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(loss_fn, logits, labels, repeat):
+    """(median seconds per forward+backward, peak bytes)."""
+    device = logits.device
+    x = logits.clone().requires_grad_()
+
+    def step():
+        x.grad = None
+        loss_fn(x, labels).backward()
+
+    step()
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    profile_memory=True) as prof:
+            step()
+        peak = _cpu_peak(prof)
+    return sorted(times)[len(times) // 2], peak
+
+
+def _cpu_peak(prof):
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def build_losses(num_classes):
+    rows = [("cross_entropy", LOSSES["cross_entropy"](num_classes), None)]
+    for name, preset in SURROGATES:
+        kind = name if name in ("BIoU", "BF1") else "region"
+        rows.append((f"{name} (searched)", SurrogateLoss(load_params(preset), num_classes), kind))
+    rows.append(("mIoU (naive/identity)", SurrogateLoss(identity_params(["mIoU"]), num_classes),
+                 "region"))
+    for key in ("wce", "dice", "lovasz", "hard_pixel_mining"):
+        rows.append((key, LOSSES[key](num_classes), None))
+    return rows
+
+
+def run(device, shape, repeat):
+    logits, labels = make_inputs(shape, device)
+    rows = build_losses(shape[1])
+    print(f"\n== {device} {tuple(shape)}, median of {repeat} forward+backward ==")
+    print(f"{'loss':24s} {'ms':>9s} {'x CE':>6s} {'peak MiB':>9s} {'x CE':>6s} {'target':>7s}")
+    base_t = base_m = None
+    for name, loss_fn, kind in rows:
+        t, m = measure(loss_fn.to(device), logits, labels, repeat)
+        if base_t is None:
+            base_t, base_m = t, max(m, 1)
+        target = TARGETS.get(kind)
+        verdict = "" if target is None else (f"<={target:g} " + ("ok" if t / base_t <= target
+                                                                  else "MISS"))
+        print(f"{name:24s} {t * 1e3:9.1f} {t / base_t:6.2f} {m / 2**20:9.1f} {m / base_m:6.2f} "
+              f"{verdict}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small input (2, 19, 64, 128)")
+    parser.add_argument("--repeat", type=int, default=None, help="timed repetitions")
+    parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    args = parser.parse_args()
+    shape = (2, 19, 64, 128) if args.quick else (2, 19, 256, 512)
+    repeat = args.repeat or (5 if args.quick else 5)
+    devices = ["cpu"] if args.device == "cpu" else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append("cuda")
+    if args.device == "all":
+        devices.insert(0, "cpu")
+    for device in devices:
+        run(torch.device(device), shape, repeat)
+
+
+if __name__ == "__main__":
+    main()
