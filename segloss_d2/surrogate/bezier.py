@@ -143,11 +143,12 @@ def validate_control_points(control_points, num_pieces, name="control_points"):
 def _piece_coefficients(control_points):
     """Per-piece scalar coefficients, computed in float64.
 
-    Returns a list of (upper_x, x0, inv_w, a, b, a2, y0, c1, c2) per piece, where for input x the
-    piece-local coordinate is ``u = (x - x0) * inv_w``, the Bézier parameter is
-    ``t = u / (a + sqrt(a2 + b u))`` (the root of ``(1-2a) t^2 + 2a t - u = 0`` in [0, 1],
-    written without the cancellation of ``(a - sqrt(.)) / (2a - 1)``), and
-    ``g = y0 + t (c1 + t c2)``.
+    Returns a list of (upper_x, x0, inv_w, a, b, a2, y0, c1, c2, half_inv_w) per piece: for input
+    x the piece-local coordinate is ``u = (x - x0) * inv_w``, the Bézier parameter is
+    ``t = u / (a + sqrt(a2 + b u))`` with ``b = 1 - 2a``, ``a2 = a^2`` (the root of
+    ``(1-2a) t^2 + 2a t - u = 0`` in [0, 1], written without the cancellation of
+    ``(a - sqrt(.)) / (2a - 1)``, so a = 0.5 needs no special case), ``g = y0 + t (c1 + t c2)`` and
+    ``dg/dx = (c1 + 2 c2 t) * half_inv_w / sqrt(a2 + b u)``.
     """
     values = [float(v) for v in control_points]
     xs = [0.0] + values[0::2] + [1.0]
@@ -159,31 +160,32 @@ def _piece_coefficients(control_points):
         w = x2 - x0
         a = (xc - x0) / w
         pieces.append((x2, x0, 1.0 / w, a, 1.0 - 2.0 * a, a * a, y0, 2.0 * (yc - y0),
-                       y0 - 2.0 * yc + y2))
+                       y0 - 2.0 * yc + y2, 0.5 / w))
     return pieces
 
 
 def _evaluate(x, pieces, need_grad):
     """g(x) and, if ``need_grad``, dg/dx for a float32/float64 tensor x; no autograd."""
     if len(pieces) == 1:
-        _, x0, inv_w, a, b, a2, y0, c1, c2 = pieces[0]
+        _, x0, inv_w, a, b, a2, y0, c1, c2, half_inv_w = pieces[0]
     else:
         # Per-element coefficients of the owning piece: piece k wins where x > x_{2k}.
         masks = [x > piece[0] for piece in pieces[:-1]]
-        coefficients = []
-        for i in range(1, 9):
-            c = torch.full_like(x, pieces[0][i])
+
+        def select(i):
+            out = torch.tensor(pieces[0][i], dtype=x.dtype, device=x.device)
             for mask, piece in zip(masks, pieces[1:]):
-                c.masked_fill_(mask, piece[i])
-            coefficients.append(c)
-        x0, inv_w, a, b, a2, y0, c1, c2 = coefficients
+                out = torch.where(mask, torch.tensor(piece[i], dtype=x.dtype, device=x.device),
+                                  out)
+            return out
+
+        x0, inv_w, a, b, a2, y0, c1, c2, half_inv_w = [select(i) for i in range(1, 10)]
     u = torch.sub(x, x0).mul_(inv_w)
     s = torch.mul(u, b).add_(a2).clamp_(min=0.0).sqrt_()
     t = u.div_(torch.add(s, a))
     grad = None
     if need_grad:
-        # dg/dx = dg/dt * dt/du * du/dx = (c1 + 2 c2 t) * (1 / (2 s)) * inv_w
-        grad = torch.mul(t, c2).mul_(2.0).add_(c1).mul_(inv_w).div_(s).mul_(0.5)
+        grad = torch.mul(t, c2).mul_(2.0).add_(c1).mul_(half_inv_w).div_(s)
     g = torch.mul(t, c2).add_(c1).mul_(t).add_(y0)
     return g, grad
 

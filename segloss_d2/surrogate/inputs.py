@@ -34,7 +34,8 @@ def check_logits_labels(logits, labels, num_classes, ignore_value):
                          f"to the label resolution first)")
     if labels.device != logits.device:
         raise ValueError(f"logits on {logits.device} but labels on {labels.device}")
-    if logits.numel() and not bool(torch.isfinite(logits).all()):
+    # One cheap reduction: any NaN/inf (or float overflow) makes the sum non-finite.
+    if logits.numel() and not bool(torch.isfinite(logits.detach().sum(dtype=torch.float64))):
         bad = "NaN" if bool(torch.isnan(logits).any()) else "inf"
         raise ValueError(f"logits contain {bad} values")
     bad = (labels < 0) | (labels >= num_classes)
