@@ -11,7 +11,9 @@ unpacked copy in place so that it installs as a pure-Python package:
 3. The numpy aliases removed in numpy 1.24 (``np.int``, ``np.float``, ``np.bool``, ``np.str``) ->
    the builtins they always were, in every module that uses them (SemSegEvaluator among them).
 4. A ``detectron2/_C.py`` placeholder: importing it works (v0.6 imports ``detectron2._C`` at module
-   level), and any attribute access raises a clear error naming the op that needs a source build.
+   level), its build-information functions (``get_compiler_version``, ``get_cuda_version``,
+   ``has_cuda``, read by ``collect_env``) say that no ops were built, and any other attribute
+   access raises a clear error naming the op that needs a source build.
 
 Only the standard library is used. It prints one line per applied fix and is idempotent: a second
 run on the same tree applies nothing.
@@ -32,6 +34,19 @@ This detectron2 was installed from a source release without C++/CUDA sources, so
 
 class CompiledOpsMissingError(AttributeError):
     """Raised on any use of a compiled detectron2 op in a build without them."""
+
+
+# Build information (read by detectron2.utils.collect_env, e.g. in default_setup): no ops were built.
+def get_compiler_version():
+    return "none: detectron2 installed without compiled ops"
+
+
+def get_cuda_version():
+    return "none: detectron2 installed without compiled ops"
+
+
+def has_cuda():
+    return False
 
 
 def __getattr__(name):
