@@ -78,3 +78,74 @@ def test_gradcheck_float64_all_metrics_and_sum():
 def _preset(metric):
     return {"mIoU": "voc_miou", "FWIoU": "voc_fwiou", "BIoU": "voc_biou", "BF1": "voc_bf1",
             "mAcc": "voc_macc", "gAcc": "voc_gacc"}[metric]
+
+
+@pytest.mark.parametrize(
+    "logits, labels, error, match",
+    [
+        (torch.randn(2, C, 8, 8), torch.zeros(2, 8, 8, dtype=torch.int32), TypeError, "int64"),
+        (torch.zeros(2, C, 8, 8, dtype=torch.long), torch.zeros(2, 8, 8, dtype=torch.long),
+         TypeError, "floating point"),
+        (torch.randn(C, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long), ValueError,
+         r"\(N, C, H, W\)"),
+        (torch.randn(2, C, 8, 8), torch.zeros(2, 1, 8, 8, dtype=torch.long), ValueError,
+         r"\(N, H, W\)"),
+        (torch.randn(2, C + 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long), ValueError,
+         "7 channels but num_classes is 6"),
+        (torch.randn(2, C, 8, 8), torch.zeros(2, 4, 4, dtype=torch.long), ValueError,
+         "resize the logits"),
+        (torch.full((2, C, 8, 8), float("nan")), torch.zeros(2, 8, 8, dtype=torch.long),
+         ValueError, "NaN"),
+        (torch.full((2, C, 8, 8), float("inf")), torch.zeros(2, 8, 8, dtype=torch.long),
+         ValueError, "inf"),
+        (torch.randn(2, C, 8, 8), torch.full((2, 8, 8), C, dtype=torch.long), ValueError,
+         r"values \[6\] outside \[0, 6\)"),
+        (torch.randn(2, C, 8, 8), torch.full((2, 8, 8), -1, dtype=torch.long), ValueError,
+         "not the ignore value 255"),
+    ],
+)
+def test_bad_inputs_raise(logits, labels, error, match):
+    loss = SurrogateLoss(load_params("voc_miou"), C)
+    with pytest.raises(error, match=match):
+        loss(logits, labels)
+
+
+def test_bad_construction_raises():
+    params = load_params("voc_miou")
+    with pytest.raises(TypeError, match="SurrogateParams"):
+        SurrogateLoss({"metrics": ["mIoU"]}, C)
+    with pytest.raises(ValueError, match="num_classes"):
+        SurrogateLoss(params, 0)
+    with pytest.raises(ValueError, match="tolerance"):
+        SurrogateLoss(params, C, tolerance=-1)
+    with pytest.raises(ValueError, match="collides"):
+        SurrogateLoss(params, C, ignore_value=3)
+    params.num_pieces[0] = 1  # hand-edited in memory: control points no longer fit
+    with pytest.raises(ValueError, match="need 2 control-point numbers, got 6"):
+        SurrogateLoss(params, C)
+    params = load_params("voc_miou")
+    params.metrics[0] = "Dice"
+    with pytest.raises(ValueError, match="unknown metric 'Dice'"):
+        SurrogateLoss(params, C)
+
+
+def test_buffers_move_with_module_and_autocast_keeps_float32():
+    loss = SurrogateLoss(load_params("voc_bf1"), C).to(torch.float32)
+    names = [n for n, _ in loss.named_buffers()]
+    assert names == ["curve_0_BF1"] and loss.curve_0_BF1.shape == (4, 2)
+    assert "curve_0_BF1" in loss.state_dict()
+    labels = blob_labels()
+    logits = random_logits(labels).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(logits, labels)
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+
+
+def test_public_api():
+    import segloss_d2
+
+    loss_fn = segloss_d2.SurrogateLoss(segloss_d2.load_params("voc_miou"), num_classes=21,
+                                       ignore_value=255, tolerance=5, drop_background=False,
+                                       loss_weight=1.0)
+    labels = torch.randint(0, 21, (1, 8, 8))
+    assert 0 < loss_fn(torch.randn(1, 21, 8, 8), labels).item() < 1
