@@ -65,15 +65,23 @@ def measure(loss_fn, logits, labels, repeat):
         step()
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                    profile_memory=True) as prof:
-            step()
+        saved = os.dup(2)  # the profiler logs start/stop lines on stderr
+        try:
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), 2)
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                            profile_memory=True) as prof:
+                    step()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
         peak = _cpu_peak(prof)
     return sorted(times)[len(times) // 2], peak
 
 
 def _cpu_peak(prof):
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
     current = peak = 0
     for e in events:
         current += e.cpu_memory_usage
@@ -115,9 +123,12 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small input (2, 19, 64, 128)")
     parser.add_argument("--repeat", type=int, default=None, help="timed repetitions")
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shape = (2, 19, 64, 128) if args.quick else (2, 19, 256, 512)
-    repeat = args.repeat or (5 if args.quick else 5)
+    repeat = args.repeat or 5
     devices = ["cpu"] if args.device == "cpu" else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append("cuda")
