@@ -27,8 +27,8 @@ IGNORE = 255
 
 
 def _sample(rng, shape):
-    coarse = rng.integers(0, 3, (shape[0] // 6 + 1, shape[1] // 6 + 1))
-    gt = np.kron(coarse, np.ones((6, 6), dtype=np.int64))[: shape[0], : shape[1]]
+    coarse = rng.integers(0, 3, (shape[0] // 12 + 1, shape[1] // 12 + 1))
+    gt = np.kron(coarse, np.ones((12, 12), dtype=np.int64))[: shape[0], : shape[1]]
     gt[rng.random(shape) < 0.05] = IGNORE
     gt[:3, :5] = IGNORE
     labels = np.where(rng.random(shape) < 0.8, gt, rng.integers(0, len(CLASSES), shape))
@@ -43,7 +43,7 @@ def dataset(tmp_path):
     """A registered dataset of 3 images of different sizes with PNG GT files, and model outputs."""
     rng = np.random.default_rng(0)
     records, outputs = [], []
-    for i, shape in enumerate([(30, 40), (25, 36), (40, 28)]):
+    for i, shape in enumerate([(48, 64), (40, 56), (60, 44)]):
         gt, logits = _sample(rng, shape)
         path = str(tmp_path / f"gt_{i}.png")
         Image.fromarray(gt.astype(np.uint8)).save(path)
@@ -65,6 +65,8 @@ def _run(evaluator, records, outputs):
     return evaluator.evaluate()
 
 
+# detectron2's own SemSegEvaluator converts tensors with np.array(..., dtype=int)
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_matches_sem_seg_evaluator(dataset, tmp_path, caplog):
     name, records, outputs = dataset
     caplog.set_level(logging.INFO)
@@ -88,6 +90,7 @@ def test_matches_sem_seg_evaluator(dataset, tmp_path, caplog):
         direct.update(output["sem_seg"].argmax(0), gt)
     assert ours == pytest.approx(direct.compute(), nan_ok=True)
     assert list(ours)[:7] == ["mIoU", "fwIoU", "mACC", "pACC", "BIoU", "BF1", "BoundaryIoU"]
+    assert ours["BIoU"] != pytest.approx(ours["mIoU"])  # the trimap is not the whole image
 
     with open(tmp_path / "out" / "sem_seg_segloss_evaluation.json") as f:
         saved = json.load(f)
@@ -111,6 +114,27 @@ def test_options_reach_segmetrics(dataset, caplog):
                       np.array(Image.open(record["sem_seg_file_name"]), dtype=np.int64))
     assert res == pytest.approx(direct.compute(), nan_ok=True)
     assert "| road" in caplog.text
+
+
+def test_distributed_gathers_and_merges_states(dataset, monkeypatch):
+    name, records, outputs = dataset
+    single = _run(SegLossEvaluator(name, distributed=False), records, outputs)
+    # rank 1 saw the first image, rank 0 (this process) the other two
+    rank1 = SegLossEvaluator(name, distributed=False)
+    rank1.process(records[:1], outputs[:1])
+    rank1_state = rank1._metrics.state_dict()
+    from segloss_d2.evaluation import evaluator as module
+
+    gathered = []
+    monkeypatch.setattr(module.comm, "synchronize", lambda: None)
+    monkeypatch.setattr(module.comm, "gather",
+                        lambda data, dst=0: gathered.append(data) or [data, rank1_state])
+    rank0 = SegLossEvaluator(name, distributed=True)
+    rank0.process(records[1:], outputs[1:])
+    merged = rank0.evaluate()
+    assert len(gathered) == 1 and merged["sem_seg"] == pytest.approx(single["sem_seg"], nan_ok=True)
+    monkeypatch.setattr(module.comm, "is_main_process", lambda: False)
+    assert rank0.evaluate() is None
 
 
 def test_errors(dataset):
