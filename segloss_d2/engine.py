@@ -1,4 +1,4 @@
-"""detectron2 training adapter: config set-up and ``SegLossTrainer`` (used by tools/ and the search).
+"""detectron2 training adapter: config set-up and ``SegLossTrainer`` (tools/, search, demo).
 
 Importing this module registers segloss_d2's heads, backbone and datasets.
 """
@@ -19,7 +19,7 @@ __all__ = ["get_segloss_cfg", "build_sem_seg_train_aug", "build_segloss_evaluato
 
 
 def get_segloss_cfg():
-    """detectron2's default config + DeepLab keys + segloss_d2's loss, evaluation and search keys."""
+    """detectron2's default config + DeepLab keys + segloss_d2's loss, eval and search keys."""
     cfg = get_cfg()
     add_deeplab_config(cfg)
     add_segloss_config(cfg)

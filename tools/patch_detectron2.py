@@ -36,7 +36,7 @@ class CompiledOpsMissingError(AttributeError):
     """Raised on any use of a compiled detectron2 op in a build without them."""
 
 
-# Build information (read by detectron2.utils.collect_env, e.g. in default_setup): no ops were built.
+# Build information, read by detectron2.utils.collect_env (default_setup): no ops were built.
 def get_compiler_version():
     return "none: detectron2 installed without compiled ops"
 

@@ -3,10 +3,9 @@
 Outputs ``res2..res5`` at strides 4, 8, 16, 16 (res5 dilated, like an output-stride-16 ResNet), so
 it drops into DeepLabV3+ (IN_FEATURES res2/res5) and FPN-style heads unchanged.
 """
-from torch import nn
-
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
 
 __all__ = ["TinySegBackbone", "build_tiny_seg_backbone"]
 
@@ -29,7 +28,9 @@ class TinySegBackbone(Backbone):
     def __init__(self, in_channels, channels, norm="BN", out_features=("res2", "res5")):
         super().__init__()
         if len(channels) != 4 or min(channels) <= 0:
-            raise ValueError(f"MODEL.TINY_BACKBONE.CHANNELS must be 4 positive ints, got {channels}")
+            raise ValueError(
+                f"MODEL.TINY_BACKBONE.CHANNELS must be 4 positive ints, got {channels}"
+            )
         strides, dilations = (4, 8, 16, 16), (1, 1, 1, 2)
         self._out_features = list(out_features)
         unknown = set(self._out_features) - {"res2", "res3", "res4", "res5"}
@@ -62,7 +63,7 @@ class TinySegBackbone(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_tiny_seg_backbone(cfg, input_shape):
-    """``MODEL.BACKBONE.NAME "build_tiny_seg_backbone"``; features from ``MODEL.RESNETS.OUT_FEATURES``."""
+    """``MODEL.BACKBONE.NAME "build_tiny_seg_backbone"``; returns ``MODEL.RESNETS.OUT_FEATURES``."""
     return TinySegBackbone(
         input_shape.channels,
         list(cfg.MODEL.TINY_BACKBONE.CHANNELS),

@@ -53,7 +53,8 @@ def build_surrogate_params(cfg) -> SurrogateParams:
         names = [s.strip() for s in str(sur.PARAMS).split(",") if s.strip()]
         if not names:
             raise ValueError(
-                "MODEL.SEM_SEG_HEAD.LOSS_TYPE 'searched' needs MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS: "
+                "MODEL.SEM_SEG_HEAD.LOSS_TYPE 'searched' needs "
+                "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS: "
                 "a params JSON file (e.g. a search's best_params.json) or a preset name such as "
                 "'voc_miou'"
             )

@@ -5,7 +5,6 @@ unmodified detectron2 head and replaces only its ``losses``: the logits are upsa
 resolution and fed to :func:`build_sem_seg_loss` (any ``LOSS_TYPE``). Inference is unchanged.
 """
 import torch.nn.functional as F
-
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
@@ -27,7 +26,7 @@ def segloss_losses(loss_fn, predictions, targets):
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class DeepLabV3PlusSegLossHead(DeepLabV3PlusHead):
-    """detectron2's DeepLabV3PlusHead trained with ``MODEL.SEM_SEG_HEAD.LOSS_TYPE`` of segloss_d2."""
+    """detectron2's DeepLabV3PlusHead, trained with segloss_d2's ``LOSS_TYPE``."""
 
     @configurable
     def __init__(self, input_shape, *, loss_fn, **kwargs):
@@ -52,7 +51,7 @@ class DeepLabV3PlusSegLossHead(DeepLabV3PlusHead):
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class SemSegFPNSegLossHead(SemSegFPNHead):
-    """detectron2's SemSegFPNHead trained with ``MODEL.SEM_SEG_HEAD.LOSS_TYPE`` of segloss_d2."""
+    """detectron2's SemSegFPNHead, trained with segloss_d2's ``LOSS_TYPE``."""
 
     @configurable
     def __init__(self, input_shape, *, loss_fn, **kwargs):

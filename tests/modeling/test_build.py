@@ -1,4 +1,4 @@
-"""build_sem_seg_loss / heads: every LOSS_TYPE builds, trains, and bad configs fail at build time."""
+"""build_sem_seg_loss / heads: every LOSS_TYPE builds and trains; bad configs fail at build."""
 import pytest
 import torch
 
