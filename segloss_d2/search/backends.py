@@ -1,0 +1,152 @@
+"""Search backends: the ``evaluate_fn`` of :func:`segloss_d2.search.loop.run_search`.
+
+- ``local`` (:class:`LocalBackend`): groups of ``SEARCH.MODELS_PER_WORKER`` candidates are trained
+  side by side in this process (:func:`~segloss_d2.search.trial.train_candidates`), one group after
+  the other.
+- ``ray`` (:class:`RayBackend`): each group is a Ray task with ``SEARCH.RAY.CPUS_PER_TRIAL`` CPUs
+  and ``SEARCH.RAY.GPUS_PER_TRIAL`` GPUs, so the same command fills all GPUs of a machine or a Ray
+  cluster; tasks whose worker died are retried ``SEARCH.RAY.MAX_RETRIES`` times. Needs the ``ray``
+  extra (``pip install segloss_d2[ray]``).
+
+Both report every trial as soon as its group finishes. A candidate's result does not depend on the
+backend or on K (same seed, initial weights and data order for every candidate).
+"""
+import logging
+import os
+from typing import Callable, List
+
+import torch
+
+from .holdout import search_datasets
+from .trial import train_candidates
+
+__all__ = ["BACKENDS", "LocalBackend", "RayBackend", "build_backend", "import_ray"]
+
+BACKENDS = ("local", "ray")
+logger = logging.getLogger(__name__)
+
+
+def _groups(indices: List[int], thetas: torch.Tensor, size: int):
+    for start in range(0, len(indices), size):
+        yield indices[start:start + size], thetas[start:start + size]
+
+
+class LocalBackend:
+    """Trains groups of ``SEARCH.MODELS_PER_WORKER`` candidates in this process, in turn."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.models_per_worker = int(cfg.SEARCH.MODELS_PER_WORKER)
+        self.train_dicts, self.reward_dicts = search_datasets(cfg)
+
+    def __call__(self, iteration: int, indices: List[int], thetas: torch.Tensor,
+                 on_trial_done: Callable) -> None:
+        for group, group_thetas in _groups(indices, thetas, self.models_per_worker):
+            results = train_candidates(self.cfg, group_thetas, self.train_dicts,
+                                       self.reward_dicts)
+            for index, result in zip(group, results):
+                on_trial_done(index, result)
+
+    def close(self) -> None:
+        pass
+
+
+def _ray_train_group(cfg_yaml: str, thetas: List[List[float]]):
+    """Body of a Ray task: rebuild the config, register segloss_d2, train one group."""
+    from detectron2.config import CfgNode
+
+    from .. import engine  # noqa: F401  (registers segloss_d2's heads, backbone, datasets)
+
+    cfg = CfgNode.load_cfg(cfg_yaml)
+    train_dicts, reward_dicts = search_datasets(cfg)
+    return train_candidates(cfg, torch.tensor(thetas, dtype=torch.float32), train_dicts,
+                            reward_dicts)
+
+
+def import_ray():
+    """Import and return ``ray``; ImportError with the install command if it is missing."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(
+            "SEARCH.BACKEND 'ray' needs Ray: pip install 'ray>=2.9' (the segloss_d2[ray] extra)"
+        ) from e
+    return ray
+
+
+class RayBackend:
+    """Runs each group of ``SEARCH.MODELS_PER_WORKER`` candidates as a Ray task.
+
+    Connects to ``SEARCH.RAY.ADDRESS`` ("" = a new local instance, "auto" = the running cluster)
+    unless Ray is already initialized in this process (then that instance is used and left
+    running). ``DETECTRON2_DATASETS`` and ``SEGLOSS_CACHE`` are forwarded to the workers.
+
+    A task that still fails after its retries marks its trials "failed" (reward 0) as long as other
+    trials of the same call succeeded; if none did, the error is raised instead and nothing is
+    logged for the failed trials, so that a resumed search runs them again.
+    """
+
+    def __init__(self, cfg):
+        ray = import_ray()
+        self.ray = ray
+        self.cfg = cfg
+        self.models_per_worker = int(cfg.SEARCH.MODELS_PER_WORKER)
+        self._owns_ray = False
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in ("DETECTRON2_DATASETS", "SEGLOSS_CACHE")
+                   if k in os.environ}
+            ray.init(address=cfg.SEARCH.RAY.ADDRESS or None, include_dashboard=False,
+                     runtime_env={"env_vars": env} if env else None)
+            self._owns_ray = True
+        self._remote = ray.remote(
+            num_cpus=float(cfg.SEARCH.RAY.CPUS_PER_TRIAL),
+            num_gpus=float(cfg.SEARCH.RAY.GPUS_PER_TRIAL),
+            max_retries=int(cfg.SEARCH.RAY.MAX_RETRIES),
+        )(_ray_train_group)
+        self._cfg_yaml = cfg.dump()
+
+    def __call__(self, iteration: int, indices: List[int], thetas: torch.Tensor,
+                 on_trial_done: Callable) -> None:
+        ray = self.ray
+        pending = {
+            self._remote.remote(self._cfg_yaml, group_thetas.tolist()): group
+            for group, group_thetas in _groups(indices, thetas, self.models_per_worker)
+        }
+        failures, succeeded = [], 0
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            group = pending.pop(ref)
+            try:
+                results = ray.get(ref)
+            except Exception as e:  # RayTaskError, WorkerCrashedError, ... after the retries
+                logger.error("Ray task of trials %s (iteration %d) failed: %s", group, iteration, e)
+                failures.append((group, e))
+                continue
+            for index, result in zip(group, results):
+                on_trial_done(index, result)
+            succeeded += len(group)
+        if failures and not succeeded:
+            group, error = failures[0]
+            raise RuntimeError(
+                f"every Ray task of iteration {iteration} failed; first: trials {group}: {error}"
+            ) from error
+        for group, error in failures:
+            for index in group:
+                on_trial_done(index, {"reward": 0.0, "status": "failed",
+                                      "error": f"{type(error).__name__}: {error}"})
+
+    def close(self) -> None:
+        """Shut Ray down if this backend started it."""
+        if self._owns_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+            self._owns_ray = False
+
+
+def build_backend(cfg):
+    """The backend named by ``SEARCH.BACKEND`` ("local" or "ray")."""
+    name = cfg.SEARCH.BACKEND
+    if name == "local":
+        return LocalBackend(cfg)
+    if name == "ray":
+        return RayBackend(cfg)
+    raise ValueError(f"SEARCH.BACKEND must be one of {BACKENDS}, got {name!r}")

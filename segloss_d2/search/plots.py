@@ -1,0 +1,63 @@
+"""PNG plots of a search (matplotlib, Agg): the reward curve and the searched curves."""
+import os
+from typing import Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..surrogate.params import SurrogateParams  # noqa: E402
+from ..visualize import plot_curves  # noqa: E402
+
+__all__ = ["plot_reward_curve", "plot_searched_curves"]
+
+
+def plot_reward_curve(trials: List[Dict], path: str, target: str = "reward",
+                      title: Optional[str] = None) -> None:
+    """Scatter every trial's reward by iteration (diverged/failed in red), with the mean per
+    iteration, the reward of mu (sample 0 under ``baseline='mu'``) and the best so far.
+
+    Args:
+        trials (list of dict): trial records (``iteration``, ``index``, ``reward``, ``status``).
+        path (str): output PNG path (parent directories are created).
+        target (str): the target metric's name, for the axis label.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    iterations = sorted({r["iteration"] for r in trials})
+    ok = [r for r in trials if r["status"] == "ok"]
+    bad = [r for r in trials if r["status"] != "ok"]
+    ax.scatter([r["iteration"] + 1 for r in ok], [r["reward"] for r in ok], s=12, alpha=0.5,
+               label="sampled")
+    if bad:
+        ax.scatter([r["iteration"] + 1 for r in bad], [r["reward"] for r in bad], s=16,
+                   marker="x", color="tab:red", label="diverged / failed")
+    if iterations:
+        means = [sum(r["reward"] for r in trials if r["iteration"] == t)
+                 / sum(1 for r in trials if r["iteration"] == t) for t in iterations]
+        ax.plot([t + 1 for t in iterations], means, "-o", color="tab:blue", label="mean")
+        best, running = [], float("-inf")
+        for t in iterations:
+            running = max([running] + [r["reward"] for r in ok if r["iteration"] == t])
+            best.append(running)
+        ax.plot([t + 1 for t in iterations], best, "--", color="tab:green", label="best so far")
+        mu = [(t + 1, r["reward"]) for t in iterations for r in trials
+              if r["iteration"] == t and r["index"] == 0]
+        ax.plot([m[0] for m in mu], [m[1] for m in mu], ":s", ms=4, color="tab:orange",
+                label="sample 0 (mu with baseline 'mu')")
+    ax.set(xlabel="search iteration", ylabel=f"reward ({target} on the reward set, 0-1)",
+           title=title or "search reward")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_searched_curves(params: SurrogateParams, path: str, title: Optional[str] = None) -> None:
+    """The g curves of searched parameters (one panel per metric), via
+    :func:`segloss_d2.visualize.plot_curves`."""
+    plot_curves(params, path, title=title)

@@ -1,0 +1,266 @@
+"""A whole search from a detectron2 config: validate, open state, run, write the results.
+
+::
+
+    cfg = get_segloss_cfg(); cfg.merge_from_file("configs/shapes/search_tiny_bf1.yaml")
+    runner = SearchRunner(cfg, resume=False, config_file="configs/shapes/search_tiny_bf1.yaml")
+    result = runner.run()       # SearchResult(best_trial, final_mu)
+
+Everything that can be wrong (SEARCH values, datasets, a corrupt or foreign state directory on
+resume, an existing search without resume) raises in the constructor, before anything is written.
+
+Outputs in ``SEARCH.OUTPUT_DIR`` (or ``OUTPUT_DIR``): ``meta.json``, ``trials.jsonl`` and
+``controller.pt`` (:class:`SearchState`), TensorBoard event files (``reward/trial``,
+``reward/mean``, ``reward/max``, ``reward/best``, ``mu/<d>``), ``best_params.json`` and
+``final_mu_params.json`` (loadable with ``LOSS_TYPE searched`` + ``SURROGATE.PARAMS <path>``),
+``reward_curve.png``, ``best_curves.png`` and ``final_mu_curves.png``.
+"""
+import logging
+import os
+from numbers import Real
+from typing import Any, Dict, Optional
+
+from ..surrogate.params import save_params
+from .backends import BACKENDS, build_backend, import_ray
+from .holdout import search_datasets
+from .loop import SearchResult, run_search
+from .ppo import PPOController
+from .state import SearchState
+from .trial import initial_mu, parse_target_metrics, search_dim, search_num_pieces, theta_to_params
+
+__all__ = [
+    "validate_search_config",
+    "search_output_dir",
+    "search_fingerprint_config",
+    "build_controller",
+    "write_search_results",
+    "SearchRunner",
+]
+
+logger = logging.getLogger(__name__)
+
+# Keys that do not change a search's results: how it is run and where it writes. Everything else
+# (target, data, proxy model and schedule, controller, seed, DATALOADER.NUM_WORKERS, which changes
+# the augmentation streams) is part of the fingerprint checked on resume.
+_NOT_FINGERPRINTED = (
+    ("OUTPUT_DIR",),
+    ("SEARCH", "OUTPUT_DIR"),
+    ("SEARCH", "BACKEND"),
+    ("SEARCH", "MODELS_PER_WORKER"),
+    ("SEARCH", "RAY"),
+    ("MODEL", "DEVICE"),
+)
+
+
+def _int_at_least(cfg, key: str, minimum: int) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an int >= {minimum}, got {value!r}")
+
+
+def _number(cfg, key: str, low: float, high: float = float("inf"), low_open=True) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    ok = isinstance(value, Real) and not isinstance(value, bool) and value <= high and (
+        value > low if low_open else value >= low)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high < 1e300 else "")
+        raise ValueError(f"{key} must be a number {bound}, got {value!r}")
+
+
+def validate_search_config(cfg) -> None:
+    """Check every SEARCH key (and the ones the search needs); raises ValueError naming the key.
+
+    Datasets are checked by :func:`~segloss_d2.search.holdout.search_datasets`.
+    """
+    parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    search_num_pieces(cfg)
+    for key in ("SEARCH.ITERATIONS", "SEARCH.SAMPLES_PER_ITER", "SEARCH.PPO_STEPS",
+                "SEARCH.PROXY.MAX_ITER", "SEARCH.MODELS_PER_WORKER", "SOLVER.IMS_PER_BATCH"):
+        _int_at_least(cfg, key, 1)
+    _int_at_least(cfg, "SEARCH.SEED", 0)
+    _int_at_least(cfg, "SEARCH.RAY.MAX_RETRIES", 0)
+    if not cfg.SEARCH.HOLDOUT.DATASET:
+        _int_at_least(cfg, "SEARCH.HOLDOUT.SIZE", 1)
+    _number(cfg, "SEARCH.SIGMA", 0.0)
+    _number(cfg, "SEARCH.MU_LR", 0.0)
+    _number(cfg, "SEARCH.CLIP_EPS", 0.0, 1.0)
+    if cfg.SEARCH.CLIP_EPS >= 1:
+        raise ValueError(f"SEARCH.CLIP_EPS must be in (0, 1), got {cfg.SEARCH.CLIP_EPS!r}")
+    _number(cfg, "SEARCH.RAY.CPUS_PER_TRIAL", 0.0)
+    _number(cfg, "SEARCH.RAY.GPUS_PER_TRIAL", 0.0, low_open=False)
+    if cfg.SEARCH.RATIO not in ("per_dim", "joint"):
+        raise ValueError(f"SEARCH.RATIO must be 'per_dim' or 'joint', got {cfg.SEARCH.RATIO!r}")
+    if cfg.SEARCH.BASELINE not in ("mu", "mean"):
+        raise ValueError(f"SEARCH.BASELINE must be 'mu' or 'mean', got {cfg.SEARCH.BASELINE!r}")
+    if cfg.SEARCH.BACKEND not in BACKENDS:
+        raise ValueError(f"SEARCH.BACKEND must be one of {BACKENDS}, got {cfg.SEARCH.BACKEND!r}")
+    if cfg.SEARCH.BASELINE == "mu" and cfg.SEARCH.SAMPLES_PER_ITER < 2:
+        raise ValueError("SEARCH.SAMPLES_PER_ITER must be >= 2 with SEARCH.BASELINE 'mu' (sample 0 "
+                         "is the mean itself, the baseline)")
+
+
+def search_output_dir(cfg) -> str:
+    """``SEARCH.OUTPUT_DIR``, or ``OUTPUT_DIR`` if empty."""
+    return cfg.SEARCH.OUTPUT_DIR or cfg.OUTPUT_DIR
+
+
+def _to_plain(node):
+    if isinstance(node, dict):
+        return {k: _to_plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_to_plain(v) for v in node]
+    return node
+
+
+def search_fingerprint_config(cfg) -> Dict[str, Any]:
+    """The config as a JSON-able dict without the keys that do not change results (backend,
+    models per worker, Ray settings, output paths, device); what SearchState fingerprints."""
+    plain = _to_plain(cfg)
+    for path in _NOT_FINGERPRINTED:
+        node = plain
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    return plain
+
+
+def build_controller(cfg) -> PPOController:
+    """The PPO controller of a search config, starting at the identity curves (spec §3.4)."""
+    s = cfg.SEARCH
+    return PPOController(
+        search_dim(cfg), initial_mu(cfg), sigma=float(s.SIGMA), mu_lr=float(s.MU_LR),
+        ppo_steps=s.PPO_STEPS, clip_eps=float(s.CLIP_EPS), ratio=s.RATIO, baseline=s.BASELINE,
+        seed=s.SEED,
+    )
+
+
+def write_search_results(cfg, state: SearchState, result: SearchResult,
+                         config_file: str = "") -> Dict[str, str]:
+    """Write ``best_params.json``, ``final_mu_params.json`` and the PNGs; returns their paths."""
+    from .plots import plot_reward_curve, plot_searched_curves
+
+    out = state.output_dir
+    paths = {}
+    base = {"source": "segloss_d2 search", "config_file": config_file,
+            "target_metric": cfg.SEARCH.TARGET_METRIC, "seed": int(cfg.SEARCH.SEED),
+            "iterations": int(cfg.SEARCH.ITERATIONS),
+            "samples_per_iter": int(cfg.SEARCH.SAMPLES_PER_ITER)}
+    best = result.best_trial
+    if best is not None:
+        params = theta_to_params(
+            cfg, best["theta"], reward=best["reward"],
+            provenance={**base, "selection": "best sampled theta by reward (ties: later)",
+                        "iteration": best["iteration"], "index": best["index"],
+                        "metrics": best["metrics"]},
+        )
+        paths["best_params"] = os.path.join(out, "best_params.json")
+        save_params(params, paths["best_params"])
+        paths["best_curves"] = os.path.join(out, "best_curves.png")
+        plot_searched_curves(params, paths["best_curves"],
+                             f"best sampled (reward {best['reward']:.4f})")
+    else:
+        logger.warning("no trial succeeded: best_params.json is not written")
+    mu_params = theta_to_params(
+        cfg, result.final_mu,
+        provenance={**base, "selection": "final mean of the search distribution",
+                    "iteration": int(cfg.SEARCH.ITERATIONS), "index": None},
+    )
+    paths["final_mu_params"] = os.path.join(out, "final_mu_params.json")
+    save_params(mu_params, paths["final_mu_params"])
+    paths["final_mu_curves"] = os.path.join(out, "final_mu_curves.png")
+    plot_searched_curves(mu_params, paths["final_mu_curves"], "final mean")
+    paths["reward_curve"] = os.path.join(out, "reward_curve.png")
+    plot_reward_curve(state.all_trials(), paths["reward_curve"], cfg.SEARCH.TARGET_METRIC)
+    return paths
+
+
+class _TensorBoard:
+    """Scalars per finished iteration (``on_iteration_end`` of run_search)."""
+
+    def __init__(self, log_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=log_dir)
+        self.best = float("-inf")
+
+    def __call__(self, t: int, stats: Dict[str, Any], records) -> None:
+        w, m = self.writer, len(records)
+        for r in records:
+            w.add_scalar("reward/trial", r["reward"], t * m + r["index"])
+            if r["status"] == "ok":
+                self.best = max(self.best, r["reward"])
+        w.add_scalar("reward/mean", stats["reward_mean"], t)
+        w.add_scalar("reward/max", stats["reward_max"], t)
+        w.add_scalar("reward/baseline", stats["baseline"], t)
+        if self.best > float("-inf"):
+            w.add_scalar("reward/best", self.best, t)
+        for d, v in enumerate(stats["mu"]):
+            w.add_scalar(f"mu/{d}", v, t + 1)
+        w.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class SearchRunner:
+    """Runs the search of a config (see the module docstring).
+
+    Args:
+        cfg (CfgNode): a config from ``get_segloss_cfg()`` with the search settings merged.
+        resume (bool): continue the search in the output directory (re-running only unfinished
+            trials) instead of starting a new one.
+        config_file (str): recorded in the results' provenance.
+        log (callable): receives the per-trial and per-iteration lines (default: logger.info).
+
+    Raises:
+        ValueError: bad SEARCH values, unregistered/empty datasets, a hold-out larger than the
+            dataset, or (resume) a corrupt directory or one that belongs to another config.
+        FileExistsError: a new search in a directory that already holds one.
+        FileNotFoundError: resume without state, or missing dataset files.
+    """
+
+    def __init__(self, cfg, resume: bool = False, config_file: str = "",
+                 log: Optional[Any] = None):
+        validate_search_config(cfg)
+        if cfg.SEARCH.BACKEND == "ray":
+            import_ray()  # a clear ImportError now rather than after the state is created
+        self.controller = build_controller(cfg)
+        search_datasets(cfg)  # fail before writing anything if the data is missing or too small
+        self.cfg = cfg
+        self.config_file = config_file
+        self.log = log or logger.info
+        out = search_output_dir(cfg)
+        if not out:
+            raise ValueError("SEARCH.OUTPUT_DIR and OUTPUT_DIR are both empty")
+        fingerprint_cfg = search_fingerprint_config(cfg)
+        if resume:
+            self.state = SearchState.resume(out, fingerprint_cfg)
+        else:
+            self.state = SearchState.create(out, fingerprint_cfg)
+
+    def run(self) -> SearchResult:
+        """Run (or finish) the search, then write the results; returns the SearchResult."""
+        cfg = self.cfg
+        backend = build_backend(cfg)
+        board = _TensorBoard(self.state.output_dir)
+        try:
+            result = run_search(
+                self.controller, self.state, backend, cfg.SEARCH.ITERATIONS,
+                cfg.SEARCH.SAMPLES_PER_ITER, log=self.log, on_iteration_end=board,
+            )
+        finally:
+            board.close()
+            backend.close()
+        paths = write_search_results(cfg, self.state, result, self.config_file)
+        best = result.best_trial
+        self.log(
+            f"[search] done: best reward {best['reward']:.4f} (iteration {best['iteration'] + 1}, "
+            f"index {best['index']})" if best else "[search] done: no trial succeeded"
+        )
+        for name, path in paths.items():
+            self.log(f"[search] {name}: {path}")
+        return result

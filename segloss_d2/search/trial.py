@@ -1,0 +1,329 @@
+"""The search's inner loop: train proxy detectron2 models with candidate losses, score them.
+
+A candidate is a flat vector ``theta`` of search variables in [0, 1] (the curves of every target
+metric, concatenated in the order of ``SEARCH.TARGET_METRIC``). :func:`train_candidates` trains K
+candidates side by side in one process::
+
+    train_dicts, reward_dicts = search_datasets(cfg)               # holdout.py
+    results = train_candidates(cfg, thetas, train_dicts, reward_dicts)   # thetas: (K, D)
+    results[k]["reward"], results[k]["metrics"], results[k]["status"]
+
+The K models start from the same initial weights (built once from ``SEARCH.SEED``), see the same
+mini-batches in the same order (one data pipeline) and each has its own optimizer, LR schedule and
+RNG stream (seeded alike), so a candidate's result does not depend on K or on its neighbours:
+reward differences come from the loss only.
+"""
+import copy
+import logging
+import math
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import detection_utils as utils
+from detectron2.data.samplers import TrainingSampler
+from detectron2.modeling import build_model
+from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.solver import build_optimizer
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
+
+from ..engine import build_sem_seg_train_aug
+from ..evaluation.metrics import SegMetrics
+from ..surrogate.bezier import identity_theta
+from ..surrogate.loss import SurrogateLoss
+from ..surrogate.params import METRICS, SurrogateParams, default_num_pieces, theta_dim
+
+__all__ = [
+    "REWARD_KEYS",
+    "parse_target_metrics",
+    "search_num_pieces",
+    "search_dim",
+    "initial_mu",
+    "theta_to_params",
+    "reward_from_metrics",
+    "proxy_cfg",
+    "train_candidates",
+]
+
+logger = logging.getLogger(__name__)
+
+REWARD_KEYS = {"mIoU": "mIoU", "FWIoU": "fwIoU", "BIoU": "BIoU", "BF1": "BF1", "mAcc": "mACC",
+               "gAcc": "pACC"}
+"""Search target metric (surrogate name) -> key of :class:`SegMetrics` that scores it."""
+
+_EVAL_METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "BIoU", "BF1")
+
+
+def parse_target_metrics(target: str) -> List[str]:
+    """``"mIoU+BF1"`` -> ``["mIoU", "BF1"]``; raises ValueError for unknown or repeated names."""
+    names = [s.strip() for s in str(target).split("+")]
+    bad = [n for n in names if n not in METRICS]
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"SEARCH.TARGET_METRIC {target!r} is invalid: expected one of {list(METRICS)} or "
+            "several distinct ones joined by '+' (e.g. 'mIoU+BF1')"
+        )
+    return names
+
+
+def search_num_pieces(cfg) -> List[int]:
+    """Bézier pieces per target metric: ``SEARCH.NUM_PIECES``, or the paper's choice if 0."""
+    n = cfg.SEARCH.NUM_PIECES
+    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"SEARCH.NUM_PIECES must be an int >= 0 (0 = paper default), got {n!r}")
+    return [n or default_num_pieces(m) for m in metrics]
+
+
+def search_dim(cfg) -> int:
+    """Number of search variables D of the config's target metric(s)."""
+    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    return sum(theta_dim(m, n) for m, n in zip(metrics, search_num_pieces(cfg)))
+
+
+def initial_mu(cfg) -> List[float]:
+    """The identity curves g(x) = x as search variables (spec §3.4): the initial mean, length D."""
+    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    mu = []
+    for m, n in zip(metrics, search_num_pieces(cfg)):
+        mu += list(identity_theta(n)) * (theta_dim(m, n) // len(identity_theta(n)))
+    return [float(v) for v in mu]
+
+
+def theta_to_params(cfg, theta, reward=None, provenance=None) -> SurrogateParams:
+    """Turn a flat candidate (D numbers in [0, 1]) into the SurrogateParams of its loss.
+
+    Metrics get weight 1 each (the surrogates of "mIoU+BF1" add up).
+    """
+    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    pieces = search_num_pieces(cfg)
+    flat = [float(v) for v in (theta.tolist() if hasattr(theta, "tolist") else theta)]
+    dims = [theta_dim(m, n) for m, n in zip(metrics, pieces)]
+    if len(flat) != sum(dims):
+        raise ValueError(
+            f"theta has {len(flat)} values, SEARCH.TARGET_METRIC {cfg.SEARCH.TARGET_METRIC!r} with "
+            f"pieces {pieces} needs {sum(dims)}"
+        )
+    bounds = np.cumsum([0] + dims)
+    thetas = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return SurrogateParams.from_theta(
+        metrics, thetas, pieces, reward=reward, provenance=provenance
+    )
+
+
+def reward_from_metrics(metrics: Dict[str, float], targets: Sequence[str]) -> float:
+    """Reward in [0, 1]: the mean over ``targets`` of the SegMetrics values (percent) / 100.
+    NaN if a target metric is undefined (the search logs such a trial as diverged)."""
+    return float(np.mean([metrics[REWARD_KEYS[t]] for t in targets])) / 100.0
+
+
+def proxy_cfg(cfg):
+    """A frozen copy of ``cfg`` for proxy training: ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``.
+
+    The model is built with the plain cross-entropy head loss; each candidate then gets its own
+    ``sem_seg_head.loss_fn``.
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER = int(cfg.SEARCH.PROXY.MAX_ITER)
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE = "cross_entropy"
+    cfg.freeze()
+    return cfg
+
+
+def _candidate_loss(cfg, params: SurrogateParams) -> SurrogateLoss:
+    head = cfg.MODEL.SEM_SEG_HEAD
+    return SurrogateLoss(
+        params,
+        num_classes=head.NUM_CLASSES,
+        ignore_value=head.IGNORE_VALUE,
+        tolerance=head.SURROGATE.TOLERANCE,
+        drop_background=head.SURROGATE.DROP_BACKGROUND,
+        present_classes_only=head.SURROGATE.PRESENT_CLASSES_ONLY,
+        loss_weight=head.LOSS_WEIGHT,
+    )
+
+
+class _Candidate:
+    """One proxy model with its optimizer, LR schedule and private RNG stream."""
+
+    def __init__(self, cfg, template, theta, seed):
+        self.params = theta_to_params(cfg, theta)
+        self.model = copy.deepcopy(template)
+        self.model.sem_seg_head.loss_fn = _candidate_loss(cfg, self.params)
+        self.model.train()
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.device = next(self.model.parameters()).device
+        gen = torch.Generator().manual_seed(seed)
+        self.cpu_rng = gen.get_state()
+        self.cuda_rng = None
+        if self.device.type == "cuda":
+            with torch.random.fork_rng(devices=[self.device]):
+                torch.cuda.manual_seed(seed)
+                self.cuda_rng = torch.cuda.get_rng_state(self.device)
+        self.status, self.error, self.last_loss = "ok", None, float("nan")
+
+    def step(self, batch, iteration: int) -> None:
+        """One SGD step on ``batch`` with this candidate's RNG; a non-finite loss -> diverged."""
+        cuda = [self.device] if self.cuda_rng is not None else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.set_rng_state(self.cpu_rng)
+            if cuda:
+                torch.cuda.set_rng_state(self.cuda_rng, self.device)
+            try:
+                loss_dict = self.model(batch)
+                losses = sum(loss_dict.values())
+                if not torch.isfinite(losses).all():
+                    raise FloatingPointError(
+                        f"loss became non-finite at iteration {iteration}: "
+                        f"{ {k: float(v) for k, v in loss_dict.items()} }"
+                    )
+                self.optimizer.zero_grad()
+                losses.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.last_loss = float(losses.detach())
+            except FloatingPointError as e:
+                self.diverge(str(e))
+            finally:
+                self.cpu_rng = torch.get_rng_state()
+                if cuda:
+                    self.cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    def diverge(self, message: str) -> None:
+        self.status, self.error = "diverged", message
+        self.model = self.optimizer = self.scheduler = None  # free memory early
+
+    def check_finite_weights(self) -> None:
+        if self.model is not None and not all(
+            torch.isfinite(v).all()
+            for v in self.model.state_dict().values() if v.is_floating_point()
+        ):
+            self.diverge("non-finite weights or statistics after training")
+
+
+def _reward_batches(cfg, reward_dicts, batch_size):
+    """Yield (inputs, gts) of the reward set: test-mapped images and full-resolution GT maps."""
+    mapper = DatasetMapper(cfg, is_train=False)
+    for start in range(0, len(reward_dicts), batch_size):
+        chunk = reward_dicts[start:start + batch_size]
+        inputs = [mapper(copy.deepcopy(d)) for d in chunk]
+        gts = [utils.read_image(d["sem_seg_file_name"], "L").squeeze(2) for d in chunk]
+        yield inputs, gts
+
+
+@torch.no_grad()
+def _evaluate(cfg, candidates, reward_dicts) -> List[Optional[Dict[str, float]]]:
+    """SegMetrics summaries of every live candidate on the reward set (None for diverged ones)."""
+    live = [c for c in candidates if c.model is not None]
+    meters = {}
+    for c in live:
+        c.model.eval()
+        meters[id(c)] = SegMetrics(
+            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            tolerance=cfg.TEST.SEGLOSS.TOLERANCE,
+            drop_background=cfg.TEST.SEGLOSS.DROP_BACKGROUND,
+            metrics=_EVAL_METRICS,
+        )
+    for inputs, gts in _reward_batches(cfg, reward_dicts, max(1, cfg.SOLVER.IMS_PER_BATCH)):
+        for c in live:
+            outputs = c.model(inputs)
+            for out, gt in zip(outputs, gts):
+                meters[id(c)].update(out["sem_seg"].argmax(dim=0).to("cpu"), gt)
+    results = []
+    for c in candidates:
+        if c.model is None:
+            results.append(None)
+        else:
+            results.append({k: v for k, v in meters[id(c)].compute().items() if "-" not in k})
+    return results
+
+
+def _build_template(cfg, seed):
+    seed_all_rng(seed)
+    template = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(template).load(cfg.MODEL.WEIGHTS)
+    return template
+
+
+def train_candidates(
+    cfg,
+    thetas,
+    train_dicts: Sequence[Dict],
+    reward_dicts: Sequence[Dict],
+    seed: Optional[int] = None,
+) -> List[Dict]:
+    """Train one proxy per candidate side by side on the same batches, then score them.
+
+    Args:
+        cfg (CfgNode): the search config (segloss + search keys); proxies use its MODEL, INPUT,
+            SOLVER and DATALOADER keys with ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``.
+        thetas (Tensor or array): ``(K, D)`` candidates, D = :func:`search_dim`, values in [0, 1].
+        train_dicts (list of dict): proxy training images (detectron2 dataset dicts with
+            ``sem_seg_file_name``).
+        reward_dicts (list of dict): the reward set.
+        seed (int or None): seed of the initial weights, the data order and the augmentations
+            (every candidate gets the same); None = ``SEARCH.SEED``.
+
+    Returns:
+        list of K dicts: ``reward`` (float in [0, 1]; 0.0 for a diverged candidate), ``status``
+        ("ok" or "diverged"), ``metrics`` (SegMetrics summary in percent, empty if diverged),
+        ``control_points`` (per metric, per curve), ``train_loss`` (last loss), ``error``
+        (None or why it diverged), ``seconds`` (wall time of the group / K) and ``group_size`` K.
+    """
+    start = time.perf_counter()
+    thetas = torch.as_tensor(thetas, dtype=torch.float32)
+    if thetas.dim() != 2 or thetas.shape[0] < 1:
+        raise ValueError(f"thetas must be a (K, D) tensor with K >= 1, got shape {thetas.shape}")
+    seed = int(cfg.SEARCH.SEED if seed is None else seed)
+    targets = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    cfg = proxy_cfg(cfg)
+    template = _build_template(cfg, seed)
+    candidates = [_Candidate(cfg, template, theta, seed) for theta in thetas]
+    del template
+
+    seed_all_rng(seed)
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=build_sem_seg_train_aug(cfg))
+    loader = build_detection_train_loader(
+        cfg, mapper=mapper, dataset=list(train_dicts),
+        sampler=TrainingSampler(len(train_dicts), seed=seed),
+    )
+    with EventStorage(0):
+        for iteration, batch in zip(range(cfg.SOLVER.MAX_ITER), loader):
+            live = [c for c in candidates if c.model is not None]
+            if not live:
+                break
+            for c in live:
+                c.step(batch, iteration)
+    for c in candidates:
+        c.check_finite_weights()
+    metrics = _evaluate(cfg, candidates, reward_dicts)
+
+    seconds = (time.perf_counter() - start) / len(candidates)
+    results = []
+    for c, m in zip(candidates, metrics):
+        reward = 0.0
+        if m is not None:
+            reward = reward_from_metrics(m, targets)
+            if not math.isfinite(reward):
+                c.status, c.error, reward = "diverged", f"undefined reward metric: {m}", 0.0
+        if c.status != "ok":
+            logger.warning("candidate diverged: %s", c.error)
+        results.append({
+            "reward": reward,
+            "status": c.status,
+            "metrics": m or {},
+            "control_points": c.params.control_points,
+            "train_loss": c.last_loss if math.isfinite(c.last_loss) else None,
+            "error": c.error,
+            "seconds": seconds,
+            "group_size": len(candidates),
+        })
+    return results

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Search a metric surrogate with PPO (Auto Seg-Loss, spec §4) using detectron2 proxy trainings.
+
+    tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml
+    tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml --resume
+    tools/search_net.py --config-file configs/voc_miou.yaml SEARCH.BACKEND ray \
+        SEARCH.RAY.ADDRESS auto SEARCH.RAY.GPUS_PER_TRIAL 1 SEARCH.MODELS_PER_WORKER 4
+
+Results in SEARCH.OUTPUT_DIR (or OUTPUT_DIR): best_params.json (use it with
+``MODEL.SEM_SEG_HEAD.LOSS_TYPE searched MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS <path>``),
+final_mu_params.json, trials.jsonl, controller.pt, TensorBoard scalars, reward_curve.png and the
+searched curves. ``--resume`` continues an interrupted search and re-runs only unfinished trials.
+The search runs in one process (``local`` backend) or on Ray; ``--num-gpus`` etc. are not used.
+"""
+import sys
+
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils.logger import setup_logger
+
+from segloss_d2.engine import get_segloss_cfg
+from segloss_d2.search.runner import SearchRunner, search_output_dir
+
+
+def setup_cfg(args):
+    cfg = get_segloss_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.OUTPUT_DIR = search_output_dir(cfg)  # log.txt and config.yaml go next to the search
+    cfg.freeze()
+    return cfg
+
+
+def main(args):
+    if not args.config_file:
+        sys.exit("search_net.py: error: --config-file is required")
+    # Everything is validated and the search state opened (or created) before default_setup
+    # writes config.yaml and log.txt: a bad config or state directory leaves the directory as is.
+    try:
+        cfg = setup_cfg(args)
+        runner = SearchRunner(cfg, resume=args.resume, config_file=args.config_file)
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError, ImportError) as e:
+        sys.exit(f"search_net.py: error: {e}")
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, name="segloss_d2")
+    return runner.run()
+
+
+if __name__ == "__main__":
+    main(default_argument_parser().parse_args())
