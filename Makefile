@@ -1,12 +1,14 @@
 # segloss_d2 — the README's two commands: `make demo` and `make test`.
 PY := .venv/bin/python
+# Extras installed with segloss_d2: dev (pytest, ruff) and ray (the search's Ray backend).
+EXTRAS ?= dev,ray
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install demo test lint bench clean
 
 install:
-	bash tools/install.sh
+	SEGLOSS_EXTRAS=$(EXTRAS) bash tools/install.sh
 
 demo: install
 	$(PY) tools/demo.py $(DEMO_ARGS)

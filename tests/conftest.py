@@ -2,7 +2,8 @@
 
 detectron2 is a prerequisite of segloss_d2's adapters. Tests of adapters import it directly or with
 ``pytest.importorskip("detectron2")`` for users who only want the pure-torch core; CI sets
-``SEGLOSS_REQUIRE_D2=1`` so that a missing detectron2 fails the run instead of skipping tests.
+``SEGLOSS_REQUIRE_D2=1`` so that a missing detectron2 fails the run instead of skipping tests, and
+``SEGLOSS_REQUIRE_RAY=1`` likewise for Ray (the search's optional backend).
 """
 import os
 
@@ -18,6 +19,16 @@ def pytest_sessionstart(session):
             raise pytest.UsageError(
                 f"SEGLOSS_REQUIRE_D2=1 but detectron2 does not import ({type(e).__name__}: {e}); "
                 "run 'make install' (tools/install.sh)"
+            ) from e
+
+
+    if os.environ.get("SEGLOSS_REQUIRE_RAY") == "1":
+        try:
+            import ray  # noqa: F401
+        except Exception as e:
+            raise pytest.UsageError(
+                f"SEGLOSS_REQUIRE_RAY=1 but ray does not import ({type(e).__name__}: {e}); "
+                "run 'make install' (installs the 'ray' extra)"
             ) from e
 
 
