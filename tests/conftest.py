@@ -20,8 +20,6 @@ def pytest_sessionstart(session):
                 f"SEGLOSS_REQUIRE_D2=1 but detectron2 does not import ({type(e).__name__}: {e}); "
                 "run 'make install' (tools/install.sh)"
             ) from e
-
-
     if os.environ.get("SEGLOSS_REQUIRE_RAY") == "1":
         try:
             import ray  # noqa: F401
