@@ -37,8 +37,11 @@ def main(args):
     # writes config.yaml and log.txt: a bad config or state directory leaves the directory as is.
     try:
         cfg = setup_cfg(args)
+    except (KeyError, ValueError, AssertionError) as e:  # yacs asserts on unknown keys
+        sys.exit(f"search_net.py: error: bad config {args.config_file} {args.opts}: {e}")
+    try:
         runner = SearchRunner(cfg, resume=args.resume, config_file=args.config_file)
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
         sys.exit(f"search_net.py: error: {e}")
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, name="segloss_d2")

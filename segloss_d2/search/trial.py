@@ -148,13 +148,27 @@ def _candidate_loss(cfg, params: SurrogateParams) -> SurrogateLoss:
     )
 
 
+class _DivergenceGuard(torch.nn.Module):
+    """Wraps a candidate's loss: non-finite logits (diverged weights) raise FloatingPointError,
+    like detectron2's trainer does for a non-finite loss, instead of the loss's input error."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits, labels):
+        if not bool(torch.isfinite(logits.detach()).all()):
+            raise FloatingPointError("the proxy model's logits became non-finite")
+        return self.loss(logits, labels)
+
+
 class _Candidate:
     """One proxy model with its optimizer, LR schedule and private RNG stream."""
 
     def __init__(self, cfg, template, theta, seed):
         self.params = theta_to_params(cfg, theta)
         self.model = copy.deepcopy(template)
-        self.model.sem_seg_head.loss_fn = _candidate_loss(cfg, self.params)
+        self.model.sem_seg_head.loss_fn = _DivergenceGuard(_candidate_loss(cfg, self.params))
         self.model.train()
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)

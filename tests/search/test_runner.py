@@ -1,0 +1,135 @@
+"""A whole search from a config: outputs, kill-and-resume, config validation."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2")
+
+from segloss_d2.modeling import build_sem_seg_loss  # noqa: E402
+from segloss_d2.search import backends  # noqa: E402
+from segloss_d2.search.runner import (  # noqa: E402
+    SearchRunner,
+    search_fingerprint_config,
+    validate_search_config,
+)
+from segloss_d2.surrogate.params import load_params  # noqa: E402
+
+from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
+
+
+def _trials(out):
+    with open(os.path.join(out, "trials.jsonl")) as f:
+        return sorted((json.loads(line) for line in f),
+                      key=lambda r: (r["iteration"], r["index"]))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 2-iteration x 3-candidate search run straight through (K = 3)."""
+    out = str(tmp_path_factory.mktemp("search"))
+    cfg = tiny_search_cfg(out)
+    result = SearchRunner(cfg, config_file="tiny.yaml", log=lambda s: None).run()
+    return out, result
+
+
+def test_search_writes_every_output(uninterrupted):
+    out, result = uninterrupted
+    trials = _trials(out)
+    assert [(r["iteration"], r["index"]) for r in trials] == [(t, i) for t in (0, 1)
+                                                              for i in range(3)]
+    assert all(r["status"] == "ok" and 0 <= r["reward"] <= 1 for r in trials)
+    for name in ("meta.json", "controller.pt", "best_params.json", "final_mu_params.json",
+                 "reward_curve.png", "best_curves.png", "final_mu_curves.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert glob.glob(os.path.join(out, "events.out.tfevents.*"))
+
+    best = load_params(os.path.join(out, "best_params.json"), expected_metrics=["mIoU", "BF1"])
+    assert best.reward == result.best_trial["reward"] == max(r["reward"] for r in trials)
+    assert best.provenance["config_file"] == "tiny.yaml"
+    assert best.provenance["seed"] == 1
+    flat = [v for curves in best.thetas for curve in curves for v in curve]
+    assert flat == pytest.approx(result.best_trial["theta"])
+    mu = load_params(os.path.join(out, "final_mu_params.json"))
+    assert [v for c in mu.thetas for curve in c for v in curve] == pytest.approx(result.final_mu)
+    assert result.final_mu != pytest.approx(trials[0]["theta"])  # mu moved off the identity
+
+    # best_params.json is what LOSS_TYPE searched loads
+    cfg = tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
+                                "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS",
+                                os.path.join(out, "best_params.json")])
+    loss = build_sem_seg_loss(cfg)
+    logits = torch.randn(2, 7, 16, 16)
+    labels = torch.randint(0, 7, (2, 16, 16))
+    assert torch.isfinite(loss(logits, labels))
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
+    ref_out, ref_result = uninterrupted
+    out = str(tmp_path / "resumed")
+    # one candidate per group, so the kill lands between trials of an iteration
+    cfg = tiny_search_cfg(out, ["SEARCH.MODELS_PER_WORKER", 1])
+    real = backends.train_candidates
+    calls = []
+
+    def dies_at_the_fifth_group(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "train_candidates", dies_at_the_fifth_group)
+    with pytest.raises(_Killed):
+        SearchRunner(cfg, log=lambda s: None).run()
+    assert len(_trials(out)) == 4
+    assert not os.path.exists(os.path.join(out, "best_params.json"))
+
+    monkeypatch.setattr(backends, "train_candidates", real)
+    with pytest.raises(FileExistsError):  # a new search must not overwrite it
+        SearchRunner(cfg, log=lambda s: None)
+    lines = []
+    result = SearchRunner(cfg, resume=True, log=lines.append).run()
+    assert sum("trial" in s and "ETA" in s for s in lines) == 2  # only the unfinished ones
+    assert [strip_timing(r) for r in _trials(out)] == [strip_timing(r) for r in
+                                                       _trials(ref_out)]
+    assert result.final_mu == ref_result.final_mu
+    with open(os.path.join(out, "best_params.json")) as f, \
+            open(os.path.join(ref_out, "best_params.json")) as g:
+        assert json.load(f)["terms"] == json.load(g)["terms"]
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("SEARCH.TARGET_METRIC", "mIoU+Dice", "SEARCH.TARGET_METRIC"),
+    ("SEARCH.RATIO", "product", "SEARCH.RATIO"),
+    ("SEARCH.BASELINE", "median", "SEARCH.BASELINE"),
+    ("SEARCH.BACKEND", "slurm", "SEARCH.BACKEND"),
+    ("SEARCH.ITERATIONS", 0, "SEARCH.ITERATIONS"),
+    ("SEARCH.SAMPLES_PER_ITER", -1, "SEARCH.SAMPLES_PER_ITER"),
+    ("SEARCH.MODELS_PER_WORKER", 0, "SEARCH.MODELS_PER_WORKER"),
+    ("SEARCH.PROXY.MAX_ITER", 0, "SEARCH.PROXY.MAX_ITER"),
+    ("SEARCH.SIGMA", 0.0, "SEARCH.SIGMA"),
+    ("SEARCH.CLIP_EPS", 1.5, "SEARCH.CLIP_EPS"),
+    ("SEARCH.NUM_PIECES", -1, "SEARCH.NUM_PIECES"),
+    ("SEARCH.HOLDOUT.SIZE", 0, "SEARCH.HOLDOUT.SIZE"),
+])
+def test_bad_search_values(key, value, match):
+    cfg = tiny_search_cfg(opts=[key, value])
+    with pytest.raises(ValueError, match=match):
+        validate_search_config(cfg)
+
+
+def test_fingerprint_ignores_how_and_where_but_not_what():
+    base = search_fingerprint_config(tiny_search_cfg("a"))
+    same = search_fingerprint_config(tiny_search_cfg("b", ["SEARCH.BACKEND", "ray",
+                                                           "SEARCH.MODELS_PER_WORKER", 1,
+                                                           "MODEL.DEVICE", "cuda"]))
+    assert base == same
+    assert base != search_fingerprint_config(tiny_search_cfg("a", ["SEARCH.SEED", 2]))
+    assert base != search_fingerprint_config(tiny_search_cfg("a", ["SOLVER.BASE_LR", 0.1]))
+    json.dumps(base)
