@@ -133,3 +133,27 @@ def test_fingerprint_ignores_how_and_where_but_not_what():
     assert base != search_fingerprint_config(tiny_search_cfg("a", ["SEARCH.SEED", 2]))
     assert base != search_fingerprint_config(tiny_search_cfg("a", ["SOLVER.BASE_LR", 0.1]))
     json.dumps(base)
+
+
+_PAPER_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))), "configs", "*_*.yaml")))
+
+
+@pytest.mark.parametrize("path", _PAPER_CONFIGS, ids=os.path.basename)
+def test_paper_search_configs(path):
+    from segloss_d2.engine import get_segloss_cfg
+    from segloss_d2.search.trial import parse_target_metrics, search_dim
+
+    cfg = get_segloss_cfg()
+    cfg.merge_from_file(path)
+    validate_search_config(cfg)
+    dataset, metric = os.path.basename(path)[:-5].split("_")
+    assert [m.lower() for m in parse_target_metrics(cfg.SEARCH.TARGET_METRIC)] == [metric]
+    assert search_dim(cfg) == {"miou": 12, "fwiou": 12, "biou": 12, "bf1": 8, "macc": 6,
+                               "gacc": 6}[metric]
+    assert cfg.SEARCH.HOLDOUT.SIZE == {"voc": 1500, "cityscapes": 500}[dataset]
+    assert (cfg.SEARCH.ITERATIONS, cfg.SEARCH.SAMPLES_PER_ITER, cfg.SEARCH.PROXY.MAX_ITER) == \
+        (12, 32, 1000)
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, tuple(cfg.INPUT.CROP.SIZE)) == \
+        (32, 0.02, (128, 128))
+    assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.RESNETS.NORM == "BN"
