@@ -23,8 +23,9 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from .bezier import bezier_curve
+from .bezier import _evaluate_block, bezier_curve, block_size, curve_pieces, evaluate_curve
 
 __all__ = [
     "LabelInfo",
@@ -108,34 +109,136 @@ class LabelInfo:
         return dilate_bool(edges, tolerance)
 
 
+def _blocks(n, k, length, step):
+    """Cache-sized contiguous blocks of a contiguous (N, K, L) tensor, as index tuples.
+
+    Yields ``(i, rows, cols)``: ``x[i, rows, cols]`` is a contiguous (r, l) block of about ``step``
+    elements, either part of one row (``L >= step``) or several whole rows.
+    """
+    if length >= step:
+        for i in range(n):
+            for r in range(k):
+                for c0 in range(0, length, step):
+                    yield i, slice(r, r + 1), slice(c0, c0 + step)
+    else:
+        rows = max(1, step // max(1, length))
+        for i in range(n):
+            for r0 in range(0, k, rows):
+                yield i, slice(r0, r0 + rows), slice(None)
+
+
+class _RegionSums(torch.autograd.Function):
+    """Fused per-class sums of the region surrogates, with one dense gradient tensor.
+
+    For probabilities p (N, C, L), labels l (N, L), pixel weights w (N, L) (None: all ones),
+    curves g_A, g_O (optional) and the classes ``present`` (None: all) that need the dense sum:
+
+        inter_c = Σ_i w_i g_A(p_{i,c}) [l_i = c],    g_lab_c = Σ_i w_i g_O(p_{i,c}) [l_i = c],
+        g_sum_c = Σ_i w_i g_O(p_{i,c})  (c in present; 0 otherwise).
+
+    The label-pixel terms touch one probability per pixel (a gather). The dense term is the only
+    full-size work: g_O and g_O' are evaluated block by block in cache, g_O(p) is reduced per
+    class at once (it is never stored), and only w g_O'(p) is kept for backward, where
+
+        dL/dp_{i,c} = w_i [g_O'(p_ic) dL/dg_sum_c + [l_i = c] (g_A'(p_ic) dL/dinter_c
+                                                                + g_O'(p_ic) dL/dg_lab_c)]
+
+    is assembled in a single tensor (instead of autograd adding a gather-backward, a scatter and
+    an index_select-backward, each full size). Returns (inter,) without g_O, else
+    (inter, g_sum, g_lab); all (C,).
+    """
+
+    @staticmethod
+    def forward(ctx, probs, labels, weight, and_pieces, or_pieces, present):
+        n, c, length = probs.shape
+        need_grad = ctx.needs_input_grad[0]
+        index = labels.reshape(n, 1, length)
+        flat_labels = labels.reshape(-1)
+        flat_weight = None if weight is None else weight.reshape(-1)
+        p_lab = probs.gather(1, index).reshape(-1)
+
+        def label_sum(pieces):
+            g, d = evaluate_curve(p_lab, pieces, need_grad)
+            if flat_weight is not None:
+                g = g.mul_(flat_weight)
+                d = None if d is None else d.mul_(flat_weight)
+            return probs.new_zeros(c).index_add_(0, flat_labels, g), d
+
+        inter, d_and = label_sum(and_pieces)
+        ctx.shape, ctx.present = probs.shape, present
+        if or_pieces is None:
+            ctx.save_for_backward(index, d_and)
+            return (inter,)
+        g_lab, d_or = label_sum(or_pieces)
+        dense = probs if present is None else probs.index_select(1, present)
+        k = dense.shape[1]
+        sums = probs.new_zeros(n, k)
+        slopes = torch.empty_like(dense) if need_grad else None
+        step = block_size(dense)
+        buffer = dense.new_empty(min(step, dense.numel()))
+        for i, rows, cols in _blocks(n, k, length, step):
+            x = dense[i, rows, cols]
+            g = buffer[: x.numel()].view(x.shape)
+            d = None if slopes is None else slopes[i, rows, cols]
+            _evaluate_block(x, or_pieces, g, d)
+            if weight is None:
+                sums[i, rows] += g.sum(dim=1)
+            else:
+                sums[i, rows] += torch.mv(g, weight[i, cols])
+                if d is not None:
+                    d.mul_(weight[i, cols])
+        g_sum = sums.sum(dim=0)
+        if present is not None:
+            g_sum = probs.new_zeros(c).index_copy_(0, present, g_sum)
+        ctx.save_for_backward(index, d_and, d_or, slopes)
+        return inter, g_sum, g_lab
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_inter, grad_sum=None, grad_lab=None):
+        n, c, length = ctx.shape
+        present = ctx.present
+        if len(ctx.saved_tensors) == 2:
+            index, d_and = ctx.saved_tensors
+            grad = grad_inter.new_zeros(ctx.shape)
+            at_labels = d_and * grad_inter[index.reshape(-1)]
+        else:
+            index, d_and, d_or, slopes = ctx.saved_tensors
+            if present is None:
+                grad = slopes * grad_sum.view(1, c, 1)
+            else:
+                grad = grad_sum.new_zeros(ctx.shape).index_copy_(
+                    1, present, slopes * grad_sum[present].view(1, -1, 1))
+            flat = index.reshape(-1)
+            at_labels = d_and * grad_inter[flat] + d_or * grad_lab[flat]
+        grad.scatter_add_(1, index, at_labels.view(n, 1, length))
+        return grad, None, None, None, None, None
+
 
 def _intersection_union(probs, info, and_cp, or_cp, mask):
     """Per-class relaxed intersection, union (None if ``or_cp`` is None) and GT counts.
 
     I_c = Σ_{mask} g_A(p_c) y_c,  U_c = Σ_{mask} (g_O(p_c) + y_c - g_O(p_c) y_c) + eps,
-    n_c = Σ_{mask} y_c; all (C,) in the dtype of ``probs``.
+    n_c = Σ_{mask} y_c; all (C,) in the dtype of ``probs`` (float32 for half inputs). The sum of
+    g_O is only taken over the classes present in the mask (absent ones have I_c = 0, so their
+    U_c does not matter; see the module docstring). Computed by :class:`_RegionSums`.
     """
     n, c, h, w = probs.shape
-    dtype = probs.dtype
-    counts = info.counts(mask).to(dtype)
-    lab = info.safe.reshape(-1)
-    weight = mask.to(dtype)
-    p_lab = probs.gather(1, info.safe.unsqueeze(1)).reshape(-1)
-    zeros = probs.new_zeros(c)
-    inter = zeros.index_add(0, lab, bezier_curve(p_lab, and_cp) * weight.reshape(-1))
-    if or_cp is None:
-        return inter, None, counts
+    if probs.dtype not in (torch.float32, torch.float64):
+        probs = probs.float()
+    counts = info.counts(mask).to(probs.dtype)
+    weight = None if bool(mask.all()) else mask.to(probs.dtype).reshape(n, h * w)
+    and_pieces = curve_pieces(and_cp)
+    or_pieces = None if or_cp is None else curve_pieces(or_cp)
     present = torch.nonzero(counts > 0).reshape(-1)
-    dense = probs if present.numel() == c else probs.index_select(1, present)
-    g_all = bezier_curve(dense, or_cp).reshape(n, dense.shape[1], h * w)
-    if bool(mask.all()):
-        g_sum = g_all.sum(dim=(0, 2))
-    else:
-        g_sum = torch.einsum("nck,nk->c", g_all, weight.reshape(n, h * w))
-    g_sum = g_sum if present.numel() == c else zeros.index_add(0, present, g_sum)
-    g_lab = zeros.index_add(0, lab, bezier_curve(p_lab, or_cp) * weight.reshape(-1))
-    union = g_sum + counts - g_lab + EPS
-    return inter, union, counts
+    present = None if present.numel() == c else present
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        sums = _RegionSums.apply(probs.reshape(n, c, h * w).contiguous(), info.safe, weight,
+                                 and_pieces, or_pieces, present)
+    if or_cp is None:
+        return sums[0], None, counts
+    inter, g_sum, g_lab = sums
+    return inter, g_sum + counts - g_lab + EPS, counts
 
 
 def _class_mean(values, counts, present_classes_only):
