@@ -24,6 +24,7 @@ __all__ = [
     "curve_pieces",
     "evaluate_curve",
     "block_size",
+    "workspace",
     "BLOCK_ELEMENTS",
 ]
 
@@ -177,10 +178,10 @@ def _piece_coefficients(control_points):
     return pieces
 
 
-def _evaluate_block(x, pieces, g_out, d_out=None):
-    """Write g(x) into ``g_out`` and, if given, dg/dx into ``d_out`` (same shape as ``x``).
+def _evaluate_block(x, pieces, g_out, d_out, work):
+    """Write g(x) into ``g_out`` and, if ``d_out`` is not None, dg/dx into ``d_out``.
 
-    Instead of selecting per-element coefficients (a chain of ``torch.where``, several passes
+    Instead of selecting per-element coefficients (a chain of ``torch.where``, several slow passes
     each), every piece is evaluated with scalar coefficients on x clamped to its interval, and the
     pieces are telescoped (piece 0 is not clamped below, the last piece not above):
 
@@ -191,24 +192,34 @@ def _evaluate_block(x, pieces, g_out, d_out=None):
     ``y(hi) - y(lo)`` up to round-off. The derivative is that of the owning piece (piece 0 owns
     x <= x_2, piece k >= 1 owns lo_k < x <= hi_k, as in the reference): with the exact indicator
     ``m_k = sign(max(x - lo_k, 0))`` in {0, 1}, ``d <- d - d m_k + d_k m_k`` replaces d by d_k
-    exactly where x > lo_k. All temporaries are block-sized; call this on blocks that fit in cache.
+    exactly where x > lo_k.
+
+    Every op is in place or writes into ``work``, (4, >= x.numel()) scratch of x's dtype and
+    device, so a block loop allocates nothing (fresh CPU allocations cost page faults). Call this
+    on blocks that fit in cache (see :func:`block_size`).
     """
+    shape, size = x.shape, x.numel()
+    u, s, tmp, above = (buf[:size].view(shape) for buf in work)
     last = len(pieces) - 1
     for k, (lo, hi, inv_w, a, b, a2, c1, c2, d1, d2) in enumerate(pieces):
         if k == 0:
-            u = x.clamp_max(hi).mul_(inv_w) if k < last else torch.mul(x, inv_w)
+            if k < last:
+                torch.clamp(x, max=hi, out=u).mul_(inv_w)
+            else:
+                torch.mul(x, inv_w, out=u)
         else:
-            u = torch.sub(x, lo).clamp_min_(0.0)
-            above = torch.sign(u) if d_out is not None else None  # 1 where x > lo, else 0
+            torch.sub(x, lo, out=u).clamp_min_(0.0)
+            if d_out is not None:
+                torch.sign(u, out=above)  # 1 where x > lo, else 0
             if k < last:
                 u.clamp_max_(hi - lo)
             u.mul_(inv_w)
         if b == 0.0:  # a = 0.5, a straight piece: s = a, t = u / (2a) = u exactly
-            s, t = a, u
+            root, t = a, u
         else:
-            s = torch.mul(u, b).add_(a2).clamp_min_(0.0).sqrt_()
-            t = u.div_(torch.add(s, a))
-        rise = torch.mul(t, c2).add_(c1)
+            root = torch.mul(u, b, out=s).add_(a2).clamp_min_(0.0).sqrt_()
+            t = u.div_(torch.add(root, a, out=tmp))
+        rise = torch.mul(t, c2, out=tmp).add_(c1)
         if k == 0:
             torch.mul(rise, t, out=g_out)
         else:
@@ -216,10 +227,15 @@ def _evaluate_block(x, pieces, g_out, d_out=None):
         if d_out is None:
             continue
         if k == 0:
-            torch.mul(t, d2, out=d_out).add_(d1).div_(s)
+            torch.mul(t, d2, out=d_out).add_(d1).div_(root)
         else:
-            slope = t.mul_(d2).add_(d1).div_(s)
+            slope = t.mul_(d2).add_(d1).div_(root)
             d_out.addcmul_(d_out, above, value=-1.0).addcmul_(slope, above)
+
+
+def workspace(x, step):
+    """Scratch for :func:`_evaluate_block` on blocks of up to ``step`` elements of ``x``."""
+    return x.new_empty(4, max(1, min(step, x.numel())))
 
 
 def block_size(x):
@@ -244,9 +260,10 @@ def evaluate_curve(x, pieces, need_grad):
     g = torch.empty_like(flat)
     d = torch.empty_like(flat) if need_grad else None
     step = block_size(flat)
+    work = workspace(flat, step)
     for start in range(0, flat.numel(), step):
         sl = slice(start, start + step)
-        _evaluate_block(flat[sl], pieces, g[sl], None if d is None else d[sl])
+        _evaluate_block(flat[sl], pieces, g[sl], None if d is None else d[sl], work)
     return g.view(x.shape), None if d is None else d.view(x.shape)
 
 

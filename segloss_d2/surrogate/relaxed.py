@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .bezier import _evaluate_block, bezier_curve, block_size, curve_pieces, evaluate_curve
+from .bezier import (
+    _evaluate_block,
+    bezier_curve,
+    block_size,
+    curve_pieces,
+    evaluate_curve,
+    workspace,
+)
 
 __all__ = [
     "LabelInfo",
@@ -175,12 +182,13 @@ class _RegionSums(torch.autograd.Function):
         sums = probs.new_zeros(n, k)
         slopes = torch.empty_like(dense) if need_grad else None
         step = block_size(dense)
-        buffer = dense.new_empty(min(step, dense.numel()))
+        work = workspace(dense, step)
+        buffer = dense.new_empty(work.shape[1])
         for i, rows, cols in _blocks(n, k, length, step):
             x = dense[i, rows, cols]
             g = buffer[: x.numel()].view(x.shape)
             d = None if slopes is None else slopes[i, rows, cols]
-            _evaluate_block(x, or_pieces, g, d)
+            _evaluate_block(x, or_pieces, g, d, work)
             if weight is None:
                 sums[i, rows] += g.sum(dim=1)
             else:
@@ -201,7 +209,7 @@ class _RegionSums(torch.autograd.Function):
         if len(ctx.saved_tensors) == 2:
             index, d_and = ctx.saved_tensors
             grad = grad_inter.new_zeros(ctx.shape)
-            at_labels = d_and * grad_inter[index.reshape(-1)]
+            at_labels = d_and * grad_inter.index_select(0, index.reshape(-1))
         else:
             index, d_and, d_or, slopes = ctx.saved_tensors
             if present is None:
@@ -210,7 +218,8 @@ class _RegionSums(torch.autograd.Function):
                 grad = grad_sum.new_zeros(ctx.shape).index_copy_(
                     1, present, slopes * grad_sum[present].view(1, -1, 1))
             flat = index.reshape(-1)
-            at_labels = d_and * grad_inter[flat] + d_or * grad_lab[flat]
+            at_labels = (d_and * grad_inter.index_select(0, flat)).addcmul_(
+                d_or, grad_lab.index_select(0, flat))
         grad.scatter_add_(1, index, at_labels.view(n, 1, length))
         return grad, None, None, None, None, None
 
