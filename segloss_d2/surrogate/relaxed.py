@@ -22,7 +22,6 @@ enter its mean.
 from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .bezier import (
@@ -304,9 +303,57 @@ def relaxed_gacc(probs, labels, and_cp, info=None):
     return inter.sum() / (counts.sum() + EPS)
 
 
-def _erode(probs):
-    """3x3 min-pool of probabilities, border pad 1.0 (equal to ignoring out-of-image cells)."""
-    return -F.max_pool2d(-probs, kernel_size=3, stride=1, padding=1)
+def _min3(x, dim):
+    """Min over the window ``i-1, i, i+1`` along ``dim`` (cut at the border); new tensor."""
+    out = x.clone()
+    rest = x.shape[dim] - 1
+    if rest > 0:
+        head, tail = out.narrow(dim, 0, rest), out.narrow(dim, 1, rest)
+        torch.minimum(tail, x.narrow(dim, 0, rest), out=tail)
+        torch.minimum(head, x.narrow(dim, 1, rest), out=head)
+    return out
+
+
+def _min3_backward(x, out, grad, dim):
+    """Gradient of ``out = _min3(x, dim)``: each ``grad[i]`` goes to the first minimum.
+
+    "First" in window order (``i-1``, then ``i``, then ``i+1``), as in max-pooling's backward;
+    ``out[i]`` is one of its window's values, so exact equality identifies the winner.
+    """
+    rest = x.shape[dim] - 1
+    if rest == 0:
+        return grad.clone()
+    from_prev = torch.zeros_like(grad)  # out[i] = x[i-1]
+    from_prev.narrow(dim, 1, rest).copy_(x.narrow(dim, 0, rest) == out.narrow(dim, 1, rest))
+    from_self = (x == out).to(grad.dtype).mul_(1.0 - from_prev)  # out[i] = x[i], not x[i-1]
+    from_next = (1.0 - from_prev).sub_(from_self)  # out[i] = x[i+1] (0 at the last i)
+    grad_x = grad * from_self
+    grad_x.narrow(dim, 0, rest).addcmul_(grad.narrow(dim, 1, rest), from_prev.narrow(dim, 1, rest))
+    grad_x.narrow(dim, 1, rest).addcmul_(grad.narrow(dim, 0, rest), from_next.narrow(dim, 0, rest))
+    return grad_x
+
+
+class _Erode(torch.autograd.Function):
+    """3x3 min-pool of (N, K, H, W) probabilities, border cut (equal to padding with 1.0 or +inf).
+
+    Computed separably (rows, then columns). The gradient goes to the first minimum of each 3x3
+    window in row-major order, exactly like ``-max_pool2d(-x, 3, 1, 1)``: the column pass picks
+    the first row whose row minimum is the window minimum, the row pass the first column in it.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        rows = _min3(x, -1)
+        out = _min3(rows, -2)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        rows = _min3(x, -1)
+        return _min3_backward(x, rows, _min3_backward(rows, out, grad, -2), -1)
 
 
 def _window_max_at(values, n_idx, c_idx, h_idx, w_idx, radius):
@@ -359,7 +406,7 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     if k == 0:
         return None
     dense = probs if k == c else probs.index_select(1, keep)
-    eroded = _erode(dense)
+    eroded = _Erode.apply(dense)
     g3p = bezier_curve(dense, curves[2])
     g4e = bezier_curve(eroded, curves[3])
     g1p_g2e = bezier_curve(dense, curves[0]) * bezier_curve(eroded, curves[1])
