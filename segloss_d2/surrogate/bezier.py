@@ -30,8 +30,8 @@ __all__ = [
 
 CLAMP_MIN = 1e-4
 CLAMP_MAX = 1.0 - 1e-4
-# Block length per CPU thread of the cache-blocked evaluation (float32: 256 KiB per temporary).
-BLOCK_ELEMENTS = 1 << 16
+# Block length per CPU thread of the cache-blocked evaluation (float32: 512 KiB per temporary).
+BLOCK_ELEMENTS = 1 << 17
 
 
 def curve_length(num_pieces):
@@ -203,20 +203,25 @@ def _evaluate_block(x, pieces, g_out, d_out, work):
     u, s, tmp, above = (buf[:size].view(shape) for buf in work)
     last = len(pieces) - 1
     for k, (lo, hi, inv_w, a, b, a2, c1, c2, d1, d2) in enumerate(pieces):
-        u.copy_(x)
-        if k > 0:
-            u.sub_(lo).clamp_min_(0.0)
+        if k == 0 and k < last:
+            u = torch.clamp(x, max=hi, out=u)
+        elif k > 0:
+            torch.sub(x, lo, out=u).clamp_min_(0.0)
             if d_out is not None:
-                above.copy_(u).sign_()  # 1 where x > lo, else 0
-        if k < last:
-            u.clamp_max_(hi - lo)
-        u.mul_(inv_w)
+                torch.sign(u, out=above)  # 1 where x > lo, else 0
+            if k < last:
+                u.clamp_max_(hi - lo)
+        if k > 0 or k < last:
+            u.mul_(inv_w)
+        else:  # a single piece on [0, 1]: u = x, never written to
+            u = x
+        # s = sqrt(a^2 + b u) > 0 for u in [0, 1] (its square is a^2 at u = 0, (1 - a)^2 at 1)
         if b == 0.0:  # a = 0.5, a straight piece: s = a, t = u / (2a) = u exactly
             root, t = a, u
         else:
-            root = s.copy_(u).mul_(b).add_(a2).clamp_min_(0.0).sqrt_()
-            t = u.div_(tmp.copy_(root).add_(a))
-        rise = tmp.copy_(t).mul_(c2).add_(c1)
+            root = torch.mul(u, b, out=s).add_(a2).sqrt_()
+            t = torch.div(u, torch.add(root, a, out=tmp), out=work[0][:size].view(shape))
+        rise = torch.mul(t, c2, out=tmp).add_(c1)
         if k == 0:
             torch.mul(rise, t, out=g_out)
         else:
@@ -224,7 +229,7 @@ def _evaluate_block(x, pieces, g_out, d_out, work):
         if d_out is None:
             continue
         if k == 0:
-            d_out.copy_(t).mul_(d2).add_(d1).div_(root)
+            torch.mul(t, d2, out=d_out).add_(d1).div_(root)
         else:
             slope = t.mul_(d2).add_(d1).div_(root)
             d_out.addcmul_(d_out, above, value=-1.0).addcmul_(slope, above)

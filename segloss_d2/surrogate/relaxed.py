@@ -26,7 +26,6 @@ from torch.autograd.function import once_differentiable
 
 from .bezier import (
     _evaluate_block,
-    bezier_curve,
     block_size,
     curve_pieces,
     evaluate_curve,
@@ -356,6 +355,56 @@ class _Erode(torch.autograd.Function):
         return _min3_backward(x, rows, _min3_backward(rows, out, grad, -2), -1)
 
 
+class _SoftBoundary(torch.autograd.Function):
+    """BF1's soft boundary ``B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e)`` (spec §2.3), fused.
+
+    p and e (the eroded p) are (N, K, H, W). The four curves and their derivatives are evaluated
+    block by block in cache; only B and its two partial derivatives are written at full size:
+
+        dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e).
+    """
+
+    @staticmethod
+    def forward(ctx, p, e, curves):
+        need_grad = any(ctx.needs_input_grad[:2])
+        p_flat, e_flat = p.reshape(-1), e.reshape(-1)
+        soft = torch.empty_like(p_flat)
+        d_p = torch.empty_like(p_flat) if need_grad else None
+        d_e = torch.empty_like(p_flat) if need_grad else None
+        step = block_size(p_flat)
+        work = workspace(p_flat, step)
+        values = p_flat.new_empty(4, work.shape[1])
+        for start in range(0, p_flat.numel(), step):
+            sl = slice(start, start + step)
+            size = min(step, p_flat.numel() - start)
+            gp, ge, dp, de = (buf[:size] for buf in values)
+            dp, de = (dp, de) if need_grad else (None, None)
+            # union part: g3(p) + g4(e) - g3(p) g4(e)
+            _evaluate_block(p_flat[sl], curves[2], gp, dp, work)
+            _evaluate_block(e_flat[sl], curves[3], ge, de, work)
+            torch.add(gp, ge, out=soft[sl]).addcmul_(gp, ge, value=-1.0)
+            if need_grad:
+                torch.mul(ge, -1.0, out=d_p[sl]).add_(1.0).mul_(dp)
+                torch.mul(gp, -1.0, out=d_e[sl]).add_(1.0).mul_(de)
+            # minus the intersection g1(p) g2(e)
+            _evaluate_block(p_flat[sl], curves[0], gp, dp, work)
+            _evaluate_block(e_flat[sl], curves[1], ge, de, work)
+            soft[sl].addcmul_(gp, ge, value=-1.0)
+            if need_grad:
+                d_p[sl].addcmul_(dp, ge, value=-1.0)
+                d_e[sl].addcmul_(gp, de, value=-1.0)
+        ctx.save_for_backward(d_p, d_e)
+        ctx.shape = p.shape
+        return soft.view(p.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        d_p, d_e = ctx.saved_tensors
+        grad = grad.reshape(-1)
+        return (grad * d_p).view(ctx.shape), (grad * d_e).view(ctx.shape), None
+
+
 def _window_max_at(values, n_idx, c_idx, h_idx, w_idx, radius):
     """max over the (2r+1)^2 window (cut at the border) of ``values[n, c]`` around (h, w).
 
@@ -407,10 +456,7 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
         return None
     dense = probs if k == c else probs.index_select(1, keep)
     eroded = _Erode.apply(dense)
-    g3p = bezier_curve(dense, curves[2])
-    g4e = bezier_curve(eroded, curves[3])
-    g1p_g2e = bezier_curve(dense, curves[0]) * bezier_curve(eroded, curves[1])
-    soft_edges = g3p + g4e - g3p * g4e - g1p_g2e
+    soft_edges = _SoftBoundary.apply(dense, eroded, [curve_pieces(cp) for cp in curves])
 
     # Prediction side against the exact dilated ground-truth boundaries of the kept classes.
     gt_edges = edges.unsqueeze(1) & (info.safe.unsqueeze(1) == keep.view(1, k, 1, 1))
