@@ -332,77 +332,95 @@ def _min3_backward(x, out, grad, dim):
     return grad_x
 
 
-class _Erode(torch.autograd.Function):
-    """3x3 min-pool of (N, K, H, W) probabilities, border cut (equal to padding with 1.0 or +inf).
+def _erode(x):
+    """3x3 min-pool of (..., H, W) values, windows cut at the border (= padding with 1.0).
 
-    Computed separably (rows, then columns). The gradient goes to the first minimum of each 3x3
-    window in row-major order, exactly like ``-max_pool2d(-x, 3, 1, 1)``: the column pass picks
-    the first row whose row minimum is the window minimum, the row pass the first column in it.
+    Computed separably (rows, then columns); returns ``(rows, eroded)``. See :func:`_erode_grad`.
     """
+    rows = _min3(x, -1)
+    return rows, _min3(rows, -2)
 
-    @staticmethod
-    def forward(ctx, x):
-        rows = _min3(x, -1)
-        out = _min3(rows, -2)
-        ctx.save_for_backward(x, out)
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, out = ctx.saved_tensors
-        rows = _min3(x, -1)
-        return _min3_backward(x, rows, _min3_backward(rows, out, grad, -2), -1)
+def _erode_grad(x, eroded, grad):
+    """Gradient of :func:`_erode` for one (H, W) plane, exactly like ``-max_pool2d(-x, 3, 1, 1)``.
+
+    Each window's gradient goes to its first minimum in row-major order: the column pass routes
+    to the first row whose row minimum is the window minimum, the row pass to the first column
+    in that row.
+    """
+    rows = _min3(x, -1)
+    return _min3_backward(x, rows, _min3_backward(rows, eroded, grad, -2), -1)
+
+
+def _soft_boundary_blocks(p, e, curves, need_grad):
+    """B and (if ``need_grad``) dB/dp, dB/de at full size, evaluated in cache-sized blocks."""
+    p_flat, e_flat = p.reshape(-1), e.reshape(-1)
+    soft = torch.empty_like(p_flat)
+    d_p = torch.empty_like(p_flat) if need_grad else None
+    d_e = torch.empty_like(p_flat) if need_grad else None
+    step = block_size(p_flat)
+    work = workspace(p_flat, step)
+    values = p_flat.new_empty(4, work.shape[1])
+    for start in range(0, p_flat.numel(), step):
+        sl = slice(start, start + step)
+        size = min(step, p_flat.numel() - start)
+        gp, ge, dp, de = (buf[:size] for buf in values)
+        dp, de = (dp, de) if need_grad else (None, None)
+        # union part: g3(p) + g4(e) - g3(p) g4(e)
+        _evaluate_block(p_flat[sl], curves[2], gp, dp, work)
+        _evaluate_block(e_flat[sl], curves[3], ge, de, work)
+        torch.add(gp, ge, out=soft[sl]).addcmul_(gp, ge, value=-1.0)
+        if need_grad:
+            torch.mul(ge, -1.0, out=d_p[sl]).add_(1.0).mul_(dp)
+            torch.mul(gp, -1.0, out=d_e[sl]).add_(1.0).mul_(de)
+        # minus the intersection g1(p) g2(e)
+        _evaluate_block(p_flat[sl], curves[0], gp, dp, work)
+        _evaluate_block(e_flat[sl], curves[1], ge, de, work)
+        soft[sl].addcmul_(gp, ge, value=-1.0)
+        if need_grad:
+            d_p[sl].addcmul_(dp, ge, value=-1.0)
+            d_e[sl].addcmul_(gp, de, value=-1.0)
+    if not need_grad:
+        return soft.view(p.shape), None, None
+    return soft.view(p.shape), d_p.view(p.shape), d_e.view(p.shape)
 
 
 class _SoftBoundary(torch.autograd.Function):
-    """BF1's soft boundary ``B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e)`` (spec §2.3), fused.
+    """BF1's soft boundary of (N, K, H, W) probabilities p, fused with the erosion (spec §2.3):
 
-    p and e (the eroded p) are (N, K, H, W). The four curves and their derivatives are evaluated
-    block by block in cache; only B and its two partial derivatives are written at full size:
+        e = MinPool3x3(p) (pad 1.0),   B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e).
 
-        dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e).
+    The four curves and their derivatives are evaluated block by block in cache; only e, B and
+    the two partials are written at full size:
+
+        dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e),
+
+    and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad`),
+    computed in place in the partials plane by plane (a fresh full-size CPU tensor costs page
+    faults). A second backward through a retained graph recomputes the partials.
     """
 
     @staticmethod
-    def forward(ctx, p, e, curves):
-        need_grad = any(ctx.needs_input_grad[:2])
-        p_flat, e_flat = p.reshape(-1), e.reshape(-1)
-        soft = torch.empty_like(p_flat)
-        d_p = torch.empty_like(p_flat) if need_grad else None
-        d_e = torch.empty_like(p_flat) if need_grad else None
-        step = block_size(p_flat)
-        work = workspace(p_flat, step)
-        values = p_flat.new_empty(4, work.shape[1])
-        for start in range(0, p_flat.numel(), step):
-            sl = slice(start, start + step)
-            size = min(step, p_flat.numel() - start)
-            gp, ge, dp, de = (buf[:size] for buf in values)
-            dp, de = (dp, de) if need_grad else (None, None)
-            # union part: g3(p) + g4(e) - g3(p) g4(e)
-            _evaluate_block(p_flat[sl], curves[2], gp, dp, work)
-            _evaluate_block(e_flat[sl], curves[3], ge, de, work)
-            torch.add(gp, ge, out=soft[sl]).addcmul_(gp, ge, value=-1.0)
-            if need_grad:
-                torch.mul(ge, -1.0, out=d_p[sl]).add_(1.0).mul_(dp)
-                torch.mul(gp, -1.0, out=d_e[sl]).add_(1.0).mul_(de)
-            # minus the intersection g1(p) g2(e)
-            _evaluate_block(p_flat[sl], curves[0], gp, dp, work)
-            _evaluate_block(e_flat[sl], curves[1], ge, de, work)
-            soft[sl].addcmul_(gp, ge, value=-1.0)
-            if need_grad:
-                d_p[sl].addcmul_(dp, ge, value=-1.0)
-                d_e[sl].addcmul_(gp, de, value=-1.0)
-        ctx.save_for_backward(d_p, d_e)
-        ctx.shape = p.shape
-        return soft.view(p.shape)
+    def forward(ctx, p, curves):
+        eroded = _erode(p)[1]
+        soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, ctx.needs_input_grad[0])
+        ctx.save_for_backward(p, eroded)
+        ctx.curves, ctx.partials = curves, (d_p, d_e)
+        return soft
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        d_p, d_e = ctx.saved_tensors
-        grad = grad.reshape(-1)
-        return (grad * d_p).view(ctx.shape), (grad * d_e).view(ctx.shape), None
+        p, eroded = ctx.saved_tensors
+        d_p, d_e = ctx.partials or (None, None)
+        ctx.partials = None
+        if d_p is None:  # backward through a retained graph: the partials were consumed
+            _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
+        grad_p, grad_e = d_p.mul_(grad), d_e.mul_(grad)
+        for i in range(p.shape[0]):
+            for k in range(p.shape[1]):
+                grad_p[i, k] += _erode_grad(p[i, k], eroded[i, k], grad_e[i, k])
+        return grad_p, None
 
 
 def _window_max_at(values, n_idx, c_idx, h_idx, w_idx, radius):
@@ -455,8 +473,7 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     if k == 0:
         return None
     dense = probs if k == c else probs.index_select(1, keep)
-    eroded = _Erode.apply(dense)
-    soft_edges = _SoftBoundary.apply(dense, eroded, [curve_pieces(cp) for cp in curves])
+    soft_edges = _SoftBoundary.apply(dense, [curve_pieces(cp) for cp in curves])
 
     # Prediction side against the exact dilated ground-truth boundaries of the kept classes.
     gt_edges = edges.unsqueeze(1) & (info.safe.unsqueeze(1) == keep.view(1, k, 1, 1))
