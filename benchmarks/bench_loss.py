@@ -1,10 +1,12 @@
 """Forward+backward time and peak memory of each surrogate and baseline vs cross-entropy.
 
-Usage: python benchmarks/bench_loss.py [--quick] [--repeat R] [--device cpu|cuda|all]
+Usage: python benchmarks/bench_loss.py [--quick] [--repeat R] [--device cpu|cuda|all] [--threads T]
 
 Input: logits (2, 19, 256, 512) (``--quick``: (2, 19, 64, 128)); labels are piecewise-constant
 (random 32x32-pixel cells, every class present, a void band), so boundaries are realistic.
-Ratios are against cross-entropy measured in the same run. Peak memory: CUDA peak allocated
+Time ratios are against cross-entropy measured in the same run, interleaved: each timed step of a
+loss follows a timed cross-entropy step, and the ratio is the median of these pairs (robust to
+other jobs on the machine). Peak memory: CUDA peak allocated
 (``torch.cuda.max_memory_allocated``); on CPU the peak of memory allocated by torch, tracked with
 the profiler.
 """
@@ -42,23 +44,43 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure(loss_fn, logits, labels, repeat):
-    """(median seconds per forward+backward, peak bytes)."""
-    device = logits.device
+def _stepper(loss_fn, logits, labels):
     x = logits.clone().requires_grad_()
 
     def step():
         x.grad = None
         loss_fn(x, labels).backward()
 
+    return step
+
+
+def _timed(step, device):
+    _sync(device)
+    start = time.perf_counter()
     step()
-    times = []
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def measure(loss_fn, logits, labels, repeat, baseline=None):
+    """(median seconds per forward+backward, median ratio to ``baseline``, peak bytes).
+
+    With a baseline loss, each repetition times one baseline step right before the loss step and
+    the ratio is the median of these paired ratios, so load from other jobs on the machine
+    (which changes over seconds) cancels out instead of skewing every ratio the same way.
+    """
+    device = logits.device
+    step = _stepper(loss_fn, logits, labels)
+    base_step = None if baseline is None else _stepper(baseline, logits, labels)
+    step()
+    if base_step is not None:
+        base_step()
+    times, ratios = [], []
     for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+        base = None if base_step is None else _timed(base_step, device)
+        times.append(_timed(step, device))
+        if base is not None:
+            ratios.append(times[-1] / base)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -76,7 +98,8 @@ def measure(loss_fn, logits, labels, repeat):
             os.dup2(saved, 2)
             os.close(saved)
         peak = _cpu_peak(prof)
-    return sorted(times)[len(times) // 2], peak
+    ratio = sorted(ratios)[len(ratios) // 2] if ratios else 1.0
+    return sorted(times)[len(times) // 2], ratio, peak
 
 
 def _cpu_peak(prof):
@@ -104,17 +127,18 @@ def build_losses(num_classes):
 def run(device, shape, repeat):
     logits, labels = make_inputs(shape, device)
     rows = build_losses(shape[1])
-    print(f"\n== {device} {tuple(shape)}, median of {repeat} forward+backward ==")
+    print(f"\n== {device} {tuple(shape)}, {torch.get_num_threads()} thread(s), median of {repeat} "
+          f"forward+backward ==")
     print(f"{'loss':24s} {'ms':>9s} {'x CE':>6s} {'peak MiB':>9s} {'x CE':>6s} {'target':>7s}")
-    base_t = base_m = None
+    baseline, base_m = None, None
     for name, loss_fn, kind in rows:
-        t, m = measure(loss_fn.to(device), logits, labels, repeat)
-        if base_t is None:
-            base_t, base_m = t, max(m, 1)
+        t, ratio, m = measure(loss_fn.to(device), logits, labels, repeat, baseline)
+        if baseline is None:
+            baseline, base_m = loss_fn, max(m, 1)
         target = TARGETS.get(kind)
-        verdict = "" if target is None else (f"<={target:g} " + ("ok" if t / base_t <= target
+        verdict = "" if target is None else (f"<={target:g} " + ("ok" if ratio <= target
                                                                   else "MISS"))
-        print(f"{name:24s} {t * 1e3:9.1f} {t / base_t:6.2f} {m / 2**20:9.1f} {m / base_m:6.2f} "
+        print(f"{name:24s} {t * 1e3:9.1f} {ratio:6.2f} {m / 2**20:9.1f} {m / base_m:6.2f} "
               f"{verdict}")
 
 
