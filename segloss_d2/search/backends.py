@@ -79,7 +79,8 @@ class RayBackend:
 
     Connects to ``SEARCH.RAY.ADDRESS`` ("" = a new local instance, "auto" = the running cluster)
     unless Ray is already initialized in this process (then that instance is used and left
-    running). ``DETECTRON2_DATASETS`` and ``SEGLOSS_CACHE`` are forwarded to the workers.
+    running). ``DETECTRON2_DATASETS`` and ``SEGLOSS_CACHE`` are forwarded to the workers; on a
+    multi-node cluster every node needs segloss_d2 installed and the datasets at that path.
 
     A task that still fails after its retries marks its trials "failed" (reward 0) as long as other
     trials of the same call succeeded; if none did, the error is raised instead and nothing is
