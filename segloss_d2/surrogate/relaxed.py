@@ -423,14 +423,15 @@ class _SoftBoundary(torch.autograd.Function):
         return grad_p, None
 
 
-def _window_max_at(values, n_idx, c_idx, h_idx, w_idx, radius):
-    """max over the (2r+1)^2 window (cut at the border) of ``values[n, c]`` around (h, w).
+def _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
+    """Flat index into ``values`` of the max over the (2r+1)^2 window (cut at the border) of
+    ``values[n, c]`` around (h, w), for M positions; no gradient.
 
-    Equal to ``max_pool2d(values, 2r+1, 1, r)[n, c, h, w]`` including its gradient routing (to the
-    first maximum in row-major window order), but only evaluated at the given M positions.
+    ``values.flatten()[index]`` equals ``max_pool2d(values, 2r+1, 1, r)[n, c, h, w]``, and the index
+    is max-pooling's gradient routing (the first maximum in row-major window order).
 
     Returns:
-        (M,) tensor, differentiable with respect to ``values``.
+        (M,) int64 tensor.
     """
     _, c, h, w = values.shape
     offsets = torch.arange(-radius, radius + 1, device=values.device)
@@ -447,8 +448,41 @@ def _window_max_at(values, n_idx, c_idx, h_idx, w_idx, radius):
             flat = ((plane[:, None, None] + rows[:, :, None]) * w + cols[:, None, :]).flatten(1)
             best = detached[flat].argmax(dim=1, keepdim=True)
             selected.append(flat.gather(1, best).squeeze(1))
-    index = torch.cat(selected) if selected else n_idx.new_zeros(0)
-    return flat_values.take(index)
+    return torch.cat(selected) if selected else n_idx.new_zeros(0)
+
+
+class _BoundaryMatch(torch.autograd.Function):
+    """BF1's sums over the soft boundary B (N, K, H, W), with one gradient tensor.
+
+    For the dilated ground-truth boundaries D (N, K, H, W) bool and the flat window-argmax
+    ``index`` (see :func:`_window_argmax`):
+
+        n_fg_k = Σ B_k,   match_fg_k = Σ B_k D_k,   picked = B.flatten()[index],
+
+    and backward assembles ``dL/dB = dL/dn_fg_k + dL/dmatch_fg_k D + scatter(dL/dpicked)`` in
+    place in the float copy of D (instead of autograd adding three full-size tensors).
+    """
+
+    @staticmethod
+    def forward(ctx, soft, dilated, index):
+        n, k = soft.shape[:2]
+        weight = dilated.to(soft.dtype)
+        n_fg = soft.sum(dim=(0, 2, 3))
+        match_fg = torch.linalg.vecdot(soft.reshape(n, k, -1), weight.reshape(n, k, -1)).sum(0)
+        ctx.save_for_backward(dilated, index)
+        ctx.weight = weight
+        return n_fg, match_fg, soft.reshape(-1).take(index)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_n, grad_match, grad_picked):
+        dilated, index = ctx.saved_tensors
+        grad = ctx.weight if ctx.weight is not None else dilated.to(grad_match.dtype)
+        ctx.weight = None  # consumed in place; a retained graph's next backward rebuilds it
+        k = grad.shape[1]
+        grad.mul_(grad_match.view(1, k, 1, 1)).add_(grad_n.view(1, k, 1, 1))
+        grad.view(-1).index_put_((index,), grad_picked, accumulate=True)
+        return grad, None, None
 
 
 def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=None):
@@ -475,19 +509,17 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     dense = probs if k == c else probs.index_select(1, keep)
     soft_edges = _SoftBoundary.apply(dense, [curve_pieces(cp) for cp in curves])
 
-    # Prediction side against the exact dilated ground-truth boundaries of the kept classes.
+    # Prediction side against the exact dilated ground-truth boundaries of the kept classes;
     gt_edges = edges.unsqueeze(1) & (info.safe.unsqueeze(1) == keep.view(1, k, 1, 1))
     gt_dilated = dilate_bool(gt_edges, tolerance)
-    n_fg = soft_edges.sum(dim=(0, 2, 3))
-    match_fg = (soft_edges * gt_dilated).sum(dim=(0, 2, 3))
-
-    # Ground-truth side: the dilated soft boundary is only needed at ground-truth boundary pixels.
+    # ground-truth side: the dilated soft boundary is only needed at ground-truth boundary pixels.
     position = torch.full((c,), -1, dtype=torch.long, device=probs.device)
     position[keep] = torch.arange(k, device=probs.device)
     kept_class = position[info.safe]
     n_idx, h_idx, w_idx = torch.nonzero(edges & (kept_class >= 0), as_tuple=True)
     c_idx = kept_class[n_idx, h_idx, w_idx]
-    soft_dilated = _window_max_at(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
+    index = _window_argmax(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
+    n_fg, match_fg, soft_dilated = _BoundaryMatch.apply(soft_edges, gt_dilated, index)
     match_gt = probs.new_zeros(k).index_add(0, c_idx, soft_dilated)
 
     precision = match_fg / (n_fg + EPS)
