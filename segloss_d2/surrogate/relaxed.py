@@ -104,7 +104,8 @@ class LabelInfo:
 
     def counts(self, mask):
         """(C,) float per-class number of ground-truth pixels inside ``mask`` (N, H, W) bool."""
-        return torch.bincount(self.labels[mask], minlength=self.num_classes).float()
+        weights = mask.reshape(-1).to(torch.float64)  # exact integer counts
+        return torch.bincount(self.safe.reshape(-1), weights, minlength=self.num_classes).float()
 
     def trimap(self, tolerance, drop_background):
         """(N, H, W) bool BIoU band: dilated ground-truth boundaries (without class 0 if asked)."""
@@ -130,6 +131,22 @@ def _blocks(n, k, length, step):
         for i in range(n):
             for r0 in range(0, k, rows):
                 yield i, slice(r0, r0 + rows), slice(None)
+
+
+def _dense_slopes(probs, weight, pieces, present):
+    """w g'(p) over the ``present`` classes (all if None) of (N, C, L) probabilities."""
+    n, _, length = probs.shape
+    dense = probs if present is None else probs.index_select(1, present)
+    slopes = torch.empty_like(dense)
+    step = block_size(dense)
+    work = workspace(dense, step)
+    values = dense.new_empty(work.shape[1])
+    for i, rows, cols in _blocks(n, dense.shape[1], length, step):
+        d = slopes[i, rows, cols]
+        _evaluate_block(dense[i, rows, cols], pieces, values[: d.numel()].view(d.shape), d, work)
+        if weight is not None:
+            d.mul_(weight[i, cols])
+    return slopes
 
 
 class _RegionSums(torch.autograd.Function):
@@ -196,7 +213,8 @@ class _RegionSums(torch.autograd.Function):
         g_sum = sums.sum(dim=0)
         if present is not None:
             g_sum = probs.new_zeros(c).index_copy_(0, present, g_sum)
-        ctx.save_for_backward(index, d_and, d_or, slopes)
+        ctx.save_for_backward(index, d_and, d_or, probs, weight)
+        ctx.or_pieces, ctx.slopes = or_pieces, slopes
         return inter, g_sum, g_lab
 
     @staticmethod
@@ -209,9 +227,12 @@ class _RegionSums(torch.autograd.Function):
             grad = grad_inter.new_zeros(ctx.shape)
             at_labels = d_and * grad_inter.index_select(0, index.reshape(-1))
         else:
-            index, d_and, d_or, slopes = ctx.saved_tensors
+            index, d_and, d_or, probs, weight = ctx.saved_tensors
+            slopes, ctx.slopes = ctx.slopes, None  # used in place: fresh tensors cost page faults
+            if slopes is None:  # backward through a retained graph: recompute
+                slopes = _dense_slopes(probs, weight, ctx.or_pieces, present)
             if present is None:
-                grad = slopes * grad_sum.view(1, c, 1)
+                grad = slopes.mul_(grad_sum.view(1, c, 1))
             else:
                 grad = grad_sum.new_zeros(ctx.shape).index_copy_(
                     1, present, slopes * grad_sum[present].view(1, -1, 1))
