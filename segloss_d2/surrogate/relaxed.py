@@ -323,9 +323,9 @@ def relaxed_gacc(probs, labels, and_cp, info=None):
     return inter.sum() / (counts.sum() + EPS)
 
 
-def _min3(x, dim):
-    """Min over the window ``i-1, i, i+1`` along ``dim`` (cut at the border); new tensor."""
-    out = x.clone()
+def _min3(x, out, dim):
+    """``out[i] = min(x[i-1], x[i], x[i+1])`` along ``dim`` (window cut at the border)."""
+    out.copy_(x)
     rest = x.shape[dim] - 1
     if rest > 0:
         head, tail = out.narrow(dim, 0, rest), out.narrow(dim, 1, rest)
@@ -334,43 +334,59 @@ def _min3(x, dim):
     return out
 
 
-def _min3_backward(x, out, grad, dim):
-    """Gradient of ``out = _min3(x, dim)``: each ``grad[i]`` goes to the first minimum.
+def _min3_backward(x, out, grad, dim, result, work, accumulate):
+    """Route ``grad`` of ``out = _min3(x)`` to the first minimum of each window, into ``result``.
 
-    "First" in window order (``i-1``, then ``i``, then ``i+1``), as in max-pooling's backward;
-    ``out[i]`` is one of its window's values, so exact equality identifies the winner.
+    "First" in window order (``i-1``, then ``i``, then ``i+1``), as in max-pooling's backward.
+    ``out[i]`` is one of its window's values, so exact equality identifies the winner; the
+    indicators are {0, 1} floats (``torch.eq`` into a float tensor), which keeps every product and
+    sum exact. ``work``: (3, ...) scratch like ``x``. Adds to ``result`` if ``accumulate``.
     """
     rest = x.shape[dim] - 1
     if rest == 0:
-        return grad.clone()
-    from_prev = torch.zeros_like(grad)  # out[i] = x[i-1]
-    from_prev.narrow(dim, 1, rest).copy_(x.narrow(dim, 0, rest) == out.narrow(dim, 1, rest))
-    from_self = (x == out).to(grad.dtype).mul_(1.0 - from_prev)  # out[i] = x[i], not x[i-1]
-    from_next = (1.0 - from_prev).sub_(from_self)  # out[i] = x[i+1] (0 at the last i)
-    grad_x = grad * from_self
-    grad_x.narrow(dim, 0, rest).addcmul_(grad.narrow(dim, 1, rest), from_prev.narrow(dim, 1, rest))
-    grad_x.narrow(dim, 1, rest).addcmul_(grad.narrow(dim, 0, rest), from_next.narrow(dim, 0, rest))
-    return grad_x
+        return result.add_(grad) if accumulate else result.copy_(grad)
+    prev, own, nxt = work  # out[i] = x[i-1]; = x[i] (not x[i-1]); = x[i+1] (neither)
+    prev.narrow(dim, 0, 1).zero_()
+    torch.eq(x.narrow(dim, 0, rest), out.narrow(dim, 1, rest), out=prev.narrow(dim, 1, rest))
+    torch.eq(x, out, out=own).addcmul_(own, prev, value=-1.0)
+    torch.add(prev, own, out=nxt).neg_().add_(1.0)
+    if accumulate:
+        result.addcmul_(grad, own)
+    else:
+        torch.mul(grad, own, out=result)
+    result.narrow(dim, 0, rest).addcmul_(grad.narrow(dim, 1, rest), prev.narrow(dim, 1, rest))
+    result.narrow(dim, 1, rest).addcmul_(grad.narrow(dim, 0, rest), nxt.narrow(dim, 0, rest))
+    return result
 
 
 def _erode(x):
-    """3x3 min-pool of (..., H, W) values, windows cut at the border (= padding with 1.0).
+    """3x3 min-pool of (N, K, H, W) values, windows cut at the border (= padding with 1.0).
 
-    Computed separably (rows, then columns); returns ``(rows, eroded)``. See :func:`_erode_grad`.
+    Separable (rows, then columns), one (H, W) plane at a time so the temporaries stay in cache.
     """
-    rows = _min3(x, -1)
-    return rows, _min3(rows, -2)
+    out = torch.empty_like(x)
+    rows = x.new_empty(x.shape[-2:])
+    for i in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            _min3(_min3(x[i, k], rows, -1), out[i, k], -2)
+    return out
 
 
-def _erode_grad(x, eroded, grad):
-    """Gradient of :func:`_erode` for one (H, W) plane, exactly like ``-max_pool2d(-x, 3, 1, 1)``.
+def _erode_grad_add(x, eroded, grad, result):
+    """Add the gradient of :func:`_erode` for ``grad`` (N, K, H, W) to ``result``, in place.
 
-    Each window's gradient goes to its first minimum in row-major order: the column pass routes
-    to the first row whose row minimum is the window minimum, the row pass to the first column
-    in that row.
+    Exactly like ``-max_pool2d(-x, 3, 1, 1)``: each window's gradient goes to its first minimum
+    in row-major order; the column pass routes to the first row whose row minimum is the window
+    minimum, the row pass to the first column in that row.
     """
-    rows = _min3(x, -1)
-    return _min3_backward(x, rows, _min3_backward(rows, eroded, grad, -2), -1)
+    rows, grad_rows = x.new_empty((2,) + x.shape[-2:])
+    work = x.new_empty((3,) + x.shape[-2:])
+    for i in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            _min3(x[i, k], rows, -1)
+            _min3_backward(rows, eroded[i, k], grad[i, k], -2, grad_rows, work, False)
+            _min3_backward(x[i, k], rows, grad_rows, -1, result[i, k], work, True)
+    return result
 
 
 def _soft_boundary_blocks(p, e, curves, need_grad):
@@ -416,14 +432,14 @@ class _SoftBoundary(torch.autograd.Function):
 
         dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e),
 
-    and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad`),
+    and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad_add`),
     computed in place in the partials plane by plane (a fresh full-size CPU tensor costs page
     faults). A second backward through a retained graph recomputes the partials.
     """
 
     @staticmethod
     def forward(ctx, p, curves):
-        eroded = _erode(p)[1]
+        eroded = _erode(p)
         soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, ctx.needs_input_grad[0])
         ctx.save_for_backward(p, eroded)
         ctx.curves, ctx.partials = curves, (d_p, d_e)
@@ -438,10 +454,7 @@ class _SoftBoundary(torch.autograd.Function):
         if d_p is None:  # backward through a retained graph: the partials were consumed
             _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
         grad_p, grad_e = d_p.mul_(grad), d_e.mul_(grad)
-        for i in range(p.shape[0]):
-            for k in range(p.shape[1]):
-                grad_p[i, k] += _erode_grad(p[i, k], eroded[i, k], grad_e[i, k])
-        return grad_p, None
+        return _erode_grad_add(p, eroded, grad_e, grad_p), None
 
 
 def _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
