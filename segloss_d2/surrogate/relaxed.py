@@ -22,6 +22,7 @@ enter its mean.
 from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .bezier import (
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 EPS = 1e-8
-_WINDOW_CHUNK = 1 << 22  # elements per chunk of the sparse window gather in BF1
 
 
 def dilate_bool(mask, radius):
@@ -457,32 +457,43 @@ class _SoftBoundary(torch.autograd.Function):
         return _erode_grad_add(p, eroded, grad_e, grad_p), None
 
 
+def _row_window_max(values, radius):
+    """max over ``values[..., w - r : w + r + 1]`` (cut at the border), same shape as ``values``.
+
+    Pads the last dim with -inf and takes running maxima of doubling span (log2(2r+1) passes).
+    """
+    out = F.pad(values, (radius, radius), value=float("-inf"))
+    span, size = 1, 2 * radius + 1
+    while span < size:
+        shift = min(span, size - span)
+        out = torch.maximum(out[..., :-shift], out[..., shift:])
+        span += shift
+    return out
+
+
 def _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
     """Flat index into ``values`` of the max over the (2r+1)^2 window (cut at the border) of
     ``values[n, c]`` around (h, w), for M positions; no gradient.
 
     ``values.flatten()[index]`` equals ``max_pool2d(values, 2r+1, 1, r)[n, c, h, w]``, and the index
-    is max-pooling's gradient routing (the first maximum in row-major window order).
+    is max-pooling's gradient routing (the first maximum in row-major window order). Separable:
+    the first of the window's rows whose row-window maximum is the largest (from the dense row
+    maxima, :func:`_row_window_max`), then the first column of that row holding it.
 
     Returns:
         (M,) int64 tensor.
     """
     _, c, h, w = values.shape
     offsets = torch.arange(-radius, radius + 1, device=values.device)
-    flat_values = values.reshape(-1)
-    chunk = max(1, _WINDOW_CHUNK // (2 * radius + 1) ** 2)
-    selected = []
     with torch.no_grad():
-        detached = flat_values.detach()
-        for start in range(0, n_idx.numel(), chunk):
-            sl = slice(start, start + chunk)
-            rows = (h_idx[sl, None] + offsets).clamp_(0, h - 1)
-            cols = (w_idx[sl, None] + offsets).clamp_(0, w - 1)
-            plane = (n_idx[sl] * c + c_idx[sl]) * h
-            flat = ((plane[:, None, None] + rows[:, :, None]) * w + cols[:, None, :]).flatten(1)
-            best = detached[flat].argmax(dim=1, keepdim=True)
-            selected.append(flat.gather(1, best).squeeze(1))
-    return torch.cat(selected) if selected else n_idx.new_zeros(0)
+        row_max = _row_window_max(values.detach(), radius).reshape(-1)
+        plane = (n_idx * c + c_idx) * h
+        rows = (h_idx[:, None] + offsets).clamp_(0, h - 1)  # (M, 2r+1); repeats keep "first"
+        best = row_max[(plane[:, None] + rows) * w + w_idx[:, None]].argmax(dim=1, keepdim=True)
+        row = (plane + rows.gather(1, best).squeeze(1)) * w
+        cols = (w_idx[:, None] + offsets).clamp_(0, w - 1)
+        best = values.detach().reshape(-1)[row[:, None] + cols].argmax(dim=1, keepdim=True)
+        return row + cols.gather(1, best).squeeze(1)
 
 
 class _BoundaryMatch(torch.autograd.Function):
