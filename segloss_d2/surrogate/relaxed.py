@@ -458,17 +458,23 @@ class _SoftBoundary(torch.autograd.Function):
 
 
 def _row_window_max(values, radius):
-    """max over ``values[..., w - r : w + r + 1]`` (cut at the border), same shape as ``values``.
+    """max over ``values[n, c, h, w - r : w + r + 1]`` (cut at the border), like ``values``.
 
-    Pads the last dim with -inf and takes running maxima of doubling span (log2(2r+1) passes).
+    Per (H, W) plane (in cache): pad the rows with -inf, then running maxima of doubling span
+    (log2(2r+1) passes).
     """
-    out = F.pad(values, (radius, radius), value=float("-inf"))
-    span, size = 1, 2 * radius + 1
-    while span < size:
-        shift = min(span, size - span)
-        out = torch.maximum(out[..., :-shift], out[..., shift:])
-        span += shift
-    return out
+    result = torch.empty_like(values)
+    size = 2 * radius + 1
+    for i in range(values.shape[0]):
+        for k in range(values.shape[1]):
+            out = F.pad(values[i, k], (radius, radius), value=float("-inf"))
+            span = 1
+            while span < size:
+                shift = min(span, size - span)
+                out = torch.maximum(out[:, :-shift], out[:, shift:])
+                span += shift
+            result[i, k] = out
+    return result
 
 
 def _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
