@@ -373,20 +373,16 @@ def _erode(x):
 
 
 def _erode_grad_add(x, eroded, grad, result):
-    """Add the gradient of :func:`_erode` for ``grad`` (N, K, H, W) to ``result``, in place.
+    """Add the gradient of :func:`_erode` for one (H, W) plane ``grad`` to ``result``, in place.
 
     Exactly like ``-max_pool2d(-x, 3, 1, 1)``: each window's gradient goes to its first minimum
     in row-major order; the column pass routes to the first row whose row minimum is the window
     minimum, the row pass to the first column in that row.
     """
-    rows, grad_rows = x.new_empty((2,) + x.shape[-2:])
-    work = x.new_empty((3,) + x.shape[-2:])
-    for i in range(x.shape[0]):
-        for k in range(x.shape[1]):
-            _min3(x[i, k], rows, -1)
-            _min3_backward(rows, eroded[i, k], grad[i, k], -2, grad_rows, work, False)
-            _min3_backward(x[i, k], rows, grad_rows, -1, result[i, k], work, True)
-    return result
+    rows, grad_rows, *work = x.new_empty((5,) + x.shape)
+    _min3(x, rows, -1)
+    _min3_backward(rows, eroded, grad, -2, grad_rows, work, False)
+    return _min3_backward(x, rows, grad_rows, -1, result, work, True)
 
 
 def _soft_boundary_blocks(p, e, curves, need_grad):
@@ -453,8 +449,12 @@ class _SoftBoundary(torch.autograd.Function):
         ctx.partials = None
         if d_p is None:  # backward through a retained graph: the partials were consumed
             _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
-        grad_p, grad_e = d_p.mul_(grad), d_e.mul_(grad)
-        return _erode_grad_add(p, eroded, grad_e, grad_p), None
+        for i in range(p.shape[0]):  # plane by plane, so each plane is reused from cache
+            for k in range(p.shape[1]):
+                d_p[i, k].mul_(grad[i, k])
+                d_e[i, k].mul_(grad[i, k])
+                _erode_grad_add(p[i, k], eroded[i, k], d_e[i, k], d_p[i, k])
+        return d_p, None
 
 
 def _row_window_max(values, radius):
