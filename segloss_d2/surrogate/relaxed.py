@@ -519,7 +519,11 @@ class _BoundaryMatch(torch.autograd.Function):
         n, k = soft.shape[:2]
         weight = dilated.to(soft.dtype)
         n_fg = soft.sum(dim=(0, 2, 3))
-        match_fg = torch.linalg.vecdot(soft.reshape(n, k, -1), weight.reshape(n, k, -1)).sum(0)
+        # one dot product per (n, k) plane (bmm: no full-size product tensor, unlike vecdot);
+        # never in reduced precision, even when called under autocast
+        with torch.autocast(device_type=soft.device.type, enabled=False):
+            match_fg = torch.bmm(soft.reshape(n * k, 1, -1), weight.reshape(n * k, -1, 1))
+        match_fg = match_fg.reshape(n, k).sum(0)
         ctx.save_for_backward(dilated, index)
         ctx.weight = weight
         return n_fg, match_fg, soft.reshape(-1).take(index)
