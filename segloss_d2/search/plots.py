@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..surrogate.params import SurrogateParams  # noqa: E402
 from ..visualize import plot_curves  # noqa: E402
@@ -47,6 +48,7 @@ def plot_reward_curve(trials: List[Dict], path: str, target: str = "reward",
                 label="sample 0 (mu with baseline 'mu')")
     ax.set(xlabel="search iteration", ylabel=f"reward ({target} on the reward set, 0-1)",
            title=title or "search reward")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     parent = os.path.dirname(path)
