@@ -195,7 +195,7 @@ class _Candidate:
                 if not torch.isfinite(losses).all():
                     raise FloatingPointError(
                         f"loss became non-finite at iteration {iteration}: "
-                        f"{ {k: float(v) for k, v in loss_dict.items()} }"
+                        f"{ {k: float(v.detach()) for k, v in loss_dict.items()} }"
                     )
                 self.optimizer.zero_grad()
                 losses.backward()
