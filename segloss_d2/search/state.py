@@ -138,8 +138,9 @@ class SearchState:
                 if os.path.exists(os.path.join(output_dir, n))]
         if ours and not overwrite:
             raise FileExistsError(
-                f"{output_dir} already holds search state ({', '.join(ours)}); resume it, "
-                "choose another output directory, or pass overwrite=True to discard it"
+                f"{output_dir} already holds search state ({', '.join(ours)}); resume it "
+                "(tools/search_net.py --resume), choose another output directory, or delete "
+                "those files (SearchState.create(..., overwrite=True)) to start over"
             )
         for name in ours:
             os.remove(os.path.join(output_dir, name))
