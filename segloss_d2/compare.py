@@ -77,7 +77,7 @@ def plot_predictions(models, dataset_name, path, input_format="RGB", num_images=
     colors = np.array(meta.get("stuff_colors", None) or
                       [np.random.RandomState(i).randint(0, 255, 3) for i in
                        range(len(meta.stuff_classes))], dtype=np.uint8)
-    void = np.array([255, 255, 255], dtype=np.uint8)
+    void = np.array([128, 128, 128], dtype=np.uint8)  # ignore label: grey
 
     def paint(label):
         out = np.empty(label.shape + (3,), dtype=np.uint8)

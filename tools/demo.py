@@ -10,23 +10,26 @@ A second run resumes the search (finished trials are not re-run); --fresh starts
 """
 import argparse
 import json
-import logging
 import os
 import shutil
 import time
+import warnings
 
-from detectron2.utils.logger import setup_logger
+# detectron2 v0.6 uses torch.jit.script at import time, which recent torch flags as deprecated.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-from segloss_d2.compare import comparison_table, plot_predictions, train_and_evaluate
-from segloss_d2.engine import get_segloss_cfg
-from segloss_d2.search.runner import SearchRunner
-from segloss_d2.search.state import META
-from segloss_d2.surrogate.params import load_params
-from segloss_d2.visualize import plot_curves, plot_surfaces
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from segloss_d2.compare import comparison_table, plot_predictions, train_and_evaluate  # noqa: E402
+from segloss_d2.engine import get_segloss_cfg  # noqa: E402
+from segloss_d2.search.runner import SearchRunner  # noqa: E402
+from segloss_d2.search.state import META  # noqa: E402
+from segloss_d2.surrogate.params import load_params  # noqa: E402
+from segloss_d2.visualize import plot_curves, plot_surfaces  # noqa: E402
 
 TRAIN_CONFIG = "configs/shapes/Base-Tiny-DeepLabV3Plus.yaml"
-SEARCH_CONFIGS = {"bf1": "configs/shapes/demo_search_bf1.yaml",
-                  "miou_bf1": "configs/shapes/demo_search_miou_bf1.yaml"}
+SEARCH_CONFIGS = {"bf1": "configs/shapes/search_tiny_bf1.yaml",
+                  "miou_bf1": "configs/shapes/search_tiny_miou_bf1.yaml"}
 TARGET_KEY = {"bf1": "BF1", "miou_bf1": None}
 
 
@@ -69,8 +72,8 @@ def main():
     if args.fresh and os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
-    setup_logger(os.path.join(out, "log.txt"), name="segloss_d2")
-    setup_logger(os.path.join(out, "log.txt"), name="detectron2").setLevel(logging.WARNING)
+    for name in ("detectron2", "segloss_d2"):  # training progress every 20 iterations
+        setup_logger(os.path.join(out, "log.txt"), name=name, abbrev_name=name[:2])
     start = time.perf_counter()
 
     search_cfg, best = search(args, out)
