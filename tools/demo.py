@@ -72,8 +72,8 @@ def main():
     if args.fresh and os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
-    for name in ("detectron2", "segloss_d2"):  # training progress every 20 iterations
-        setup_logger(os.path.join(out, "log.txt"), name=name, abbrev_name=name[:2])
+    for name, abbrev in (("detectron2", "d2"), ("segloss_d2", "segloss")):  # progress every 20 it
+        setup_logger(os.path.join(out, "log.txt"), name=name, abbrev_name=abbrev)
     start = time.perf_counter()
 
     search_cfg, best = search(args, out)
