@@ -39,12 +39,15 @@ def parse_args():
     p.add_argument("--output-dir", default="output/demo")
     p.add_argument("--retrain-iters", type=int, default=600)
     p.add_argument("--fresh", action="store_true", help="delete earlier demo outputs first")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE pairs overriding the search config, e.g. SEARCH.ITERATIONS 2")
     return p.parse_args()
 
 
 def search(args, out):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(SEARCH_CONFIGS[args.target])
+    cfg.merge_from_list(args.opts)
     cfg.OUTPUT_DIR = cfg.SEARCH.OUTPUT_DIR = os.path.join(out, "search")
     cfg.freeze()
     resume = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, META))  # an earlier demo's search
