@@ -1,0 +1,117 @@
+"""Cache blocking of the curve evaluations: results must not depend on the block size.
+
+``bezier.block_size`` decides how many elements one cache block holds (``BLOCK_ELEMENTS`` per
+CPU thread). The consumers (``bezier.evaluate_curve`` and the fused Functions of ``relaxed``) are
+run here with monkeypatched block sizes: a single element, sizes that divide nothing, the row
+length of the (N, K, H*W) layout and one more, and more than the whole tensor. Every call of the
+block kernel is counted, so a patch that does not take effect fails instead of testing nothing.
+"""
+import math
+
+import pytest
+import torch
+
+from segloss_d2.surrogate import bezier, relaxed
+from segloss_d2.surrogate.bezier import BLOCK_ELEMENTS, bezier_curve, block_size
+from segloss_d2.surrogate.loss import SurrogateLoss
+from segloss_d2.surrogate.params import list_presets, load_params
+
+from .test_loss import C, blob_labels, random_logits
+
+H, W = 5, 7  # H * W = 35: the row length of the dense (N, K, H*W) blocks
+# 1 element; 4 divides no row; the row length and one more (whole-row blocks of 1 row);
+# 150 (4 rows, does not divide 6 classes); more than everything
+RELAXED_STEPS = [1, 4, H * W, H * W + 1, 150, 10**7]
+# metrics whose per-pixel work is elementwise and whose sums do not depend on the blocks
+ELEMENTWISE = {"mAcc", "gAcc", "BF1"}
+
+
+class _Counter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def _use_block_size(monkeypatch, step):
+    """Make every consumer block by ``step`` elements; returns the block-kernel call counter."""
+    for module in (bezier, relaxed):
+        monkeypatch.setattr(module, "block_size", lambda x: step)
+    counter = _Counter(bezier._evaluate_block)
+    monkeypatch.setattr(bezier, "_evaluate_block", counter)
+    monkeypatch.setattr(relaxed, "_evaluate_block", counter)
+    return counter
+
+
+def test_block_size_follows_block_elements_and_devices(monkeypatch):
+    x = torch.empty(10)
+    assert block_size(x) == BLOCK_ELEMENTS * torch.get_num_threads()
+    monkeypatch.setattr(bezier, "BLOCK_ELEMENTS", 3)
+    assert block_size(x) == 3 * torch.get_num_threads()
+    # off the CPU one block covers the tensor (checked on the meta device, no GPU needed)
+    assert block_size(torch.empty(5, 7, device="meta")) == 35
+    assert block_size(torch.empty(0, device="meta")) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("num_pieces", [1, 2, 3])
+def test_bezier_curve_is_bitwise_block_size_invariant(monkeypatch, dtype, num_pieces):
+    gen = torch.Generator().manual_seed(num_pieces)
+    theta = torch.rand(4 * num_pieces - 2, generator=gen, dtype=torch.float64)
+    cp = bezier.theta_to_control_points(theta, num_pieces).tolist()
+    x = torch.rand(3, 7, 11, generator=gen, dtype=torch.float64)
+    x.view(-1)[: 2 + len(cp) // 2] = torch.tensor([0.0, 1.0] + cp[0::2], dtype=torch.float64)
+    x = x.to(dtype)
+    weight = torch.randn(x.shape, generator=gen, dtype=dtype)
+
+    def run():
+        leaf = x.clone().requires_grad_()
+        value = bezier_curve(leaf, cp)
+        value.backward(weight)
+        return value.detach(), leaf.grad
+
+    expected = run()
+    for step in (1, 2, 50, x.numel(), x.numel() + 1, 10**6):  # 231 = 3 * 7 * 11 is odd
+        counter = _use_block_size(monkeypatch, step)
+        got = run()
+        assert counter.calls == math.ceil(x.numel() / step)
+        torch.testing.assert_close(got, expected, atol=0, rtol=0, msg=f"block of {step}")
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("preset", sorted(list_presets()))
+@pytest.mark.parametrize("ignore", [True, False], ids=["void", "no-void"])
+def test_surrogate_loss_is_block_size_invariant(monkeypatch, preset, ignore):
+    params = load_params(preset)
+    metric = params.metrics[0]
+    labels = blob_labels(n=2, h=H, w=W, cell=2, ignore=ignore)
+    loss = SurrogateLoss(params, C, tolerance=2)
+    for dtype in (torch.float64, torch.float32):
+        logits = random_logits(labels, dtype=dtype)
+
+        def run(logits=logits):
+            leaf = logits.clone().requires_grad_()
+            value = loss(leaf, labels)
+            value.backward()
+            return value.detach(), leaf.grad
+
+        expected = run()
+        scale = expected[1].abs().max().item()
+        assert scale > 0
+        for step in RELAXED_STEPS:
+            counter = _use_block_size(monkeypatch, step)
+            value, grad = run()
+            assert counter.calls >= math.ceil(labels.numel() / step)
+            msg = f"{metric} {dtype} block of {step}"
+            if metric in ELEMENTWISE and dtype == torch.float64:
+                torch.testing.assert_close(value, expected[0], atol=0, rtol=0, msg=msg)
+                torch.testing.assert_close(grad, expected[1], atol=0, rtol=0, msg=msg)
+            else:
+                # the per-class region sums are reduced block by block: summation order only
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(value, expected[0], atol=0, rtol=8 * eps, msg=msg)
+                torch.testing.assert_close(grad, expected[1], atol=8 * eps * scale, rtol=64 * eps,
+                                           msg=msg)
+            monkeypatch.undo()
