@@ -23,7 +23,7 @@ from ..losses import LOSSES
 from ..surrogate.loss import SurrogateLoss
 from ..surrogate.params import SurrogateParams, identity_params, load_params
 
-__all__ = ["build_sem_seg_loss", "build_surrogate_params"]
+__all__ = ["build_sem_seg_loss", "build_surrogate_loss", "build_surrogate_params"]
 
 
 def _combine(params_list: List[SurrogateParams]) -> SurrogateParams:
@@ -77,6 +77,22 @@ def build_surrogate_params(cfg) -> SurrogateParams:
     return params
 
 
+def build_surrogate_loss(cfg, params: SurrogateParams) -> SurrogateLoss:
+    """SurrogateLoss of ``params`` with the head's classes, ignore value and loss weight and the
+    ``SURROGATE`` tolerance / background / class-averaging options (also used by the search)."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    sur = head.SURROGATE
+    return SurrogateLoss(
+        params,
+        num_classes=head.NUM_CLASSES,
+        ignore_value=head.IGNORE_VALUE,
+        tolerance=sur.TOLERANCE,
+        drop_background=sur.DROP_BACKGROUND,
+        present_classes_only=sur.PRESENT_CLASSES_ONLY,
+        loss_weight=head.LOSS_WEIGHT,
+    )
+
+
 def build_sem_seg_loss(cfg) -> nn.Module:
     """Build the loss selected by ``cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE`` (see add_segloss_config).
 
@@ -93,14 +109,7 @@ def build_sem_seg_loss(cfg) -> nn.Module:
         num_classes=head.NUM_CLASSES, ignore_value=head.IGNORE_VALUE, loss_weight=head.LOSS_WEIGHT
     )
     if loss_type in ("naive", "searched"):
-        sur = head.SURROGATE
-        return SurrogateLoss(
-            build_surrogate_params(cfg),
-            tolerance=sur.TOLERANCE,
-            drop_background=sur.DROP_BACKGROUND,
-            present_classes_only=sur.PRESENT_CLASSES_ONLY,
-            **common,
-        )
+        return build_surrogate_loss(cfg, build_surrogate_params(cfg))
     if loss_type not in LOSSES:
         raise ValueError(
             f"MODEL.SEM_SEG_HEAD.LOSS_TYPE {loss_type!r} is unknown; expected one of {LOSS_TYPES}"

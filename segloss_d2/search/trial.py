@@ -33,8 +33,8 @@ from detectron2.utils.events import EventStorage
 
 from ..engine import build_sem_seg_train_aug
 from ..evaluation.metrics import SegMetrics
+from ..modeling.build import build_surrogate_loss
 from ..surrogate.bezier import identity_theta
-from ..surrogate.loss import SurrogateLoss
 from ..surrogate.params import METRICS, SurrogateParams, default_num_pieces, theta_dim
 
 __all__ = [
@@ -135,19 +135,6 @@ def proxy_cfg(cfg):
     return cfg
 
 
-def _candidate_loss(cfg, params: SurrogateParams) -> SurrogateLoss:
-    head = cfg.MODEL.SEM_SEG_HEAD
-    return SurrogateLoss(
-        params,
-        num_classes=head.NUM_CLASSES,
-        ignore_value=head.IGNORE_VALUE,
-        tolerance=head.SURROGATE.TOLERANCE,
-        drop_background=head.SURROGATE.DROP_BACKGROUND,
-        present_classes_only=head.SURROGATE.PRESENT_CLASSES_ONLY,
-        loss_weight=head.LOSS_WEIGHT,
-    )
-
-
 class _DivergenceGuard(torch.nn.Module):
     """Wraps a candidate's loss: non-finite logits (diverged weights) raise FloatingPointError,
     like detectron2's trainer does for a non-finite loss, instead of the loss's input error."""
@@ -168,7 +155,7 @@ class _Candidate:
     def __init__(self, cfg, template, theta, seed):
         self.params = theta_to_params(cfg, theta)
         self.model = copy.deepcopy(template)
-        self.model.sem_seg_head.loss_fn = _DivergenceGuard(_candidate_loss(cfg, self.params))
+        self.model.sem_seg_head.loss_fn = _DivergenceGuard(build_surrogate_loss(cfg, self.params))
         self.model.train()
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)

@@ -118,7 +118,7 @@ def test_diverging_candidate_gets_reward_0_and_leaves_the_others_alone(data, mon
     cfg = tiny_search_cfg()
     thetas = _thetas(cfg, 3)
     reference = train_candidates(cfg, thetas[[0, 2]], *data)
-    real_loss = trial._candidate_loss
+    real_loss = trial.build_surrogate_loss
     bad_theta = float(thetas[1, 0])
 
     class NaNLoss(torch.nn.Module):
@@ -133,7 +133,7 @@ def test_diverging_candidate_gets_reward_0_and_leaves_the_others_alone(data, mon
         loss = real_loss(cfg, params)
         return NaNLoss(loss) if params.thetas[0][0][0] == pytest.approx(bad_theta) else loss
 
-    monkeypatch.setattr(trial, "_candidate_loss", nan_for_candidate_1)
+    monkeypatch.setattr(trial, "build_surrogate_loss", nan_for_candidate_1)
     results = train_candidates(cfg, thetas, *data)
     assert results[1]["status"] == "diverged" and results[1]["reward"] == 0.0
     assert "non-finite" in results[1]["error"] and results[1]["metrics"] == {}
