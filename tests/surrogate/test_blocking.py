@@ -55,6 +55,19 @@ def test_block_size_follows_block_elements_and_devices(monkeypatch):
     assert block_size(torch.empty(0, device="meta")) == 1
 
 
+def test_block_elements_drives_the_blocking(monkeypatch):
+    """The documented knob itself: BLOCK_ELEMENTS per thread, through the real block_size."""
+    cp = load_params("voc_miou").control_points[0][0]
+    x = torch.rand(1000, dtype=torch.float64)
+    expected = bezier_curve(x, cp)
+    monkeypatch.setattr(bezier, "BLOCK_ELEMENTS", 3)
+    counter = _Counter(bezier._evaluate_block)
+    monkeypatch.setattr(bezier, "_evaluate_block", counter)
+    got = bezier_curve(x, cp)
+    assert counter.calls == math.ceil(1000 / (3 * torch.get_num_threads()))
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("num_pieces", [1, 2, 3])
 def test_bezier_curve_is_bitwise_block_size_invariant(monkeypatch, dtype, num_pieces):
