@@ -9,7 +9,6 @@ The curve is only evaluated, never trained by gradient descent (the search is bl
 control points are constants: :func:`bezier_curve` is differentiable with respect to ``x`` only.
 """
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "CLAMP_MIN",
@@ -178,7 +177,7 @@ def _piece_coefficients(control_points):
     return pieces
 
 
-def _evaluate_block(x, pieces, g_out, d_out, work):
+def evaluate_block(x, pieces, g_out, d_out, work):
     """Write g(x) into ``g_out`` and, if ``d_out`` is not None, dg/dx into ``d_out``.
 
     Instead of selecting per-element coefficients (a chain of ``torch.where``, several slow passes
@@ -236,7 +235,7 @@ def _evaluate_block(x, pieces, g_out, d_out, work):
 
 
 def workspace(x, step):
-    """Scratch for :func:`_evaluate_block` on blocks of up to ``step`` elements of ``x``."""
+    """Scratch for :func:`evaluate_block` on blocks of up to ``step`` elements of ``x``."""
     return x.new_empty(4, max(1, min(step, x.numel())))
 
 
@@ -265,7 +264,7 @@ def evaluate_curve(x, pieces, need_grad):
     work = workspace(flat, step)
     for start in range(0, flat.numel(), step):
         sl = slice(start, start + step)
-        _evaluate_block(flat[sl], pieces, g[sl], None if d is None else d[sl], work)
+        evaluate_block(flat[sl], pieces, g[sl], None if d is None else d[sl], work)
     return g.view(x.shape), None if d is None else d.view(x.shape)
 
 
@@ -277,7 +276,7 @@ def curve_pieces(control_points):
             (see :func:`validate_control_points`).
 
     Returns:
-        opaque per-piece coefficients for :func:`evaluate_curve` / :func:`_evaluate_block`.
+        opaque per-piece coefficients for :func:`evaluate_curve` / :func:`evaluate_block`.
     """
     if torch.is_tensor(control_points):
         control_points = control_points.detach().reshape(-1).tolist()
@@ -285,6 +284,17 @@ def curve_pieces(control_points):
     if n < 2 or (n + 2) % 4:
         raise ValueError(f"control_points must have length 4n-2 (2, 6, 10, ...), got {n}")
     return _piece_coefficients(control_points)
+
+
+def no_double_backward():
+    """Call first in a custom ``backward``: these backwards are first-order only, and autograd runs
+    a backward with grad mode enabled exactly when a higher-order graph is requested
+    (``create_graph=True``), which would otherwise silently miss second-order terms."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "segloss_d2's surrogates support first-order gradients only; double backward "
+            "(create_graph=True) is not implemented"
+        )
 
 
 class _BezierFunction(torch.autograd.Function):
@@ -295,8 +305,8 @@ class _BezierFunction(torch.autograd.Function):
         return g
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out):
+        no_double_backward()
         (grad,) = ctx.saved_tensors
         return grad_out * grad, None
 
@@ -305,7 +315,7 @@ def bezier_curve(x, control_points):
     """Evaluate the piecewise quadratic Bézier curve g at every element of ``x`` (spec §3.1).
 
     Scalar coefficients per piece on clamped copies of x, in cache-sized blocks (see
-    :func:`_evaluate_block`), then solves ``x(t) = x`` in closed form.
+    :func:`evaluate_block`), then solves ``x(t) = x`` in closed form.
 
     Args:
         x (Tensor): any shape, values in [0, 1] (probabilities), any float dtype. Half and bfloat16

@@ -23,13 +23,13 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from .bezier import (
-    _evaluate_block,
     block_size,
     curve_pieces,
+    evaluate_block,
     evaluate_curve,
+    no_double_backward,
     workspace,
 )
 
@@ -82,7 +82,7 @@ class LabelInfo:
     """
 
     def __init__(self, labels, num_classes):
-        self.labels = labels
+        self.labels = labels = labels.contiguous()  # flat views in the backward passes
         self.num_classes = num_classes
         self.valid = (labels >= 0) & (labels < num_classes)
         self.safe = torch.where(self.valid, labels, 0)
@@ -143,7 +143,7 @@ def _dense_slopes(probs, weight, pieces, present):
     values = dense.new_empty(work.shape[1])
     for i, rows, cols in _blocks(n, dense.shape[1], length, step):
         d = slopes[i, rows, cols]
-        _evaluate_block(dense[i, rows, cols], pieces, values[: d.numel()].view(d.shape), d, work)
+        evaluate_block(dense[i, rows, cols], pieces, values[: d.numel()].view(d.shape), d, work)
         if weight is not None:
             d.mul_(weight[i, cols])
     return slopes
@@ -203,7 +203,7 @@ class _RegionSums(torch.autograd.Function):
             x = dense[i, rows, cols]
             g = buffer[: x.numel()].view(x.shape)
             d = None if slopes is None else slopes[i, rows, cols]
-            _evaluate_block(x, or_pieces, g, d, work)
+            evaluate_block(x, or_pieces, g, d, work)
             if weight is None:
                 sums[i, rows] += g.sum(dim=1)
             else:
@@ -218,8 +218,8 @@ class _RegionSums(torch.autograd.Function):
         return inter, g_sum, g_lab
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_inter, grad_sum=None, grad_lab=None):
+        no_double_backward()
         n, c, length = ctx.shape
         present = ctx.present
         if len(ctx.saved_tensors) == 2:
@@ -400,15 +400,15 @@ def _soft_boundary_blocks(p, e, curves, need_grad):
         gp, ge, dp, de = (buf[:size] for buf in values)
         dp, de = (dp, de) if need_grad else (None, None)
         # union part: g3(p) + g4(e) - g3(p) g4(e)
-        _evaluate_block(p_flat[sl], curves[2], gp, dp, work)
-        _evaluate_block(e_flat[sl], curves[3], ge, de, work)
+        evaluate_block(p_flat[sl], curves[2], gp, dp, work)
+        evaluate_block(e_flat[sl], curves[3], ge, de, work)
         torch.add(gp, ge, out=soft[sl]).addcmul_(gp, ge, value=-1.0)
         if need_grad:
             torch.mul(ge, -1.0, out=d_p[sl]).add_(1.0).mul_(dp)
             torch.mul(gp, -1.0, out=d_e[sl]).add_(1.0).mul_(de)
         # minus the intersection g1(p) g2(e)
-        _evaluate_block(p_flat[sl], curves[0], gp, dp, work)
-        _evaluate_block(e_flat[sl], curves[1], ge, de, work)
+        evaluate_block(p_flat[sl], curves[0], gp, dp, work)
+        evaluate_block(e_flat[sl], curves[1], ge, de, work)
         soft[sl].addcmul_(gp, ge, value=-1.0)
         if need_grad:
             d_p[sl].addcmul_(dp, ge, value=-1.0)
@@ -442,8 +442,8 @@ class _SoftBoundary(torch.autograd.Function):
         return soft
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
+        no_double_backward()
         p, eroded = ctx.saved_tensors
         d_p, d_e = ctx.partials or (None, None)
         ctx.partials = None
@@ -529,8 +529,8 @@ class _BoundaryMatch(torch.autograd.Function):
         return n_fg, match_fg, soft.reshape(-1).take(index)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_n, grad_match, grad_picked):
+        no_double_backward()
         dilated, index = ctx.saved_tensors
         grad = ctx.weight if ctx.weight is not None else dilated.to(grad_match.dtype)
         ctx.weight = None  # consumed in place; a retained graph's next backward rebuilds it

@@ -106,29 +106,13 @@ def _assert_raises_or_correct(fn, reference_fn, x, direction, mode):
     torch.testing.assert_close(got, expected, atol=1e-10 * expected.abs().max().item(), rtol=1e-6)
 
 
-# Both failure modes come from torch.autograd.function.once_differentiable: in create_graph mode
-# it hangs a DelayedError node off fresh detached leaves, and only when an incoming gradient
-# requires grad.
-CONSTANT_INCOMING = pytest.mark.xfail(strict=True, reason=(
-    "mAcc/gAcc are linear in the relaxed intersection, so dL/dinter is a constant: "
-    "once_differentiable then installs no DelayedError, the fused backward's result is a "
-    "constant and create_graph=True silently drops the g_A'' term of the Hessian (no error)"))
-PRUNED_ERROR = pytest.mark.xfail(strict=True, reason=(
-    "once_differentiable's DelayedError node points at fresh detached leaves, not at the "
-    "logits, so torch.autograd.grad(..., inputs=logits) (and backward(inputs=...)) prunes it: "
-    "no error, the second-order terms through the fused Functions are silently missing"))
-
-
 def _double_backward_cases():
+    # Regression: with torch's once_differentiable, autograd.grad(..., inputs=logits) pruned the
+    # error node and mAcc/gAcc (constant incoming gradient) installed none, so create_graph=True
+    # silently dropped second-order terms. Every backward now raises in grad mode.
     for preset in PRESETS:
         for mode in ("backward", "grad"):
-            if mode == "grad":
-                marks = [PRUNED_ERROR]
-            elif preset in ("voc_macc", "voc_gacc"):
-                marks = [CONSTANT_INCOMING]
-            else:
-                marks = []
-            yield pytest.param(preset, mode, marks=marks, id=f"{preset}-{mode}")
+            yield pytest.param(preset, mode, id=f"{preset}-{mode}")
 
 
 @pytest.mark.parametrize("preset, mode", list(_double_backward_cases()))
@@ -157,10 +141,6 @@ def test_double_backward_error_names_the_cause(preset):
 
 
 @pytest.mark.parametrize("mode", ["backward", "grad"])
-@pytest.mark.xfail(strict=True, reason=(
-    "bezier_curve's backward is once_differentiable, but with a constant incoming gradient "
-    "(e.g. y.sum()) the gradient it returns is a plain constant: create_graph=True then silently "
-    "drops g''(x) instead of raising"))
 def test_bezier_curve_double_backward_raises_or_is_correct(mode):
     cp = load_params("voc_miou").control_points[0][0]
     x = torch.rand(40, dtype=torch.float64) * 0.98 + 0.01

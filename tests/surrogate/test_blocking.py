@@ -39,9 +39,9 @@ def _use_block_size(monkeypatch, step):
     """Make every consumer block by ``step`` elements; returns the block-kernel call counter."""
     for module in (bezier, relaxed):
         monkeypatch.setattr(module, "block_size", lambda x: step)
-    counter = _Counter(bezier._evaluate_block)
-    monkeypatch.setattr(bezier, "_evaluate_block", counter)
-    monkeypatch.setattr(relaxed, "_evaluate_block", counter)
+    counter = _Counter(bezier.evaluate_block)
+    monkeypatch.setattr(bezier, "evaluate_block", counter)
+    monkeypatch.setattr(relaxed, "evaluate_block", counter)
     return counter
 
 
@@ -61,8 +61,8 @@ def test_block_elements_drives_the_blocking(monkeypatch):
     x = torch.rand(1000, dtype=torch.float64)
     expected = bezier_curve(x, cp)
     monkeypatch.setattr(bezier, "BLOCK_ELEMENTS", 3)
-    counter = _Counter(bezier._evaluate_block)
-    monkeypatch.setattr(bezier, "_evaluate_block", counter)
+    counter = _Counter(bezier.evaluate_block)
+    monkeypatch.setattr(bezier, "evaluate_block", counter)
     got = bezier_curve(x, cp)
     assert counter.calls == math.ceil(1000 / (3 * torch.get_num_threads()))
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
