@@ -4,7 +4,8 @@ Public API (resolved lazily so that ``import segloss_d2`` never imports detectro
 pure-torch core stays usable from any framework)::
 
     from segloss_d2 import SurrogateLoss, load_params, save_params, SegMetrics
-    from segloss_d2 import add_segloss_config, add_search_config, SegLossEvaluator  # need detectron2
+    from segloss_d2 import add_segloss_config, add_search_config  # these need detectron2
+    from segloss_d2 import SegLossEvaluator, build_sem_seg_loss
 """
 import importlib
 
