@@ -25,12 +25,15 @@ __all__ = [
     "block_size",
     "workspace",
     "BLOCK_ELEMENTS",
+    "ACCELERATOR_BLOCK_ELEMENTS",
 ]
 
 CLAMP_MIN = 1e-4
 CLAMP_MAX = 1.0 - 1e-4
 # Block length per CPU thread of the cache-blocked evaluation (float32: 512 KiB per temporary).
 BLOCK_ELEMENTS = 1 << 17
+# Block length on other devices (GPUs): bounds the scratch (float32: 16 MiB per temporary).
+ACCELERATOR_BLOCK_ELEMENTS = 1 << 22
 
 
 def curve_length(num_pieces):
@@ -240,16 +243,18 @@ def workspace(x, step):
 
 
 def block_size(x):
-    """Elements per block for cache-blocked evaluation on ``x``'s device.
+    """Elements per block of the blocked evaluation on ``x``'s device.
 
     On CPU the ~15-30 elementwise passes of a curve evaluation are memory bound over a full
     tensor, so they run on blocks of :data:`BLOCK_ELEMENTS` per intra-op thread (each op splits its
-    block across the threads) that stay in cache. GPUs gain nothing from blocking (it would only
-    add kernel launches): one block covers everything.
+    block across the threads) that stay in cache. Other devices gain nothing from cache blocking,
+    but the block still bounds the scratch (:func:`workspace` and the per-block temporaries of the
+    callers) to a few blocks instead of several full-size tensors: blocks of
+    :data:`ACCELERATOR_BLOCK_ELEMENTS`, large enough that kernel launches do not dominate.
     """
-    if x.device.type != "cpu":
-        return max(1, x.numel())
-    return BLOCK_ELEMENTS * torch.get_num_threads()
+    if x.device.type == "cpu":
+        return BLOCK_ELEMENTS * torch.get_num_threads()
+    return ACCELERATOR_BLOCK_ELEMENTS
 
 
 def evaluate_curve(x, pieces, need_grad):

@@ -1,10 +1,11 @@
 """SurrogateLoss: the Auto Seg-Loss training loss, ``loss_weight * Σ_k w_k (1 - surrogate_k)``."""
+import copy
+
 import torch
 from torch import nn
 
-from .bezier import curve_length, validate_control_points
 from .inputs import check_logits_labels
-from .params import METRICS, SurrogateParams, curves_per_metric
+from .params import SurrogateParams
 from .relaxed import (
     LabelInfo,
     relaxed_bf1,
@@ -33,10 +34,12 @@ class SurrogateLoss(nn.Module):
             ground truth instead of all C classes (a deviation from the reference, off by default).
         loss_weight (float): overall factor.
 
-    The control points are registered buffers (``curve_<k>_<metric>``, shape (curves, 4n-2)), so
-    ``.to(device)`` and ``state_dict`` carry them. Inputs: logits (N, C, H, W) float at label
-    resolution (computed in float32, also under autocast), labels (N, H, W) int64 in
-    [0, C) ∪ {ignore_value}. Output: a 0-dim float32 tensor.
+    The control points are configuration, not state: plain Python floats (``control_points``,
+    per metric a list of flat curves), so ``state_dict`` is empty (a checkpoint never overrides
+    the configured params), ``.to()``/``.half()`` cannot round them, and every tensor is created
+    on the device of the inputs. Inputs: logits (N, C, H, W) float at label resolution (computed
+    in float32, also under autocast), labels (N, H, W) int64 in [0, C) ∪ {ignore_value}.
+    Output: a 0-dim float32 tensor.
     """
 
     def __init__(self, params, num_classes, ignore_value=255, tolerance=5, drop_background=False,
@@ -45,6 +48,10 @@ class SurrogateLoss(nn.Module):
         if not isinstance(params, SurrogateParams):
             raise TypeError(f"params must be a SurrogateParams (see load_params), got "
                             f"{type(params).__name__}")
+        # params are a mutable dataclass, validated on construction: re-validate a copy in case
+        # it was edited since (validate normalizes fields, so the caller's object stays as is)
+        params = copy.copy(params)
+        params.validate("SurrogateLoss params")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
@@ -61,20 +68,8 @@ class SurrogateLoss(nn.Module):
         self.metrics = list(params.metrics)
         self.weights = list(params.weights)
         self.num_pieces = list(params.num_pieces)
-        for k, (metric, n, cps) in enumerate(zip(self.metrics, self.num_pieces,
-                                                  params.control_points)):
-            if metric not in METRICS:
-                raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
-            if len(cps) != curves_per_metric(metric):
-                raise ValueError(f"{metric} needs {curves_per_metric(metric)} curve(s), the "
-                                 f"params hold {len(cps)}")
-            for j, cp in enumerate(cps):
-                if len(cp) != curve_length(n):
-                    raise ValueError(f"{metric} curve {j}: {n} piece(s) need {curve_length(n)} "
-                                     f"control-point numbers, got {len(cp)}")
-                validate_control_points(cp, n, f"{metric} curve {j}")
-            self.register_buffer(f"curve_{k}_{metric}",
-                                 torch.tensor(cps, dtype=torch.float64), persistent=True)
+        # per metric: its curves' flat control points (validate returns fresh lists of floats)
+        self.control_points = params.control_points
 
     def extra_repr(self):
         terms = " + ".join(f"{w:g}*(1-{m}~)" for m, w in zip(self.metrics, self.weights))
@@ -106,8 +101,7 @@ class SurrogateLoss(nn.Module):
             probs = torch.softmax(logits.to(dtype), dim=1)
             info = LabelInfo(labels, self.num_classes)
             out = {}
-            for k, metric in enumerate(self.metrics):
-                curves = getattr(self, f"curve_{k}_{metric}").tolist()
+            for metric, curves in zip(self.metrics, self.control_points):
                 out[metric] = self._surrogate(metric, curves, probs, labels, info)
         return out, probs
 

@@ -133,20 +133,34 @@ def _blocks(n, k, length, step):
                 yield i, slice(r0, r0 + rows), slice(None)
 
 
-def _dense_slopes(probs, weight, pieces, present):
-    """w g'(p) over the ``present`` classes (all if None) of (N, C, L) probabilities."""
+def _dense_terms(probs, weight, pieces, present, need_grad):
+    """Block loop of the dense union term over the ``present`` classes (all if None).
+
+    For probabilities (N, C, L), pixel weights (N, L) (None: all ones) and one curve g, returns
+    the per-image, per-class sums ``Σ_l w g(p)`` (N, K) and, if ``need_grad``, the slopes
+    ``w g'(p)`` (N, K, L) (else None), K = number of present classes. g(p) is evaluated block by
+    block (see :func:`_blocks`) and never stored at full size.
+    """
     n, _, length = probs.shape
     dense = probs if present is None else probs.index_select(1, present)
-    slopes = torch.empty_like(dense)
+    k = dense.shape[1]
+    sums = probs.new_zeros(n, k)
+    slopes = torch.empty_like(dense) if need_grad else None
     step = block_size(dense)
     work = workspace(dense, step)
-    values = dense.new_empty(work.shape[1])
-    for i, rows, cols in _blocks(n, dense.shape[1], length, step):
-        d = slopes[i, rows, cols]
-        evaluate_block(dense[i, rows, cols], pieces, values[: d.numel()].view(d.shape), d, work)
-        if weight is not None:
-            d.mul_(weight[i, cols])
-    return slopes
+    buffer = dense.new_empty(work.shape[1])
+    for i, rows, cols in _blocks(n, k, length, step):
+        x = dense[i, rows, cols]
+        g = buffer[: x.numel()].view(x.shape)
+        d = None if slopes is None else slopes[i, rows, cols]
+        evaluate_block(x, pieces, g, d, work)
+        if weight is None:
+            sums[i, rows] += g.sum(dim=1)
+        else:
+            sums[i, rows] += torch.mv(g, weight[i, cols])
+            if d is not None:
+                d.mul_(weight[i, cols])
+    return sums, slopes
 
 
 class _RegionSums(torch.autograd.Function):
@@ -192,24 +206,7 @@ class _RegionSums(torch.autograd.Function):
             ctx.save_for_backward(index, d_and)
             return (inter,)
         g_lab, d_or = label_sum(or_pieces)
-        dense = probs if present is None else probs.index_select(1, present)
-        k = dense.shape[1]
-        sums = probs.new_zeros(n, k)
-        slopes = torch.empty_like(dense) if need_grad else None
-        step = block_size(dense)
-        work = workspace(dense, step)
-        buffer = dense.new_empty(work.shape[1])
-        for i, rows, cols in _blocks(n, k, length, step):
-            x = dense[i, rows, cols]
-            g = buffer[: x.numel()].view(x.shape)
-            d = None if slopes is None else slopes[i, rows, cols]
-            evaluate_block(x, or_pieces, g, d, work)
-            if weight is None:
-                sums[i, rows] += g.sum(dim=1)
-            else:
-                sums[i, rows] += torch.mv(g, weight[i, cols])
-                if d is not None:
-                    d.mul_(weight[i, cols])
+        sums, slopes = _dense_terms(probs, weight, or_pieces, present, need_grad)
         g_sum = sums.sum(dim=0)
         if present is not None:
             g_sum = probs.new_zeros(c).index_copy_(0, present, g_sum)
@@ -230,7 +227,7 @@ class _RegionSums(torch.autograd.Function):
             index, d_and, d_or, probs, weight = ctx.saved_tensors
             slopes, ctx.slopes = ctx.slopes, None  # used in place: fresh tensors cost page faults
             if slopes is None:  # backward through a retained graph: recompute
-                slopes = _dense_slopes(probs, weight, ctx.or_pieces, present)
+                _, slopes = _dense_terms(probs, weight, ctx.or_pieces, present, True)
             if present is None:
                 grad = slopes.mul_(grad_sum.view(1, c, 1))
             else:

@@ -12,10 +12,16 @@ import pytest
 import torch
 
 from segloss_d2.surrogate import bezier, relaxed
-from segloss_d2.surrogate.bezier import BLOCK_ELEMENTS, bezier_curve, block_size
+from segloss_d2.surrogate.bezier import (
+    ACCELERATOR_BLOCK_ELEMENTS,
+    BLOCK_ELEMENTS,
+    bezier_curve,
+    block_size,
+)
 from segloss_d2.surrogate.loss import SurrogateLoss
 from segloss_d2.surrogate.params import list_presets, load_params
 
+from ._reference import surrogate as reference_surrogate
 from .test_loss import C, blob_labels, random_logits
 
 H, W = 5, 7  # H * W = 35: the row length of the dense (N, K, H*W) blocks
@@ -50,9 +56,12 @@ def test_block_size_follows_block_elements_and_devices(monkeypatch):
     assert block_size(x) == BLOCK_ELEMENTS * torch.get_num_threads()
     monkeypatch.setattr(bezier, "BLOCK_ELEMENTS", 3)
     assert block_size(x) == 3 * torch.get_num_threads()
-    # off the CPU one block covers the tensor (checked on the meta device, no GPU needed)
-    assert block_size(torch.empty(5, 7, device="meta")) == 35
-    assert block_size(torch.empty(0, device="meta")) == 1
+    # off the CPU a fixed cap, whatever the size (checked on the meta device, no GPU needed)
+    assert block_size(torch.empty(5, 7, device="meta")) == ACCELERATOR_BLOCK_ELEMENTS
+    assert block_size(torch.empty(2**23 + 1, device="meta")) == ACCELERATOR_BLOCK_ELEMENTS
+    monkeypatch.setattr(bezier, "ACCELERATOR_BLOCK_ELEMENTS", 5)
+    assert block_size(torch.empty(0, device="meta")) == 5
+    assert block_size(x) == 3 * torch.get_num_threads()  # CPU blocks do not follow the cap
 
 
 def test_block_elements_drives_the_blocking(monkeypatch):
@@ -128,3 +137,57 @@ def test_surrogate_loss_is_block_size_invariant(monkeypatch, preset, ignore):
                 torch.testing.assert_close(grad, expected[1], atol=8 * eps * scale, rtol=64 * eps,
                                            msg=msg)
             monkeypatch.undo()
+
+
+def _simulate_accelerator(monkeypatch, cap):
+    """Block every consumer as on a GPU (the real non-CPU branch of ``block_size``, its cap set to
+    ``cap``); returns the block-kernel counter and the list of every workspace's block length."""
+    monkeypatch.setattr(bezier, "ACCELERATOR_BLOCK_ELEMENTS", cap)
+    real_block_size, real_workspace = bezier.block_size, bezier.workspace
+    blocks = []
+
+    def recording_workspace(x, step):
+        work = real_workspace(x, step)
+        blocks.append(work.shape[1])
+        return work
+
+    for module in (bezier, relaxed):
+        monkeypatch.setattr(module, "block_size",  # x's size on a device other than the CPU
+                            lambda x: real_block_size(torch.empty(x.shape, device="meta")))
+        monkeypatch.setattr(module, "workspace", recording_workspace)
+    counter = _Counter(bezier.evaluate_block)
+    monkeypatch.setattr(bezier, "evaluate_block", counter)
+    monkeypatch.setattr(relaxed, "evaluate_block", counter)
+    return counter, blocks
+
+
+@pytest.mark.parametrize("preset", sorted(list_presets()))
+def test_accelerator_blocks_bound_the_scratch_and_match_the_reference(monkeypatch, preset):
+    """The GPU path blocks too: scratch of at most ``cap`` elements per temporary, same results."""
+    params = load_params(preset)
+    metric, cps = params.metrics[0], params.control_points[0]
+    labels = blob_labels(n=2, h=30, w=34)  # rows of 1020 elements in the (N, K, H*W) layout
+    loss = SurrogateLoss(params, C, tolerance=2)
+    logits = random_logits(labels, dtype=torch.float64)
+
+    def run(fn):
+        leaf = logits.clone().requires_grad_()
+        value = fn(leaf)
+        value.backward()
+        return value.detach(), leaf.grad
+
+    cpu = run(lambda x: loss(x, labels))
+    reference = run(lambda x: 1 - reference_surrogate(metric, x, labels, cps, tol=2))
+    scale = reference[1].abs().max().item()
+    for cap in (300, 2500):  # part of a row; two rows and part of a third
+        counter, blocks = _simulate_accelerator(monkeypatch, cap)
+        value, grad = run(lambda x: loss(x, labels))
+        assert blocks and max(blocks) <= cap
+        assert counter.calls >= math.ceil(labels.numel() / cap)
+        msg = f"{metric} accelerator block of {cap}"
+        torch.testing.assert_close(value, reference[0], atol=1e-12, rtol=1e-10, msg=msg)
+        torch.testing.assert_close(grad, reference[1], atol=1e-12 * scale, rtol=1e-8, msg=msg)
+        eps = torch.finfo(torch.float64).eps  # vs the CPU blocks: summation order only
+        torch.testing.assert_close(value, cpu[0], atol=0, rtol=8 * eps, msg=msg)
+        torch.testing.assert_close(grad, cpu[1], atol=8 * eps * scale, rtol=64 * eps, msg=msg)
+        monkeypatch.undo()

@@ -1,9 +1,13 @@
+import io
+
 import pytest
 import torch
+from torch import nn
 
 from segloss_d2.surrogate.loss import SurrogateLoss
 from segloss_d2.surrogate.params import (
     SurrogateParams,
+    identity_params,
     list_presets,
     load_params,
 )
@@ -121,7 +125,8 @@ def test_bad_construction_raises():
     with pytest.raises(ValueError, match="collides"):
         SurrogateLoss(params, C, ignore_value=3)
     params.num_pieces[0] = 1  # hand-edited in memory: control points no longer fit
-    with pytest.raises(ValueError, match="need 2 control-point numbers, got 6"):
+    with pytest.raises(ValueError, match=r"SurrogateLoss params: control_points\[0\]\[0\] "
+                                         r"\(mIoU\): a curve with 1 piece\(s\) needs 2 numbers"):
         SurrogateLoss(params, C)
     params = load_params("voc_miou")
     params.metrics[0] = "Dice"
@@ -129,16 +134,58 @@ def test_bad_construction_raises():
         SurrogateLoss(params, C)
 
 
-def test_buffers_move_with_module_and_autocast_keeps_float32():
-    loss = SurrogateLoss(load_params("voc_bf1"), C).to(torch.float32)
-    names = [n for n, _ in loss.named_buffers()]
-    assert names == ["curve_0_BF1"] and loss.curve_0_BF1.shape == (4, 2)
-    assert "curve_0_BF1" in loss.state_dict()
+def test_control_points_are_configuration_not_state():
+    params = load_params("voc_bf1")
+    loss = SurrogateLoss(params, C).to(torch.float16)
+    assert loss.state_dict() == {} and list(loss.buffers()) == []
+    # not rounded by a dtype cast, and a copy: later edits of params do not leak in
+    assert loss.control_points == params.control_points
+    params.control_points[0][0][0] = 0.5
+    assert loss.control_points[0][0][0] != 0.5
     labels = blob_labels()
     logits = random_logits(labels).bfloat16()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = loss(logits, labels)
     assert value.dtype == torch.float32 and torch.isfinite(value)
+
+
+class _Head(nn.Module):
+    """A stand-in for a semantic-segmentation head that owns its loss, like the detectron2 heads."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.predictor = nn.Conv2d(3, C, 1)
+        self.loss_fn = SurrogateLoss(params, C)
+
+    def forward(self, images, labels):
+        return self.loss_fn(self.predictor(images), labels)
+
+
+def test_checkpoint_does_not_carry_or_restore_the_curves():
+    """Weights saved with preset A, loaded into a head configured with B: B's curves are used."""
+    searched, naive = load_params("voc_miou"), identity_params(["mIoU"])
+    assert searched.control_points != naive.control_points
+    torch.manual_seed(0)
+    head_a = _Head(searched)
+    buffer = io.BytesIO()
+    torch.save(head_a.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer)
+    assert sorted(state) == ["predictor.bias", "predictor.weight"]
+
+    head_b = _Head(naive)
+    head_b.load_state_dict(state, strict=True)
+    assert head_b.loss_fn.control_points == naive.control_points
+    labels = blob_labels()
+    images = torch.randn(labels.shape[0], 3, *labels.shape[1:], generator=torch.Generator()
+                         .manual_seed(2))
+    with torch.no_grad():
+        got = head_b(images, labels)
+        logits = head_a.predictor(images)  # the same weights in both heads
+        expected = SurrogateLoss(naive, C)(logits, labels)
+        stale = SurrogateLoss(searched, C)(logits, labels)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert not torch.allclose(got, stale)
 
 
 def test_public_api():
