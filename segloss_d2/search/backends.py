@@ -82,9 +82,11 @@ class RayBackend:
     running). ``DETECTRON2_DATASETS`` and ``SEGLOSS_CACHE`` are forwarded to the workers; on a
     multi-node cluster every node needs segloss_d2 installed and the datasets at that path.
 
-    A task that still fails after its retries marks its trials "failed" (reward 0) as long as other
-    trials of the same call succeeded; if none did, the error is raised instead and nothing is
-    logged for the failed trials, so that a resumed search runs them again.
+    A task that still fails after its retries (an exception in the task, or a worker that died
+    ``SEARCH.RAY.MAX_RETRIES + 1`` times) gives its trials no result: once every task of the call
+    has finished and the successful groups are reported, a RuntimeError names the failed trials
+    and their errors. Nothing is logged for those trials, so the controller never sees a made-up
+    reward and ``--resume`` runs exactly them again.
     """
 
     def __init__(self, cfg):
@@ -113,7 +115,7 @@ class RayBackend:
             self._remote.remote(self._cfg_yaml, group_thetas.tolist()): group
             for group, group_thetas in _groups(indices, thetas, self.models_per_worker)
         }
-        failures, succeeded = [], 0
+        failures = []
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             group = pending.pop(ref)
@@ -125,16 +127,13 @@ class RayBackend:
                 continue
             for index, result in zip(group, results):
                 on_trial_done(index, result)
-            succeeded += len(group)
-        if failures and not succeeded:
-            group, error = failures[0]
+        if failures:
+            failed = sorted(index for group, _ in failures for index in group)
+            errors = "; ".join(f"trials {group}: {type(e).__name__}: {e}" for group, e in failures)
             raise RuntimeError(
-                f"every Ray task of iteration {iteration} failed; first: trials {group}: {error}"
-            ) from error
-        for group, error in failures:
-            for index in group:
-                on_trial_done(index, {"reward": 0.0, "status": "failed",
-                                      "error": f"{type(error).__name__}: {error}"})
+                f"Ray tasks of iteration {iteration} failed for trials {failed} (nothing was "
+                f"logged for them; --resume runs them again): {errors}"
+            ) from failures[0][1]
 
     def close(self) -> None:
         """Shut Ray down if this backend started it."""

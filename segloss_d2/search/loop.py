@@ -141,7 +141,7 @@ def run_search(
     instead, or additionally, return a list of results aligned with ``indices``; results not yet
     reported through the callback are then logged in that order. A result is a dict with
     ``reward`` (float; NaN/inf is logged as reward 0.0 with status "diverged") and optionally
-    ``metrics`` (dict), ``status`` ("ok" | "diverged" | "failed", default "ok"), ``seconds``,
+    ``metrics`` (dict), ``status`` ("ok" | "diverged", default "ok"), ``seconds``,
     ``control_points`` and any further JSON-able keys; ``iteration``, ``index`` and ``theta`` are
     filled in here. Rewards fed to the controller are the values read back from the log, so an
     interrupted-and-resumed search reaches bit-identically the same controller state and trials

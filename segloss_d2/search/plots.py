@@ -16,7 +16,7 @@ __all__ = ["plot_reward_curve", "plot_searched_curves"]
 
 def plot_reward_curve(trials: List[Dict], path: str, target: str = "reward",
                       title: Optional[str] = None) -> None:
-    """Scatter every trial's reward by iteration (diverged/failed in red), with the mean per
+    """Scatter every trial's reward by iteration (diverged in red), with the mean per
     iteration, the reward of mu (sample 0 under ``baseline='mu'``) and the best so far.
 
     Args:
@@ -32,7 +32,7 @@ def plot_reward_curve(trials: List[Dict], path: str, target: str = "reward",
                label="sampled")
     if bad:
         ax.scatter([r["iteration"] + 1 for r in bad], [r["reward"] for r in bad], s=16,
-                   marker="x", color="tab:red", label="diverged / failed")
+                   marker="x", color="tab:red", label="diverged")
     if iterations:
         means = [sum(r["reward"] for r in trials if r["iteration"] == t)
                  / sum(1 for r in trials if r["iteration"] == t) for t in iterations]

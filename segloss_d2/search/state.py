@@ -11,7 +11,7 @@ A trial record is a JSON object with at least::
 
     iteration (int), index (int), theta (list of D floats), control_points (any JSON value),
     reward (finite float), metrics (dict), seconds (float or null),
-    status ("ok" | "diverged" | "failed")
+    status ("ok" | "diverged")
 
 and possibly more JSON-able keys added by the caller. The controller checkpoint is a dict::
 
@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 META = "meta.json"
 TRIALS = "trials.jsonl"
 CONTROLLER = "controller.pt"
-STATUSES = ("ok", "diverged", "failed")
+STATUSES = ("ok", "diverged")
 _REQUIRED = ("iteration", "index", "theta", "control_points", "reward", "metrics", "seconds",
              "status")
 

@@ -106,7 +106,7 @@ def test_append_trial_validates_and_converts(tmp_path):
 def test_best_trial_prefers_ok_and_later_on_ties(tmp_path):
     state = SearchState.create(str(tmp_path), CONFIG)
     state.append_trial(_record(0, 2, [0.1], reward=0.7))
-    state.append_trial(_record(0, 0, [0.2], reward=0.9, status="failed"))
+    state.append_trial(_record(0, 0, [0.2], reward=0.9, status="diverged"))
     state.append_trial(_record(1, 1, [0.3], reward=0.7))
     state.append_trial(_record(0, 1, [0.4], reward=0.3))
     best = state.best_trial()
