@@ -15,11 +15,15 @@ Outputs in ``SEARCH.OUTPUT_DIR`` (or ``OUTPUT_DIR``): ``meta.json``, ``trials.js
 ``final_mu_params.json`` (loadable with ``LOSS_TYPE searched`` + ``SURROGATE.PARAMS <path>``),
 ``reward_curve.png``, ``best_curves.png`` and ``final_mu_curves.png``.
 """
+import inspect
 import logging
 import os
 from numbers import Real
 from typing import Any, Dict, Optional
 
+from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+from ..modeling.heads import DeepLabV3PlusSegLossHead, SemSegFPNSegLossHead
 from ..surrogate.params import save_params
 from .backends import BACKENDS, build_backend, import_ray
 from .holdout import search_datasets
@@ -71,9 +75,39 @@ def _number(cfg, key: str, low: float, high: float = float("inf"), low_open=True
         raise ValueError(f"{key} must be a number {bound}, got {value!r}")
 
 
+def _check_head_takes_loss_fn(cfg) -> None:
+    """Every candidate trains with its own ``sem_seg_head.loss_fn``: the head must read it."""
+    name = cfg.MODEL.SEM_SEG_HEAD.NAME
+    segloss_heads = [DeepLabV3PlusSegLossHead.__name__, SemSegFPNSegLossHead.__name__]
+    try:
+        head = SEM_SEG_HEADS_REGISTRY.get(name)
+    except KeyError as e:
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.NAME {name!r} is not registered in SEM_SEG_HEADS_REGISTRY; "
+            f"the search needs a head that trains with a loss_fn, e.g. {segloss_heads}"
+        ) from e
+    try:
+        params = inspect.signature(head).parameters
+    except (TypeError, ValueError):  # no introspectable signature: treat as not accepting it
+        params = {}
+    if "loss_fn" not in params or params["loss_fn"].kind not in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    ):
+        raise ValueError(
+            f"MODEL.SEM_SEG_HEAD.NAME {name!r}: the search gives every candidate its own loss as "
+            f"the head's loss_fn, but {head.__module__}.{head.__qualname__} takes no loss_fn "
+            f"argument, so every candidate would train with the head's own loss. Use one of "
+            f"segloss_d2's heads {segloss_heads} or a head whose constructor takes loss_fn and "
+            "whose losses() use self.loss_fn"
+        )
+
+
 def validate_search_config(cfg) -> None:
     """Check every SEARCH key (and the ones the search needs); raises ValueError naming the key.
 
+    ``MODEL.SEM_SEG_HEAD.NAME`` must be a registered head whose constructor takes ``loss_fn``
+    (like :class:`~segloss_d2.modeling.heads.DeepLabV3PlusSegLossHead`): the search trains every
+    candidate by setting ``sem_seg_head.loss_fn``, which a stock detectron2 head ignores.
     Datasets are checked by :func:`~segloss_d2.search.holdout.search_datasets`.
     """
     parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
@@ -101,6 +135,7 @@ def validate_search_config(cfg) -> None:
     if cfg.SEARCH.BASELINE == "mu" and cfg.SEARCH.SAMPLES_PER_ITER < 2:
         raise ValueError("SEARCH.SAMPLES_PER_ITER must be >= 2 with SEARCH.BASELINE 'mu' (sample 0 "
                          "is the mean itself, the baseline)")
+    _check_head_takes_loss_fn(cfg)
 
 
 def search_output_dir(cfg) -> str:

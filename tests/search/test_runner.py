@@ -124,6 +124,36 @@ def test_bad_search_values(key, value, match):
         validate_search_config(cfg)
 
 
+@pytest.mark.parametrize("head", ["DeepLabV3PlusHead", "SemSegFPNHead"])
+def test_head_that_ignores_loss_fn_is_rejected(head):
+    cfg = tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", head])
+    with pytest.raises(ValueError, match="MODEL.SEM_SEG_HEAD.NAME") as e:
+        validate_search_config(cfg)
+    for name in (head, "loss_fn", "DeepLabV3PlusSegLossHead", "SemSegFPNSegLossHead"):
+        assert name in str(e.value)
+
+
+def test_unregistered_head_is_rejected():
+    cfg = tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"])
+    with pytest.raises(ValueError, match="'NoSuchHead' is not registered"):
+        validate_search_config(cfg)
+
+
+def test_user_head_with_loss_fn_is_accepted():
+    from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+    from detectron2.projects.deeplab import DeepLabV3PlusHead
+
+    class UserLossFnHead(DeepLabV3PlusHead):
+        def __init__(self, input_shape, loss_fn=None, **kwargs):
+            super().__init__(input_shape, **kwargs)
+            self.loss_fn = loss_fn
+
+    if "UserLossFnHead" not in SEM_SEG_HEADS_REGISTRY:
+        SEM_SEG_HEADS_REGISTRY.register(UserLossFnHead)
+    for head in ("UserLossFnHead", "SemSegFPNSegLossHead"):
+        validate_search_config(tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", head]))
+
+
 def test_fingerprint_ignores_how_and_where_but_not_what():
     base = search_fingerprint_config(tiny_search_cfg("a"))
     same = search_fingerprint_config(tiny_search_cfg("b", ["SEARCH.BACKEND", "ray",
