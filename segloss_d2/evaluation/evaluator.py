@@ -21,10 +21,34 @@ from tabulate import tabulate
 
 from .metrics import ALL_METRICS, SegMetrics
 
-__all__ = ["SegLossEvaluator"]
+__all__ = ["SegLossEvaluator", "load_sem_seg_gt"]
 
 _PER_CLASS_COLUMNS = ("IoU", "ACC", "BIoU", "BF1", "BoundaryIoU")
 RESULTS_FILE = "sem_seg_segloss_evaluation.json"
+
+
+def load_sem_seg_gt(path: str) -> np.ndarray:
+    """Read a semantic-segmentation GT file as detectron2's ``SemSegEvaluator`` does: the stored
+    pixel values, i.e. the palette indices of a "P" PNG (not its luminance) or the values of an
+    "L"/"I" PNG.
+
+    Args:
+        path (str): a label image, opened through detectron2's PathManager.
+
+    Returns:
+        ndarray: (H, W) int64 class ids (and the void label).
+
+    Raises:
+        ValueError: the image has more than one channel (e.g. an RGB color-coded label file).
+    """
+    with PathManager.open(path, "rb") as f:
+        gt = np.array(Image.open(f), dtype=np.int64)
+    if gt.ndim != 2:
+        raise ValueError(
+            f"GT file {path} must be a single-channel label image (PNG mode L, P or I), got an "
+            f"array of shape {gt.shape}"
+        )
+    return gt
 
 
 class SegLossEvaluator(DatasetEvaluator):
@@ -110,8 +134,7 @@ class SegLossEvaluator(DatasetEvaluator):
         for input, output in zip(inputs, outputs):
             pred = output["sem_seg"].argmax(dim=0).cpu()
             gt_file = self._input_file_to_gt_file[input["file_name"]]
-            with PathManager.open(gt_file, "rb") as f:
-                gt = np.array(Image.open(f), dtype=np.int64)
+            gt = load_sem_seg_gt(gt_file)
             try:
                 self._metrics.update(pred, gt)
             except ValueError as e:

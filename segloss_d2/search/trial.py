@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, build_detection_train_loader
-from detectron2.data import detection_utils as utils
 from detectron2.data.samplers import TrainingSampler
 from detectron2.modeling import build_model
 from detectron2.projects.deeplab import build_lr_scheduler
@@ -32,6 +31,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from ..engine import build_sem_seg_train_aug
+from ..evaluation.evaluator import load_sem_seg_gt
 from ..evaluation.metrics import SegMetrics
 from ..modeling.build import build_surrogate_loss
 from ..surrogate.bezier import identity_theta
@@ -149,6 +149,15 @@ class _DivergenceGuard(torch.nn.Module):
         return self.loss(logits, labels)
 
 
+def _seeded_cuda_rng_state(device: torch.device, seed: int) -> torch.Tensor:
+    """The RNG state ``device`` (e.g. cuda:1) has after ``manual_seed(seed)``; the global RNG
+    states are left as they were. ``torch.cuda.manual_seed`` seeds the *current* device, so the
+    seeding and the state read both happen with ``device`` made current."""
+    with torch.random.fork_rng(devices=[device]), torch.cuda.device(device):
+        torch.cuda.manual_seed(seed)
+        return torch.cuda.get_rng_state(device)
+
+
 class _Candidate:
     """One proxy model with its optimizer, LR schedule and private RNG stream."""
 
@@ -164,9 +173,7 @@ class _Candidate:
         self.cpu_rng = gen.get_state()
         self.cuda_rng = None
         if self.device.type == "cuda":
-            with torch.random.fork_rng(devices=[self.device]):
-                torch.cuda.manual_seed(seed)
-                self.cuda_rng = torch.cuda.get_rng_state(self.device)
+            self.cuda_rng = _seeded_cuda_rng_state(self.device, seed)
         self.status, self.error, self.last_loss = "ok", None, float("nan")
 
     def step(self, batch, iteration: int) -> None:
@@ -209,12 +216,14 @@ class _Candidate:
 
 
 def _reward_batches(cfg, reward_dicts, batch_size):
-    """Yield (inputs, gts) of the reward set: test-mapped images and full-resolution GT maps."""
+    """Yield (inputs, gts) of the reward set: test-mapped images and full-resolution GT maps,
+    read like the evaluator reads them (:func:`~segloss_d2.evaluation.evaluator.load_sem_seg_gt`:
+    palette indices of a "P" PNG are the class ids)."""
     mapper = DatasetMapper(cfg, is_train=False)
     for start in range(0, len(reward_dicts), batch_size):
         chunk = reward_dicts[start:start + batch_size]
         inputs = [mapper(copy.deepcopy(d)) for d in chunk]
-        gts = [utils.read_image(d["sem_seg_file_name"], "L").squeeze(2) for d in chunk]
+        gts = [load_sem_seg_gt(d["sem_seg_file_name"]) for d in chunk]
         yield inputs, gts
 
 

@@ -21,6 +21,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import SemSegEvaluator  # noqa: E402
 
 from segloss_d2 import SegLossEvaluator, SegMetrics  # noqa: E402
+from segloss_d2.evaluation.evaluator import load_sem_seg_gt  # noqa: E402
 
 CLASSES = ["road", "car", "sky", "tree"]  # "tree" never occurs in GT, only in predictions
 IGNORE = 255
@@ -147,3 +148,24 @@ def test_errors(dataset):
     bad = {"sem_seg": torch.zeros(len(CLASSES), 5, 5)}
     with pytest.raises(ValueError, match="shape.*img_0.jpg"):
         evaluator.process(records[:1], [bad])
+
+
+def _palette_png(path, ids):
+    """Save class ids (uint8 (H, W)) as a "P" PNG whose colours' luminance differs from the ids."""
+    image = Image.fromarray(ids.astype(np.uint8), mode="P")
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [224, 224, 192] * 252
+    image.putpalette(palette)
+    image.save(path)
+
+
+def test_load_sem_seg_gt_reads_palette_indices(tmp_path):
+    ids = np.array([[0, 1, 2, 3], [3, 2, 1, 255]], dtype=np.uint8)
+    _palette_png(tmp_path / "p.png", ids)
+    assert not np.array_equal(np.array(Image.open(tmp_path / "p.png").convert("L")), ids)
+    gt = load_sem_seg_gt(str(tmp_path / "p.png"))
+    assert gt.dtype == np.int64 and gt.tolist() == ids.tolist()
+    Image.fromarray(ids).save(tmp_path / "l.png")
+    assert load_sem_seg_gt(str(tmp_path / "l.png")).tolist() == ids.tolist()
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=r"rgb.png must be a single-channel.*\(2, 4, 3\)"):
+        load_sem_seg_gt(str(tmp_path / "rgb.png"))

@@ -148,6 +148,56 @@ def test_exploding_lr_diverges_everything(data):
     assert [r["reward"] for r in results] == [0.0, 0.0]
 
 
+def test_cuda_rng_is_seeded_on_the_candidates_device(monkeypatch):
+    """Without a GPU: fake per-device CUDA generators; cuda:1 must be seeded while cuda:0 is the
+    current device, and the fork must cover cuda:1 (whose state the seeding changes)."""
+    import contextlib
+
+    current, seeds, forked = [0], {}, []
+
+    @contextlib.contextmanager
+    def device(d):
+        previous, current[0] = current[0], torch.device(d).index
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    @contextlib.contextmanager
+    def fork_rng(devices):
+        forked.append(list(devices))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: seeds.__setitem__(current[0], s))
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda d="cuda": torch.tensor([seeds.get(torch.device(d).index, -1)]))
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    state = trial._seeded_cuda_rng_state(torch.device("cuda:1"), 1234)
+    assert state.tolist() == [1234] and seeds == {1: 1234}
+    assert current == [0] and forked == [[torch.device("cuda:1")]]
+
+
+def test_reward_set_reads_class_ids_like_the_evaluator(tmp_path):
+    """A palette GT PNG: the reward set must see its indices (the class ids), not its luminance."""
+    import numpy as np
+    from PIL import Image
+
+    ids = np.zeros((32, 32), dtype=np.uint8)
+    ids[4:20, 6:28], ids[22:, :10], ids[0, :] = 1, 3, 255
+    gt_path = str(tmp_path / "gt.png")
+    gt_image = Image.fromarray(ids, mode="P")
+    gt_image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [224, 224, 192] * 252)
+    gt_image.save(gt_path)
+    assert not np.array_equal(np.array(Image.open(gt_path).convert("L")), ids)
+    image_path = str(tmp_path / "image.png")
+    Image.fromarray(np.full((32, 32, 3), 100, dtype=np.uint8)).save(image_path)
+    record = {"file_name": image_path, "sem_seg_file_name": gt_path, "height": 32, "width": 32}
+
+    (inputs, gts), = trial._reward_batches(tiny_search_cfg(), [record], 1)
+    assert len(inputs) == 1 and gts[0].tolist() == ids.tolist()
+
+
 def test_bad_thetas_shape(data):
     with pytest.raises(ValueError, match=r"\(K, D\)"):
         train_candidates(tiny_search_cfg(), torch.zeros(20), *data)
