@@ -10,7 +10,8 @@ Results in SEARCH.OUTPUT_DIR (or OUTPUT_DIR): best_params.json (use it with
 ``MODEL.SEM_SEG_HEAD.LOSS_TYPE searched MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS <path>``),
 final_mu_params.json, trials.jsonl, controller.pt, TensorBoard scalars, reward_curve.png and the
 searched curves. ``--resume`` continues an interrupted search and re-runs only unfinished trials.
-The search runs in one process (``local`` backend) or on Ray; ``--num-gpus`` etc. are not used.
+The search runs in one process (``local`` backend) or on Ray: detectron2's launcher options
+``--num-gpus`` / ``--num-machines`` must stay 1 (the search exits with an error otherwise).
 """
 import sys
 
@@ -33,6 +34,13 @@ def setup_cfg(args):
 def main(args):
     if not args.config_file:
         sys.exit("search_net.py: error: --config-file is required")
+    if args.num_gpus > 1 or args.num_machines > 1:
+        sys.exit(
+            f"search_net.py: error: --num-gpus {args.num_gpus} --num-machines {args.num_machines}: "
+            "the search scales out with SEARCH.BACKEND ray / SEARCH.MODELS_PER_WORKER, not "
+            "detectron2's launcher (e.g. SEARCH.BACKEND ray SEARCH.RAY.GPUS_PER_TRIAL 1 fills "
+            "every GPU of the machine or Ray cluster)"
+        )
     # Everything is validated and the search state opened (or created) before default_setup
     # writes config.yaml and log.txt: a bad config or state directory leaves the directory as is.
     try:

@@ -8,6 +8,7 @@ The backend (local K-models-per-worker, Ray, a synthetic function in tests) only
     result = run_search(controller, state, evaluate_fn, iterations=12, samples_per_iter=32)
     result.best_trial["theta"], result.final_mu
 """
+import logging
 import math
 import operator
 import time
@@ -22,6 +23,7 @@ from .state import STATUSES, SearchState
 __all__ = ["run_search", "SearchResult"]
 
 _RESERVED = ("iteration", "index", "theta")
+logger = logging.getLogger(__name__)
 
 
 class SearchResult(NamedTuple):
@@ -118,7 +120,7 @@ def run_search(
     evaluate_fn: Callable[..., Optional[List[Mapping[str, Any]]]],
     iterations: int,
     samples_per_iter: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
     on_iteration_end: Optional[Callable[[int, Dict[str, Any], List[Dict[str, Any]]], None]] = None,
 ) -> SearchResult:
     """Run (or continue) the search until ``iterations`` controller updates are done.
@@ -154,7 +156,8 @@ def run_search(
         evaluate_fn (callable): see above. Exceptions propagate (the search can be resumed).
         iterations (int): total number of controller updates.
         samples_per_iter (int): candidates per iteration ``M``; must match a resumed checkpoint.
-        log (callable): receives one line per finished trial and per iteration.
+        log (callable): receives one line per finished trial and per iteration (default: this
+            module's logger, at level INFO).
         on_iteration_end (callable, optional): e.g. TensorBoard scalars; called once per update,
             after its checkpoint (not repeated on resume).
 

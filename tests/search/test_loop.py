@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -158,6 +159,15 @@ def test_log_line_per_trial_and_iteration_hook(tmp_path):
     assert [h[0] for h in hooks] == list(range(ITERS))
     assert [r["index"] for r in hooks[0][2]] == list(range(M))
     assert hooks[-1][1]["iteration"] == ITERS
+
+
+def test_default_log_is_the_module_logger(tmp_path, caplog, capsys):
+    caplog.set_level(logging.INFO, logger="segloss_d2.search.loop")
+    run_search(_controller(), _open(tmp_path, True), _evaluate(), 1, M)
+    lines = [r.getMessage() for r in caplog.records if r.name == "segloss_d2.search.loop"]
+    assert sum(" trial " in line for line in lines) == M
+    assert any("iteration 1/1 done" in line for line in lines)
+    assert capsys.readouterr().out == ""
 
 
 def test_non_finite_reward_is_logged_as_diverged(tmp_path):

@@ -20,8 +20,8 @@ def _tool():
     return module
 
 
-def _main(out, *extra, resume=False):
-    argv = ["--config-file", TINY_SEARCH_CONFIG] + (["--resume"] if resume else [])
+def _main(out, *extra, resume=False, flags=()):
+    argv = ["--config-file", TINY_SEARCH_CONFIG] + (["--resume"] if resume else []) + list(flags)
     opts = TINY_OPTS + ["SEARCH.ITERATIONS", 1, "SEARCH.SAMPLES_PER_ITER", 2,
                         "SEARCH.PROXY.MAX_ITER", 2, "OUTPUT_DIR", str(out)] + list(extra)
     return _tool().main(default_argument_parser().parse_args(argv + [str(v) for v in opts]))
@@ -108,3 +108,13 @@ def test_resume_of_a_foreign_or_corrupt_directory(finished, tmp_path):
         _main(corrupt, resume=True)
     assert "corrupt" in str(e.value)
     assert _snapshot(corrupt) == before
+
+
+@pytest.mark.parametrize("flags", [["--num-gpus", "2"], ["--num-machines", "2"]])
+def test_detectron2_launcher_options_are_rejected(tmp_path, flags):
+    with pytest.raises(SystemExit) as e:
+        _main(tmp_path, flags=flags)
+    message = str(e.value)
+    assert "search_net.py: error" in message and f"{flags[0]} 2" in message
+    assert "SEARCH.BACKEND ray" in message and "SEARCH.MODELS_PER_WORKER" in message
+    assert os.listdir(tmp_path) == []
