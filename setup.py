@@ -16,8 +16,8 @@ except ImportError as e:  # pragma: no cover - install-time guard
     ) from e
 
 torch_ver = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-if torch_ver < (1, 8):
-    raise SystemExit(f"segloss_d2 needs torch >= 1.8, found {torch.__version__}")
+if torch_ver < (1, 13):  # torch.load(weights_only=), torch.special.log_ndtr, torch.aminmax
+    raise SystemExit(f"segloss_d2 needs torch >= 1.13, found {torch.__version__}")
 
 setup(
     name="segloss_d2",
@@ -29,20 +29,18 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "tools", "projects")),
     package_data={"segloss_d2.surrogate": ["presets/*.json"]},
+    # What the library imports (torch, torchvision and detectron2 are prerequisites, see above).
     install_requires=[
         "numpy",
-        "scipy",
         # headless build: servers and CI images often lack libGL, which opencv-python needs.
         "opencv-python-headless",
         "matplotlib",
-        "fvcore",
-        "tabulate",
-        "tqdm",
-        "tensorboard",
         "Pillow",
+        "tabulate",
+        "tensorboard",  # torch.utils.tensorboard, the search's scalars
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff"],
+        "dev": ["pytest>=7", "ruff", "scipy"],  # scipy: reference values in tests
         "ray": ["ray>=2.9"],
     },
 )

@@ -23,6 +23,11 @@ def add_segloss_config(cfg):
     # the pixels of each mini-batch.
     head.CLASS_WEIGHTS = []
 
+    # DeepLabV3PlusSegLossHead: ASPP image pooling over the whole feature map. detectron2's head
+    # pools with a fixed kernel of INPUT.CROP.SIZE / stride when cropping is on, which only works
+    # when every test image is a multiple of the crop (Cityscapes); VOC/ADE20K sizes vary.
+    head.ASPP_GLOBAL_POOLING = False
+
     head.SURROGATE = CN()
     # LOSS_TYPE naive/searched: metrics to optimize, any of mIoU, FWIoU, BIoU, BF1, mAcc, gAcc.
     # [] = the metrics stored in PARAMS (searched) or ["mIoU"] (naive). With PARAMS, a non-empty

@@ -24,6 +24,7 @@ def get_segloss_cfg():
     add_deeplab_config(cfg)
     add_segloss_config(cfg)
     add_search_config(cfg)
+    cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE = "cross_entropy"  # not DeepLab's hard_pixel_mining default
     return cfg
 
 

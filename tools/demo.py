@@ -48,13 +48,18 @@ def search(args, out):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(SEARCH_CONFIGS[args.target])
     cfg.merge_from_list(args.opts)
-    cfg.OUTPUT_DIR = cfg.SEARCH.OUTPUT_DIR = os.path.join(out, "search")
+    cfg.OUTPUT_DIR = cfg.SEARCH.OUTPUT_DIR = os.path.join(out, f"search_{args.target}")
     cfg.freeze()
     resume = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, META))  # an earlier demo's search
     print(f"[demo] 1/3 search {cfg.SEARCH.TARGET_METRIC}: {cfg.SEARCH.ITERATIONS} iterations x "
           f"{cfg.SEARCH.SAMPLES_PER_ITER} candidates, proxy {cfg.SEARCH.PROXY.MAX_ITER} "
           f"iterations{' (resuming)' if resume else ''}", flush=True)
-    SearchRunner(cfg, resume=resume, config_file=SEARCH_CONFIGS[args.target], log=print).run()
+    try:
+        runner = SearchRunner(cfg, resume=resume, config_file=SEARCH_CONFIGS[args.target],
+                              log=print)
+    except ValueError as e:  # e.g. an earlier demo's search with other settings
+        raise SystemExit(f"demo: {e}\n(pass --fresh to start the demo over)") from e
+    runner.run()
     return cfg, os.path.join(cfg.OUTPUT_DIR, "best_params.json")
 
 

@@ -8,13 +8,12 @@ searched Auto Seg-Loss surrogate. Everything segloss-specific is the three marke
 """
 import os
 
-import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_train_loader
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import SemSegEvaluator
+from detectron2.evaluation import CityscapesSemSegEvaluator, SemSegEvaluator
 from detectron2.projects.deeplab import add_deeplab_config, build_lr_scheduler
 
 import segloss_d2.modeling  # noqa: F401  [segloss 1/3] registers DeepLabV3PlusSegLossHead
@@ -38,8 +37,12 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        assert MetadataCatalog.get(dataset_name).evaluator_type == "sem_seg"
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        evaluator_type = MetadataCatalog.get(dataset_name).evaluator_type
+        if evaluator_type == "sem_seg":
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        if evaluator_type == "cityscapes_sem_seg":
+            return CityscapesSemSegEvaluator(dataset_name)
+        raise NotImplementedError(f"no evaluator for {dataset_name} (type {evaluator_type})")
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -78,4 +81,3 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
-    comm.synchronize()

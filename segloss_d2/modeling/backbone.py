@@ -40,11 +40,10 @@ class TinySegBackbone(Backbone):
         self.stages = nn.ModuleDict()
         cin = in_channels
         for i, (name, cout) in enumerate(zip(("res2", "res3", "res4", "res5"), channels)):
-            first_stride = 4 if i == 0 else strides[i] // strides[i - 1]
-            if i == 0:
+            if i == 0:  # stem: two stride-2 convs
                 blocks = [_conv(cin, cout // 2, 2, 1, norm), _conv(cout // 2, cout, 2, 1, norm)]
             else:
-                blocks = [_conv(cin, cout, first_stride, 1, norm),
+                blocks = [_conv(cin, cout, strides[i] // strides[i - 1], 1, norm),
                           _conv(cout, cout, 1, dilations[i], norm)]
             self.stages[name] = nn.Sequential(*blocks)
             self._out_feature_strides[name] = strides[i]

@@ -42,6 +42,8 @@ class DeepLabV3PlusSegLossHead(DeepLabV3PlusHead):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["loss_type"] = "cross_entropy"  # the parent's own loss is never called
+        if cfg.MODEL.SEM_SEG_HEAD.ASPP_GLOBAL_POOLING:
+            ret["train_size"] = None  # ASPP pools globally: any test image size works
         ret["loss_fn"] = build_sem_seg_loss(cfg)
         return ret
 

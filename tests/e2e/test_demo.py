@@ -20,7 +20,7 @@ def test_demo_runs_every_stage(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("predictions.png", "reward_curve.png", "searched_curves.png",
-                 "searched_surfaces.png", "results.md", "search/best_params.json"):
+                 "searched_surfaces.png", "results.md", "search_bf1/best_params.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"cross_entropy", "searched BF1"}
