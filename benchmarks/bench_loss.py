@@ -130,7 +130,7 @@ def run(device, shape, repeat):
     print(f"\n== {device} {tuple(shape)}, {torch.get_num_threads()} thread(s), median of {repeat} "
           f"forward+backward ==")
     print("x CE: median of paired ratios (each step right after a CE step); med/med: ratio of the "
-          "two medians")
+          "two medians; targets are judged on the larger of the two")
     print(f"{'loss':24s} {'ms':>9s} {'x CE':>6s} {'med/med':>7s} {'peak MiB':>9s} {'x CE':>6s} "
           f"{'target':>7s}")
     for _, loss_fn, _ in rows:  # warm every loss (allocator, workspaces) before timing any
@@ -141,7 +141,8 @@ def run(device, shape, repeat):
         if baseline is None:
             baseline, base_m, base_t = loss_fn, max(m, 1), t
         target = TARGETS.get(kind)
-        verdict = "" if target is None else (f"<={target:g} " + ("ok" if ratio <= target
+        worst = max(ratio, t / base_t)  # judged on the less favourable of the two estimates
+        verdict = "" if target is None else (f"<={target:g} " + ("ok" if worst <= target
                                                                   else "MISS"))
         print(f"{name:24s} {t * 1e3:9.1f} {ratio:6.2f} {t / base_t:7.2f} {m / 2**20:9.1f} "
               f"{m / base_m:6.2f} "
