@@ -5,6 +5,8 @@ torch, torchvision and detectron2 are prerequisites, not install_requires: like 
 they must match the user's CUDA and are installed first (``make install`` / tools/install.sh does
 all three). Install with ``pip install --no-build-isolation -e .`` so that this check sees them.
 """
+import os
+
 from setuptools import find_packages, setup
 
 try:
@@ -19,6 +21,21 @@ torch_ver = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]
 if torch_ver < (1, 13):  # torch.load(weights_only=), torch.special.log_ndtr, torch.aminmax
     raise SystemExit(f"segloss_d2 needs torch >= 1.13, found {torch.__version__}")
 
+from torch.utils.cpp_extension import BuildExtension, CppExtension  # noqa: E402
+
+# segloss_d2._C: fused CPU kernels of the surrogates (the pure-torch path serves other devices and
+# is the fallback when the extension is missing). SEGLOSS_NO_EXT=1 skips building it.
+ext_modules = []
+if os.environ.get("SEGLOSS_NO_EXT", "0") != "1":
+    ext_modules.append(CppExtension(
+        "segloss_d2._C",
+        ["segloss_d2/csrc/surrogate_cpu.cpp"],
+        # -fno-math-errno lets sqrt vectorize; no -ffast-math: results keep IEEE semantics.
+        # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds (torch ships the runtime).
+        extra_compile_args=["-O3", "-fno-math-errno", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    ))
+
 setup(
     name="segloss_d2",
     version="0.1.0",
@@ -29,6 +46,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "tools", "projects")),
     package_data={"segloss_d2.surrogate": ["presets/*.json"]},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension},
     # What the library imports (torch, torchvision and detectron2 are prerequisites, see above).
     install_requires=[
         "numpy",

@@ -10,6 +10,8 @@ control points are constants: :func:`bezier_curve` is differentiable with respec
 """
 import torch
 
+from . import kernels
+
 __all__ = [
     "CLAMP_MIN",
     "CLAMP_MAX",
@@ -151,7 +153,7 @@ def validate_control_points(control_points, num_pieces, name="control_points"):
 
 
 def _piece_coefficients(control_points):
-    """Per-piece float64 coefficients ``(lo, hi, inv_w, a, b, a2, c1, c2, d1, d2)``.
+    """Per-piece float64 coefficients ``(lo, hi, inv_w, a, b, a2, c1, c2, d1, d2, y_lo)``.
 
     Piece k spans ``[lo, hi] = [x_{2k}, x_{2k+2}]`` with width ``w = hi - lo`` and control point
     ``(x_{2k+1}, y_{2k+1})``. Its local coordinate is ``u = (x - lo) / w`` and ``a = (x_{2k+1} - lo)
@@ -164,7 +166,10 @@ def _piece_coefficients(control_points):
 
         g - y_{2k} = t (c1 + c2 t),   c1 = 2 (y_{2k+1} - y_{2k}),
         c2 = y_{2k} - 2 y_{2k+1} + y_{2k+2},
-        dg/dx = (c1 + 2 c2 t) / (2 w s) = (d1 + d2 t) / s,   d1 = c1 / (2 w),   d2 = c2 / w.
+        dg/dx = (c1 + 2 c2 t) / (2 w s) = (d1 + d2 t) / s,   d1 = c1 / (2 w),   d2 = c2 / w,
+
+    and ``y_lo = y_{2k}``. This tuple layout is also the input of the C++ kernels
+    (``segloss_d2/csrc``).
     """
     values = [float(v) for v in control_points]
     xs = [0.0] + values[0::2] + [1.0]
@@ -176,7 +181,8 @@ def _piece_coefficients(control_points):
         w = x2 - x0
         a = (xc - x0) / w
         c1, c2 = 2.0 * (yc - y0), y0 - 2.0 * yc + y2
-        pieces.append((x0, x2, 1.0 / w, a, 1.0 - 2.0 * a, a * a, c1, c2, c1 / (2.0 * w), c2 / w))
+        pieces.append((x0, x2, 1.0 / w, a, 1.0 - 2.0 * a, a * a, c1, c2, c1 / (2.0 * w), c2 / w,
+                       y0))
     return pieces
 
 
@@ -204,7 +210,7 @@ def evaluate_block(x, pieces, g_out, d_out, work):
     shape, size = x.shape, x.numel()
     u, s, tmp, above = (buf[:size].view(shape) for buf in work)
     last = len(pieces) - 1
-    for k, (lo, hi, inv_w, a, b, a2, c1, c2, d1, d2) in enumerate(pieces):
+    for k, (lo, hi, inv_w, a, b, a2, c1, c2, d1, d2, _) in enumerate(pieces):
         if k == 0 and k < last:
             u = torch.clamp(x, max=hi, out=u)
         elif k > 0:
@@ -260,8 +266,13 @@ def block_size(x):
 def evaluate_curve(x, pieces, need_grad):
     """g(x) and (if ``need_grad``, else None) dg/dx for a float32/float64 tensor; no autograd.
 
-    ``pieces`` from :func:`curve_pieces`. Evaluated block by block into preallocated outputs.
+    ``pieces`` from :func:`curve_pieces`. On CPU one fused C++ pass (:mod:`.kernels`), else
+    evaluated block by block into preallocated outputs.
     """
+    if kernels.use_kernels(x):
+        g, d = torch.ops.segloss_d2.bezier(x.contiguous(), kernels.flat_coefficients(pieces),
+                                           need_grad)
+        return g.view(x.shape), d.view(x.shape) if need_grad else None
     flat = x.reshape(-1)
     g = torch.empty_like(flat)
     d = torch.empty_like(flat) if need_grad else None

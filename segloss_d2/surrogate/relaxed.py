@@ -24,6 +24,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from .bezier import (
     block_size,
     curve_pieces,
@@ -139,8 +140,15 @@ def _dense_terms(probs, weight, pieces, present, need_grad):
     For probabilities (N, C, L), pixel weights (N, L) (None: all ones) and one curve g, returns
     the per-image, per-class sums ``Σ_l w g(p)`` (N, K) and, if ``need_grad``, the slopes
     ``w g'(p)`` (N, K, L) (else None), K = number of present classes. g(p) is evaluated block by
-    block (see :func:`_blocks`) and never stored at full size.
+    block (see :func:`_blocks`) and never stored at full size; on CPU in one fused C++ pass
+    (``region_dense``, see :mod:`.kernels`).
     """
+    if kernels.use_kernels(probs):
+        classes = (torch.arange(probs.shape[1], device=probs.device) if present is None
+                   else present)
+        sums, slopes = torch.ops.segloss_d2.region_dense(
+            probs, classes, weight, kernels.flat_coefficients(pieces), need_grad)
+        return sums, slopes if need_grad else None
     n, _, length = probs.shape
     dense = probs if present is None else probs.index_select(1, present)
     k = dense.shape[1]
@@ -415,6 +423,13 @@ def _soft_boundary_blocks(p, e, curves, need_grad):
     return soft.view(p.shape), d_p.view(p.shape), d_e.view(p.shape)
 
 
+def _fused_soft_boundary(p, curves, need_grad):
+    """B and (if ``need_grad``, else empty) dB/dp, dB/de by the C++ kernel (contiguous CPU p)."""
+    coeffs = [v for pieces in curves for v in kernels.flat_coefficients(pieces)]
+    return torch.ops.segloss_d2.soft_boundary(p, coeffs, [len(pieces) for pieces in curves],
+                                              need_grad)
+
+
 class _SoftBoundary(torch.autograd.Function):
     """BF1's soft boundary of (N, K, H, W) probabilities p, fused with the erosion (spec §2.3):
 
@@ -428,22 +443,39 @@ class _SoftBoundary(torch.autograd.Function):
     and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad_add`),
     computed in place in the partials plane by plane (a fresh full-size CPU tensor costs page
     faults). A second backward through a retained graph recomputes the partials.
+
+    On CPU the forward (erosion, curves, partials) and the backward (the erosion's gradient
+    routing recomputed from p) are one fused C++ kernel each (see :mod:`.kernels`).
     """
 
     @staticmethod
     def forward(ctx, p, curves):
+        need_grad = ctx.needs_input_grad[0]
+        ctx.curves = curves
+        if kernels.use_kernels(p):
+            p = p.contiguous()
+            soft, d_p, d_e = _fused_soft_boundary(p, curves, need_grad)
+            ctx.save_for_backward(p)
+            ctx.partials, ctx.fused = (d_p, d_e) if need_grad else None, True
+            return soft
         eroded = _erode(p)
-        soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, ctx.needs_input_grad[0])
+        soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, need_grad)
         ctx.save_for_backward(p, eroded)
-        ctx.curves, ctx.partials = curves, (d_p, d_e)
+        ctx.partials, ctx.fused = (d_p, d_e), False
         return soft
 
     @staticmethod
     def backward(ctx, grad):
         no_double_backward()
-        p, eroded = ctx.saved_tensors
         d_p, d_e = ctx.partials or (None, None)
         ctx.partials = None
+        if ctx.fused:
+            (p,) = ctx.saved_tensors
+            if d_p is None:  # backward through a retained graph: the partials were consumed
+                _, d_p, d_e = _fused_soft_boundary(p, ctx.curves, True)
+            grad = grad.to(d_p.dtype).contiguous()
+            return torch.ops.segloss_d2.soft_boundary_backward(grad, p, d_p, d_e, d_p), None
+        p, eroded = ctx.saved_tensors
         if d_p is None:  # backward through a retained graph: the partials were consumed
             _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
         for i in range(p.shape[0]):  # plane by plane, so each plane is reused from cache
@@ -458,8 +490,10 @@ def _row_window_max(values, radius):
     """max over ``values[n, c, h, w - r : w + r + 1]`` (cut at the border), like ``values``.
 
     Per (H, W) plane (in cache): pad the rows with -inf, then running maxima of doubling span
-    (log2(2r+1) passes).
+    (log2(2r+1) passes); on CPU the same in C++, row by row.
     """
+    if kernels.use_kernels(values):
+        return torch.ops.segloss_d2.row_window_max(values.contiguous(), radius)
     result = torch.empty_like(values)
     size = 2 * radius + 1
     for i in range(values.shape[0]):

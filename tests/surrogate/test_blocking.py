@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from segloss_d2.surrogate import bezier, relaxed
+from segloss_d2.surrogate import bezier, kernels, relaxed
 from segloss_d2.surrogate.bezier import (
     ACCELERATOR_BLOCK_ELEMENTS,
     BLOCK_ELEMENTS,
@@ -32,6 +32,13 @@ RELAXED_STEPS = [1, 4, H * W, H * W + 1, 150, 10**7]
 ELEMENTWISE = {"mAcc", "gAcc", "BF1"}
 
 
+@pytest.fixture(autouse=True)
+def compute_path(monkeypatch):
+    """Blocking is the pure-torch path's (the C++ kernels block internally): torch path only."""
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    return "torch"
+
+
 class _Counter:
     def __init__(self, fn):
         self.fn, self.calls = fn, 0
@@ -42,7 +49,10 @@ class _Counter:
 
 
 def _use_block_size(monkeypatch, step):
-    """Make every consumer block by ``step`` elements; returns the block-kernel call counter."""
+    """Make every consumer block by ``step`` elements; returns the block-kernel call counter.
+
+    Also (re)selects the pure-torch path: the tests call ``monkeypatch.undo()`` between steps."""
+    monkeypatch.setattr(kernels, "ENABLED", False)
     for module in (bezier, relaxed):
         monkeypatch.setattr(module, "block_size", lambda x: step)
     counter = _Counter(bezier.evaluate_block)
@@ -142,6 +152,7 @@ def test_surrogate_loss_is_block_size_invariant(monkeypatch, preset, ignore):
 def _simulate_accelerator(monkeypatch, cap):
     """Block every consumer as on a GPU (the real non-CPU branch of ``block_size``, its cap set to
     ``cap``); returns the block-kernel counter and the list of every workspace's block length."""
+    monkeypatch.setattr(kernels, "ENABLED", False)  # the torch path, also after an undo()
     monkeypatch.setattr(bezier, "ACCELERATOR_BLOCK_ELEMENTS", cap)
     real_block_size, real_workspace = bezier.block_size, bezier.workspace
     blocks = []

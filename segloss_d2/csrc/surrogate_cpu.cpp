@@ -1,0 +1,558 @@
+// Fused CPU kernels of the Auto Seg-Loss surrogates (segloss_d2._C).
+//
+// Each kernel computes, in one pass over its elements, exactly the formulas of the pure-torch
+// implementation in segloss_d2/surrogate (bezier.py, relaxed.py), which stays the reference, the
+// path on every other device and the fallback when this extension is not built. Registered as
+// torch.ops.segloss_d2.* for CPU tensors; float32 and float64; no autograd (the callers are
+// autograd.Functions that save what these kernels return).
+//
+// Curves arrive as flat per-piece coefficients (see bezier.py, _piece_coefficients):
+//   lo, hi, inv_w, a, b, a2, c1, c2, d1, d2, y_lo   (kCoef numbers per piece)
+// Piece 0 owns x <= hi_0, piece k >= 1 owns lo_k < x (<= hi_k); with u = (x - lo) inv_w,
+//   s = sqrt(a2 + b u),  t = u / (a + s),  g = y_lo + t (c1 + c2 t),  g' = (d1 + d2 t) / s.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace segloss_d2 {
+namespace {
+
+constexpr int64_t kCoef = 11;
+constexpr int64_t kBlock = 4096;  // elements per block of the blocked reductions
+constexpr int64_t kMaxPieces = 64;  // pieces per curve (the search uses 1 to 3)
+
+// Hot loops are compiled for AVX2 and for baseline x86-64, chosen at load time by the CPU.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define SEGLOSS_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define SEGLOSS_MULTIVERSION
+#endif
+
+template <typename T>
+struct Curve {
+  // one array per coefficient, so the per-element piece selection is a chain of blends
+  std::vector<T> lo, inv_w, a, b, a2, c1, c2, d1, d2, y_lo;
+  int64_t pieces = 0;
+};
+
+template <typename T>
+Curve<T> make_curve(const double* c, int64_t pieces) {
+  Curve<T> out;
+  out.pieces = pieces;
+  for (int64_t k = 0; k < pieces; ++k, c += kCoef) {
+    out.lo.push_back(static_cast<T>(c[0]));
+    out.inv_w.push_back(static_cast<T>(c[2]));
+    out.a.push_back(static_cast<T>(c[3]));
+    out.b.push_back(static_cast<T>(c[4]));
+    out.a2.push_back(static_cast<T>(c[5]));
+    out.c1.push_back(static_cast<T>(c[6]));
+    out.c2.push_back(static_cast<T>(c[7]));
+    out.d1.push_back(static_cast<T>(c[8]));
+    out.d2.push_back(static_cast<T>(c[9]));
+    out.y_lo.push_back(static_cast<T>(c[10]));
+  }
+  return out;
+}
+
+std::vector<int64_t> check_coeffs(at::ArrayRef<double> coeffs, at::ArrayRef<int64_t> pieces) {
+  int64_t total = 0;
+  for (int64_t p : pieces) {
+    TORCH_CHECK(p >= 1 && p <= kMaxPieces, "segloss_d2: a curve needs 1 to ", kMaxPieces,
+                " pieces, got ", p);
+    total += p;
+  }
+  TORCH_CHECK(static_cast<int64_t>(coeffs.size()) == total * kCoef,
+              "segloss_d2: expected ", total * kCoef, " curve coefficients, got ", coeffs.size());
+  return std::vector<int64_t>(pieces.begin(), pieces.end());
+}
+
+// g (and g' if GRAD) of n contiguous elements; NP > 0: the number of pieces, known at compile
+// time (the selection unrolls into blends and the loop vectorizes); NP == 0: any.
+template <typename T, int NP, bool GRAD>
+SEGLOSS_MULTIVERSION void eval_pieces(const T* __restrict x, T* __restrict g, T* __restrict d,
+                                      int64_t n, const Curve<T>& cv) {
+  // the coefficients in local arrays of compile-time size (NP == 0: up to kMaxPieces at run
+  // time), so that selecting the owning piece compiles to register blends
+  constexpr int64_t kMax = NP > 0 ? NP : kMaxPieces;
+  const int64_t np = NP > 0 ? NP : cv.pieces;
+  T lo[kMax], iw[kMax], a[kMax], b[kMax], a2[kMax], c1[kMax], c2[kMax], d1[kMax], d2[kMax],
+      y0[kMax];
+  for (int64_t k = 0; k < np; ++k) {
+    lo[k] = cv.lo[k], iw[k] = cv.inv_w[k], a[k] = cv.a[k], b[k] = cv.b[k], a2[k] = cv.a2[k];
+    c1[k] = cv.c1[k], c2[k] = cv.c2[k], d1[k] = cv.d1[k], d2[k] = cv.d2[k], y0[k] = cv.y_lo[k];
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T xi = x[i];
+    T l = lo[0], w = iw[0], pa = a[0], pb = b[0], pa2 = a2[0];
+    T pc1 = c1[0], pc2 = c2[0], pd1 = d1[0], pd2 = d2[0], py = y0[0];
+    for (int64_t k = 1; k < np; ++k) {
+      const bool m = xi > lo[k];
+      l = m ? lo[k] : l;
+      w = m ? iw[k] : w;
+      pa = m ? a[k] : pa;
+      pb = m ? b[k] : pb;
+      pa2 = m ? a2[k] : pa2;
+      pc1 = m ? c1[k] : pc1;
+      pc2 = m ? c2[k] : pc2;
+      pd1 = m ? d1[k] : pd1;
+      pd2 = m ? d2[k] : pd2;
+      py = m ? y0[k] : py;
+    }
+    const T u = (xi - l) * w;
+    const T s = std::sqrt(pa2 + pb * u);
+    const T t = u / (pa + s);
+    g[i] = py + t * (pc1 + pc2 * t);
+    if (GRAD) d[i] = (pd1 + pd2 * t) / s;
+  }
+}
+
+template <typename T, bool GRAD>
+void eval_curve_(const T* x, T* g, T* d, int64_t n, const Curve<T>& cv) {
+  switch (cv.pieces) {
+    case 1: return eval_pieces<T, 1, GRAD>(x, g, d, n, cv);
+    case 2: return eval_pieces<T, 2, GRAD>(x, g, d, n, cv);
+    case 3: return eval_pieces<T, 3, GRAD>(x, g, d, n, cv);
+    default: return eval_pieces<T, 0, GRAD>(x, g, d, n, cv);
+  }
+}
+
+// g (and g' where d != nullptr) of n contiguous elements
+template <typename T>
+void eval_curve(const T* x, T* g, T* d, int64_t n, const Curve<T>& cv) {
+  if (d != nullptr) return eval_curve_<T, true>(x, g, d, n, cv);
+  return eval_curve_<T, false>(x, g, d, n, cv);
+}
+
+at::Tensor empty_like_or_none(const at::Tensor& x, bool wanted) {
+  return wanted ? at::empty_like(x) : at::empty({0}, x.options());
+}
+
+void check_float_cpu(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), "segloss_d2: ", name, " must be a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "segloss_d2: ", name, " must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), "segloss_d2: ", name, " must be contiguous");
+}
+
+// ---------------------------------------------------------------------------------------------
+// bezier(x, coeffs, need_grad) -> (g, g' or empty): one curve, elementwise.
+std::tuple<at::Tensor, at::Tensor> bezier(const at::Tensor& x, at::ArrayRef<double> coeffs,
+                                          bool need_grad) {
+  check_float_cpu(x, "x");
+  const int64_t pieces = static_cast<int64_t>(coeffs.size()) / kCoef;
+  check_coeffs(coeffs, {pieces});
+  at::Tensor g = at::empty_like(x);
+  at::Tensor d = empty_like_or_none(x, need_grad);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "segloss_d2::bezier", [&] {
+    const Curve<scalar_t> cv = make_curve<scalar_t>(coeffs.data(), pieces);
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    scalar_t* pg = g.data_ptr<scalar_t>();
+    scalar_t* pd = need_grad ? d.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, x.numel(), kBlock, [&](int64_t begin, int64_t end) {
+      eval_curve(px + begin, pg + begin, pd ? pd + begin : nullptr, end - begin, cv);
+    });
+  });
+  return {g, d};
+}
+
+// ---------------------------------------------------------------------------------------------
+// region_dense(probs (N, C, L), present (K,) int64, weight (N, L) or None, coeffs, need_grad)
+//   -> (sums (N, K), slopes (N, K, L) or empty)
+// sums[n, k] = Σ_l w[n, l] g(probs[n, present[k], l]); slopes = w g'(probs[n, present[k]]).
+// Sums are accumulated in float64 per fixed block and added in block order: the result does not
+// depend on the number of threads.
+template <typename T>
+SEGLOSS_MULTIVERSION double block_sum(const T* __restrict g, const T* __restrict w, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  if (w == nullptr) {
+    for (; i + 8 <= n; i += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(g[i + j]);
+    for (; i < n; ++i) acc[0] += static_cast<double>(g[i]);
+  } else {
+    for (; i + 8 <= n; i += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(g[i + j] * w[i + j]);
+    for (; i < n; ++i) acc[0] += static_cast<double>(g[i] * w[i]);
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <typename T>
+SEGLOSS_MULTIVERSION void scale(T* __restrict d, const T* __restrict w, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) d[i] *= w[i];
+}
+
+std::tuple<at::Tensor, at::Tensor> region_dense(const at::Tensor& probs,
+                                                const at::Tensor& present,
+                                                const c10::optional<at::Tensor>& weight_opt,
+                                                at::ArrayRef<double> coeffs, bool need_grad) {
+  check_float_cpu(probs, "probs");
+  TORCH_CHECK(probs.dim() == 3, "segloss_d2: probs must be (N, C, L), got ", probs.sizes());
+  TORCH_CHECK(present.scalar_type() == at::kLong && present.dim() == 1,
+              "segloss_d2: present must be a 1-D int64 tensor");
+  const int64_t n = probs.size(0), c = probs.size(1), len = probs.size(2);
+  at::Tensor classes = present.contiguous();
+  const int64_t k = classes.numel();
+  const int64_t* cls = classes.data_ptr<int64_t>();
+  for (int64_t i = 0; i < k; ++i)
+    TORCH_CHECK(cls[i] >= 0 && cls[i] < c, "segloss_d2: class ", cls[i], " outside [0, ", c, ")");
+  at::Tensor weight;
+  if (weight_opt.has_value() && weight_opt->defined()) {
+    weight = *weight_opt;
+    check_float_cpu(weight, "weight");
+    TORCH_CHECK(weight.scalar_type() == probs.scalar_type() && weight.dim() == 2 &&
+                    weight.size(0) == n && weight.size(1) == len,
+                "segloss_d2: weight must be (N, L) like probs");
+  }
+  const int64_t pieces = static_cast<int64_t>(coeffs.size()) / kCoef;
+  check_coeffs(coeffs, {pieces});
+  at::Tensor sums = at::empty({n, k}, probs.options());
+  at::Tensor slopes = need_grad ? at::empty({n, k, len}, probs.options())
+                                : at::empty({0}, probs.options());
+  const int64_t blocks = (len + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<size_t>(n * k * blocks), 0.0);
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "segloss_d2::region_dense", [&] {
+    const Curve<scalar_t> cv = make_curve<scalar_t>(coeffs.data(), pieces);
+    const scalar_t* p = probs.data_ptr<scalar_t>();
+    const scalar_t* w = weight.defined() ? weight.data_ptr<scalar_t>() : nullptr;
+    scalar_t* sl = need_grad ? slopes.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n * k * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> g(kBlock);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t row = task / blocks, start = (task % blocks) * kBlock;
+        const int64_t size = std::min(kBlock, len - start);
+        const int64_t in = row / k, ik = row % k;
+        const scalar_t* x = p + (in * c + cls[ik]) * len + start;
+        const scalar_t* wr = w ? w + in * len + start : nullptr;
+        scalar_t* d = sl ? sl + row * len + start : nullptr;
+        eval_curve(x, g.data(), d, size, cv);
+        partial[task] = block_sum(g.data(), wr, size);
+        if (d != nullptr && wr != nullptr) scale(d, wr, size);
+      }
+    });
+    scalar_t* out = sums.data_ptr<scalar_t>();
+    for (int64_t row = 0; row < n * k; ++row) {
+      double total = 0.0;
+      for (int64_t b = 0; b < blocks; ++b) total += partial[row * blocks + b];
+      out[row] = static_cast<scalar_t>(total);
+    }
+  });
+  return {sums, slopes};
+}
+
+// ---------------------------------------------------------------------------------------------
+// soft_boundary(p (N, K, H, W), coeffs of 4 curves, pieces (4,), need_grad)
+//   -> (B, dB/dp, dB/de)   (the partials empty without need_grad)
+// e = 3x3 min-pool of p (windows cut at the border), B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e),
+// dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e), dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e).
+// Work is split in bands of rows of one plane; each band recomputes the row minima of its
+// neighbour rows, so bands are independent and stay in cache.
+
+constexpr int64_t kBandElements = 16384;
+
+int64_t band_rows(int64_t w) { return std::max<int64_t>(1, kBandElements / std::max<int64_t>(w, 1)); }
+
+// Row pass: m[j] = min(x[j-1], x[j], x[j+1]) (cut at the border); with ARGS, a[j] = the offset
+// (-1, 0, 1) of its first minimum, as a float (so the loop vectorizes without mixed widths).
+template <typename T, bool ARGS>
+SEGLOSS_MULTIVERSION void row_min3(const T* __restrict x, T* __restrict m, T* __restrict a,
+                                   int64_t w) {
+  if (w == 1) {
+    m[0] = x[0];
+    if (ARGS) a[0] = 0;
+    return;
+  }
+  m[0] = x[1] < x[0] ? x[1] : x[0];
+  if (ARGS) a[0] = x[1] < x[0] ? T(1) : T(0);
+  for (int64_t j = 1; j < w - 1; ++j) {
+    const T left = x[j - 1], mid = x[j], right = x[j + 1];
+    const bool take_left = left <= mid;  // the first minimum wins ties
+    const T best = take_left ? left : mid;
+    const bool take_right = right < best;
+    m[j] = take_right ? right : best;
+    if (ARGS) a[j] = take_right ? T(1) : (take_left ? T(-1) : T(0));
+  }
+  m[w - 1] = x[w - 2] <= x[w - 1] ? x[w - 2] : x[w - 1];
+  if (ARGS) a[w - 1] = x[w - 2] <= x[w - 1] ? T(-1) : T(0);
+}
+
+// Column pass over three rows of row minima (+inf rows beyond the border): e = their minimum,
+// with ARGS a = the offset of the first (topmost) minimum.
+template <typename T, bool ARGS>
+SEGLOSS_MULTIVERSION void col_min3(const T* __restrict up, const T* __restrict mid,
+                                   const T* __restrict down, T* __restrict e, T* __restrict a,
+                                   int64_t w) {
+  for (int64_t j = 0; j < w; ++j) {
+    const bool take_up = up[j] <= mid[j];
+    const T best = take_up ? up[j] : mid[j];
+    const bool take_down = down[j] < best;
+    e[j] = take_down ? down[j] : best;
+    if (ARGS) a[j] = take_down ? T(1) : (take_up ? T(-1) : T(0));
+  }
+}
+
+// Row minima (and their arguments) of rows [lo, hi) of plane x into rows/args (row r at r - lo);
+// then the erosion (and its column arguments) of rows [e_lo, e_hi) into e/col_args.
+template <typename T, bool ARGS>
+void erode_band(const T* x, int64_t h, int64_t w, int64_t lo, int64_t hi, int64_t e_lo,
+                int64_t e_hi, T* rows, T* row_args, const T* inf_row, T* e, T* col_args) {
+  for (int64_t r = lo; r < hi; ++r)
+    row_min3<T, ARGS>(x + r * w, rows + (r - lo) * w, row_args + (r - lo) * w, w);
+  for (int64_t r = e_lo; r < e_hi; ++r) {
+    const T* mid = rows + (r - lo) * w;
+    col_min3<T, ARGS>(r > 0 ? mid - w : inf_row, mid, r + 1 < h ? mid + w : inf_row,
+                      e + (r - e_lo) * w, col_args + (r - e_lo) * w, w);
+  }
+}
+
+template <typename T>
+SEGLOSS_MULTIVERSION void combine_boundary(const T* __restrict g1, const T* __restrict g2,
+                                           const T* __restrict g3, const T* __restrict g4,
+                                           T* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = g3[i] + g4[i] - g3[i] * g4[i] - g1[i] * g2[i];
+}
+
+template <typename T>
+SEGLOSS_MULTIVERSION void combine_partials(const T* __restrict g1, const T* __restrict d1,
+                                           const T* __restrict g2, const T* __restrict d2,
+                                           const T* __restrict g3, const T* __restrict d3,
+                                           const T* __restrict g4, const T* __restrict d4,
+                                           T* __restrict dp, T* __restrict de, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    dp[i] = d3[i] * (T(1) - g4[i]) - d1[i] * g2[i];
+    de[i] = d4[i] * (T(1) - g3[i]) - g1[i] * d2[i];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_boundary(const at::Tensor& p,
+                                                             at::ArrayRef<double> coeffs,
+                                                             at::ArrayRef<int64_t> pieces,
+                                                             bool need_grad) {
+  check_float_cpu(p, "p");
+  TORCH_CHECK(p.dim() == 4, "segloss_d2: p must be (N, K, H, W), got ", p.sizes());
+  TORCH_CHECK(pieces.size() == 4, "segloss_d2: soft_boundary needs 4 curves, got ",
+              pieces.size());
+  const std::vector<int64_t> np = check_coeffs(coeffs, pieces);
+  const int64_t h = p.size(2), w = p.size(3), planes = p.size(0) * p.size(1);
+  at::Tensor soft = at::empty_like(p);
+  at::Tensor d_p = empty_like_or_none(p, need_grad);
+  at::Tensor d_e = empty_like_or_none(p, need_grad);
+  if (p.numel() == 0) return {soft, d_p, d_e};
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "segloss_d2::soft_boundary", [&] {
+    std::vector<Curve<scalar_t>> cv;
+    const double* c = coeffs.data();
+    for (int64_t i = 0; i < 4; ++i) {
+      cv.push_back(make_curve<scalar_t>(c, np[i]));
+      c += np[i] * kCoef;
+    }
+    const scalar_t* src = p.data_ptr<scalar_t>();
+    scalar_t* out = soft.data_ptr<scalar_t>();
+    scalar_t* out_dp = need_grad ? d_p.data_ptr<scalar_t>() : nullptr;
+    scalar_t* out_de = need_grad ? d_e.data_ptr<scalar_t>() : nullptr;
+    const int64_t band = band_rows(w), bands = (h + band - 1) / band;
+    at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> rows((band + 2) * w), e(band * w), buf(8 * w);
+      const std::vector<scalar_t> inf_row(w, std::numeric_limits<scalar_t>::infinity());
+      scalar_t *g1 = buf.data(), *d1 = g1 + w, *g2 = d1 + w, *d2 = g2 + w;
+      scalar_t *g3 = d2 + w, *d3 = g3 + w, *g4 = d3 + w, *d4 = g4 + w;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t plane = task / bands, r0 = (task % bands) * band;
+        const int64_t r1 = std::min(h, r0 + band);
+        const int64_t lo = std::max<int64_t>(0, r0 - 1), hi = std::min(h, r1 + 1);
+        const scalar_t* x = src + plane * h * w;
+        erode_band<scalar_t, false>(x, h, w, lo, hi, r0, r1, rows.data(), nullptr,
+                                    inf_row.data(), e.data(), nullptr);
+        for (int64_t r = r0; r < r1; ++r) {
+          const scalar_t* xr = x + r * w;
+          const scalar_t* er = e.data() + (r - r0) * w;
+          const int64_t off = plane * h * w + r * w;
+          eval_curve(xr, g1, need_grad ? d1 : nullptr, w, cv[0]);
+          eval_curve(er, g2, need_grad ? d2 : nullptr, w, cv[1]);
+          eval_curve(xr, g3, need_grad ? d3 : nullptr, w, cv[2]);
+          eval_curve(er, g4, need_grad ? d4 : nullptr, w, cv[3]);
+          combine_boundary(g1, g2, g3, g4, out + off, w);
+          if (need_grad)
+            combine_partials(g1, d1, g2, d2, g3, d3, g4, d4, out_dp + off, out_de + off, w);
+        }
+      }
+    });
+  });
+  return {soft, d_p, d_e};
+}
+
+// soft_boundary_backward(grad, p, d_p, d_e, out) -> out = grad d_p + MinPoolBackward(grad d_e),
+// written into `out` (which may be d_p itself). The min-pool's gradient goes where max-pooling's
+// backward sends it: to the first minimum of the window in row-major order, i.e. to the first
+// (topmost) row whose row minimum is the window minimum, at the first column of that row holding
+// it. The routing is recomputed from p band by band, and applied in gather form (each pixel
+// collects from its neighbours), so bands are independent: the column pass moves
+// v = grad d_e from output (i, j) to row i + col_arg[i, j], the row pass from (r, j) to column
+// j + row_arg[r, j].
+template <typename T>
+SEGLOSS_MULTIVERSION void gather_rows(const T* __restrict up, const T* __restrict aup,
+                                      const T* __restrict mid, const T* __restrict amid,
+                                      const T* __restrict down, const T* __restrict adown,
+                                      T* __restrict out, int64_t w) {
+  for (int64_t j = 0; j < w; ++j)
+    out[j] = (amid[j] == T(0) ? mid[j] : T(0)) + (aup[j] == T(1) ? up[j] : T(0)) +
+             (adown[j] == T(-1) ? down[j] : T(0));
+}
+
+template <typename T>
+SEGLOSS_MULTIVERSION void gather_cols(const T* __restrict v, const T* __restrict a,
+                                      const T* __restrict grad, const T* dp, T* out, int64_t w) {
+  // `out` may alias `dp`: element j reads dp[j] before writing out[j], nothing else
+  if (w == 1) {
+    out[0] = grad[0] * dp[0] + v[0];
+    return;
+  }
+  out[0] = grad[0] * dp[0] + (a[0] == T(0) ? v[0] : T(0)) + (a[1] == T(-1) ? v[1] : T(0));
+  for (int64_t j = 1; j < w - 1; ++j)
+    out[j] = grad[j] * dp[j] + (a[j - 1] == T(1) ? v[j - 1] : T(0)) +
+             (a[j] == T(0) ? v[j] : T(0)) + (a[j + 1] == T(-1) ? v[j + 1] : T(0));
+  out[w - 1] = grad[w - 1] * dp[w - 1] + (a[w - 2] == T(1) ? v[w - 2] : T(0)) +
+               (a[w - 1] == T(0) ? v[w - 1] : T(0));
+}
+
+template <typename T>
+SEGLOSS_MULTIVERSION void mul_rows(const T* __restrict a, const T* __restrict b, T* __restrict out,
+                                   int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
+at::Tensor& soft_boundary_backward(const at::Tensor& grad_in, const at::Tensor& p,
+                                   const at::Tensor& d_p, const at::Tensor& d_e, at::Tensor& out) {
+  const at::Tensor grad = grad_in.contiguous();
+  check_float_cpu(grad, "grad");
+  check_float_cpu(p, "p");
+  check_float_cpu(d_p, "d_p");
+  check_float_cpu(d_e, "d_e");
+  check_float_cpu(out, "out");
+  TORCH_CHECK(p.dim() == 4 && grad.sizes() == p.sizes() && d_p.sizes() == p.sizes() &&
+                  d_e.sizes() == p.sizes() && out.sizes() == p.sizes(),
+              "segloss_d2: soft_boundary_backward needs equal (N, K, H, W) shapes");
+  TORCH_CHECK(grad.scalar_type() == p.scalar_type() && d_p.scalar_type() == p.scalar_type() &&
+                  d_e.scalar_type() == p.scalar_type() && out.scalar_type() == p.scalar_type(),
+              "segloss_d2: soft_boundary_backward needs one dtype");
+  const int64_t h = p.size(2), w = p.size(3), planes = p.size(0) * p.size(1);
+  if (p.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "segloss_d2::soft_boundary_backward", [&] {
+    const scalar_t* src = p.data_ptr<scalar_t>();
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    const scalar_t* dp = d_p.data_ptr<scalar_t>();
+    const scalar_t* de = d_e.data_ptr<scalar_t>();
+    scalar_t* res = out.data_ptr<scalar_t>();
+    const int64_t band = band_rows(w), bands = (h + band - 1) / band;
+    at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+      // rows r0-2 .. r1+2 of row minima; erosion / column args / v for rows r0-1 .. r1+1
+      std::vector<scalar_t> rows((band + 4) * w), row_args((band + 4) * w);
+      std::vector<scalar_t> e((band + 2) * w), col_args((band + 2) * w), v((band + 2) * w);
+      std::vector<scalar_t> moved(w);
+      const std::vector<scalar_t> inf_row(w, std::numeric_limits<scalar_t>::infinity());
+      const std::vector<scalar_t> zero_row(w, scalar_t(0));  // contributes nothing
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t plane = task / bands, r0 = (task % bands) * band;
+        const int64_t r1 = std::min(h, r0 + band);
+        const int64_t lo = std::max<int64_t>(0, r0 - 2), hi = std::min(h, r1 + 2);
+        const int64_t e_lo = std::max<int64_t>(0, r0 - 1), e_hi = std::min(h, r1 + 1);
+        const int64_t base = plane * h * w;
+        erode_band<scalar_t, true>(src + base, h, w, lo, hi, e_lo, e_hi, rows.data(),
+                                   row_args.data(), inf_row.data(), e.data(), col_args.data());
+        mul_rows(g + base + e_lo * w, de + base + e_lo * w, v.data(), (e_hi - e_lo) * w);
+        for (int64_t r = r0; r < r1; ++r) {
+          const scalar_t* vm = v.data() + (r - e_lo) * w;
+          const scalar_t* am = col_args.data() + (r - e_lo) * w;
+          const bool has_up = r > 0, has_down = r + 1 < h;
+          gather_rows(has_up ? vm - w : zero_row.data(), has_up ? am - w : zero_row.data(), vm,
+                      am, has_down ? vm + w : zero_row.data(),
+                      has_down ? am + w : zero_row.data(), moved.data(), w);
+          const int64_t off = base + r * w;
+          gather_cols(moved.data(), row_args.data() + (r - lo) * w, g + off, dp + off,
+                      res + off, w);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// row_window_max(x (..., W), radius) -> max over x[..., j - r : j + r + 1] (cut at the border)
+template <typename T>
+SEGLOSS_MULTIVERSION void max_shift(const T* __restrict a, T* __restrict out, int64_t n,
+                                    int64_t shift) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::max(a[i], a[i + shift]);
+}
+
+at::Tensor row_window_max(const at::Tensor& x, int64_t radius) {
+  check_float_cpu(x, "x");
+  TORCH_CHECK(x.dim() >= 1 && radius >= 0, "segloss_d2: row_window_max needs radius >= 0");
+  at::Tensor out = at::empty_like(x);
+  if (x.numel() == 0) return out;
+  const int64_t w = x.size(-1), rows = x.numel() / w, size = 2 * radius + 1;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "segloss_d2::row_window_max", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kBlock / w);
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      // padded row (-inf), then running maxima of doubling span, as in relaxed._row_window_max
+      std::vector<scalar_t> a(static_cast<size_t>(w + 2 * radius)), b(a.size());
+      for (int64_t r = begin; r < end; ++r) {
+        std::fill(a.begin(), a.begin() + radius, -std::numeric_limits<scalar_t>::infinity());
+        std::copy(src + r * w, src + (r + 1) * w, a.begin() + radius);
+        std::fill(a.begin() + radius + w, a.end(), -std::numeric_limits<scalar_t>::infinity());
+        int64_t span = 1, valid = w + 2 * radius;
+        scalar_t* cur = a.data();
+        scalar_t* nxt = b.data();
+        while (span < size) {
+          const int64_t shift = std::min(span, size - span);
+          max_shift(cur, nxt, valid - shift, shift);
+          valid -= shift;
+          span += shift;
+          std::swap(cur, nxt);
+        }
+        std::copy(cur, cur + w, dst + r * w);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(segloss_d2, m) {
+  m.def("bezier(Tensor x, float[] coeffs, bool need_grad) -> (Tensor, Tensor)");
+  m.def("region_dense(Tensor probs, Tensor present, Tensor? weight, float[] coeffs, "
+        "bool need_grad) -> (Tensor, Tensor)");
+  m.def("soft_boundary(Tensor p, float[] coeffs, int[] pieces, bool need_grad) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("soft_boundary_backward(Tensor grad, Tensor p, Tensor d_p, Tensor d_e, "
+        "Tensor(a!) out) -> Tensor(a!)");
+  m.def("row_window_max(Tensor x, int radius) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(segloss_d2, CPU, m) {
+  m.impl("bezier", &bezier);
+  m.impl("region_dense", &region_dense);
+  m.impl("soft_boundary", &soft_boundary);
+  m.impl("soft_boundary_backward", &soft_boundary_backward);
+  m.impl("row_window_max", &row_window_max);
+}
+
+}  // namespace segloss_d2
+
+// A Python module, so that `import segloss_d2._C` loads the library (which registers the ops).
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
