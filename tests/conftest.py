@@ -3,7 +3,9 @@
 detectron2 is a prerequisite of segloss_d2's adapters. Tests of adapters import it directly or with
 ``pytest.importorskip("detectron2")`` for users who only want the pure-torch core; CI sets
 ``SEGLOSS_REQUIRE_D2=1`` so that a missing detectron2 fails the run instead of skipping tests, and
-``SEGLOSS_REQUIRE_RAY=1`` likewise for Ray (the search's optional backend).
+``SEGLOSS_REQUIRE_RAY=1`` likewise for Ray (the search's optional backend), and
+``SEGLOSS_REQUIRE_EXT=1`` for the compiled CPU kernels ``segloss_d2._C`` (without them the
+surrogate tests of the kernel path would skip).
 """
 import os
 
@@ -28,6 +30,16 @@ def pytest_sessionstart(session):
                 f"SEGLOSS_REQUIRE_RAY=1 but ray does not import ({type(e).__name__}: {e}); "
                 "run 'make install' (installs the 'ray' extra)"
             ) from e
+
+
+    if os.environ.get("SEGLOSS_REQUIRE_EXT") == "1":
+        from segloss_d2.surrogate import kernels
+
+        if not kernels.available():
+            raise pytest.UsageError(
+                f"SEGLOSS_REQUIRE_EXT=1 but segloss_d2._C does not load ({kernels.load_error()}); "
+                "run 'make install' (compiles it; needs g++)"
+            )
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,8 @@
 #   1. .venv with a working torch + torchvision (kept if present, else torch==2.14.1 torchvision==0.29.1);
 #   2. an importable detectron2 (kept if present; else upstream from GitHub; else the PyPI source
 #      release pb1-detectron2==0.6 with the fixes of tools/patch_detectron2.py);
-#   3. segloss_d2 itself, editable, with the dev extra (plus the ray extra when SEGLOSS_EXTRAS=dev,ray).
+#   3. segloss_d2 itself, editable, with the dev extra (plus the ray extra when SEGLOSS_EXTRAS=dev,ray),
+#      which compiles its C++ CPU kernels (segloss_d2._C; needs g++, see README).
 #
 # A second run checks imports only and downloads nothing. Any failing step stops with a message.
 # Environment: PYTHON (interpreter for a new venv, default python3), VENV (default .venv),
@@ -56,6 +57,7 @@ except Exception:
     print("detectron2 -")
 try:
     import segloss_d2
+    import segloss_d2._C  # the compiled CPU kernels, built against this torch
     print("segloss_d2", segloss_d2.__version__)
 except Exception:
     print("segloss_d2 -")
@@ -105,14 +107,16 @@ else
 fi
 
 # 4. segloss_d2 (editable) --------------------------------------------------------------------
-fingerprint="$(cat setup.py | sha1sum | cut -c1-16) $EXTRAS"
+# setup.py and the C++ sources: an editable install does not rebuild segloss_d2._C by itself
+fingerprint="$(cat setup.py segloss_d2/csrc/*.cpp | sha1sum | cut -c1-16) $EXTRAS"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && have segloss_d2; then
   say "segloss_d2: keeping $(info segloss_d2) (editable, extras: $EXTRAS)"
 else
-  say "segloss_d2: installing editable with extras [$EXTRAS]"
+  say "segloss_d2: installing editable with extras [$EXTRAS] (compiles segloss_d2._C, ~30 s)"
   pipi --no-build-isolation -e ".[$EXTRAS]" || die "pip install -e .[$EXTRAS] failed"
   echo "$fingerprint" > "$STAMP"
   state=$(probe)
-  have segloss_d2 && have detectron2 || die "'import segloss_d2, detectron2' fails after install"
+  have segloss_d2 && have detectron2 \
+    || die "'import segloss_d2, segloss_d2._C, detectron2' fails after install"
 fi
 say "ready: torch $(info torch) | detectron2 $(info detectron2) | segloss_d2 $(info segloss_d2)"
