@@ -1,0 +1,226 @@
+"""The compiled CPU kernels (``segloss_d2._C``) against the pure-torch path they replace on CPU.
+
+Every other surrogate test already runs on both paths (see conftest.py) against the reference
+formulas; these tests compare the two implementations op by op, on the cases where kernels most
+easily go wrong: breakpoints and the generic many-piece path, shapes of one row or column, bands
+of rows, exact ties in the erosion's gradient routing, aliasing, thread counts, and bad input.
+"""
+import logging
+
+import pytest
+import torch
+
+from segloss_d2.surrogate import SurrogateLoss, kernels, list_presets, load_params, relaxed
+from segloss_d2.surrogate.bezier import (
+    curve_pieces,
+    evaluate_curve,
+    theta_to_control_points,
+)
+
+from .test_loss import C, blob_labels, random_logits
+
+pytestmark = pytest.mark.skipif(not kernels.available(),
+                                reason=f"segloss_d2._C not built: {kernels.load_error()}")
+
+
+@pytest.fixture(autouse=True)
+def compute_path(monkeypatch):
+    """Each test switches paths itself (overrides the two-path fixture of conftest.py)."""
+    monkeypatch.setattr(kernels, "ENABLED", True)
+    return "both"
+
+
+def _both(monkeypatch, fn):
+    """``fn()`` on the kernels, then on the pure-torch path."""
+    monkeypatch.setattr(kernels, "ENABLED", True)
+    fast = fn()
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    slow = fn()
+    monkeypatch.setattr(kernels, "ENABLED", True)
+    return fast, slow
+
+
+def _tol(dtype):
+    return dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-13, rtol=1e-11)
+
+
+def _random_curve(num_pieces, seed):
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.rand(4 * num_pieces - 2, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    return theta_to_control_points(theta, num_pieces).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("num_pieces", [1, 2, 3, 4, 7])  # 4 and 7: the generic (run-time) loop
+def test_bezier_matches_torch_path(monkeypatch, num_pieces, dtype):
+    cp = _random_curve(num_pieces, num_pieces)
+    pieces = curve_pieces(cp)
+    x = torch.rand(3, 5, 301, dtype=torch.float64)
+    x.view(-1)[: 2 + len(cp) // 2] = torch.tensor([0.0, 1.0] + cp[0::2], dtype=torch.float64)
+    x = x.to(dtype)
+    for need_grad in (True, False):
+        (g, d), (g_ref, d_ref) = _both(monkeypatch, lambda: evaluate_curve(x, pieces, need_grad))
+        assert g.shape == x.shape and g.dtype == dtype
+        torch.testing.assert_close(g, g_ref, **_tol(dtype))
+        if need_grad:
+            # the derivative is the owning piece's on both paths, breakpoints included (another
+            # piece's slope would differ by O(1) of the largest slope). In float32 the narrow last
+            # pieces of 7-piece curves are ill-conditioned near their ends (s = sqrt(a^2 + b u)
+            # -> 1 - a): one ulp of u moves g' by ~1e-5 of the largest slope, either way.
+            tol = _tol(dtype)
+            scale = max(1.0, d_ref.abs().max().item())
+            tol["atol"] *= scale * (100 if dtype == torch.float32 else 1)
+            torch.testing.assert_close(d, d_ref, **tol)
+        else:
+            assert d is None and d_ref is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("present", [None, [0, 3, 4]])
+def test_region_dense_matches_torch_path(monkeypatch, dtype, weighted, present):
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(2, 6, 9000, generator=gen, dtype=dtype), dim=1)
+    weight = (torch.rand(2, 9000, generator=gen) > 0.3).to(dtype) if weighted else None
+    classes = None if present is None else torch.tensor(present)
+    pieces = curve_pieces(_random_curve(2, 3))
+    (sums, slopes), (sums_ref, slopes_ref) = _both(
+        monkeypatch, lambda: relaxed._dense_terms(probs, weight, pieces, classes, True))
+    assert sums.shape == (2, 6 if present is None else 3)
+    torch.testing.assert_close(sums, sums_ref, **_tol(dtype))
+    torch.testing.assert_close(slopes, slopes_ref, **_tol(dtype))
+    sums_only, none = relaxed._dense_terms(probs, weight, pieces, classes, False)
+    assert none is None
+    torch.testing.assert_close(sums_only, sums, atol=0, rtol=0)
+
+
+def _tied_probs(shape, seed):
+    """Values from a 4-element set: most 3x3 windows hold several equal minima."""
+    gen = torch.Generator().manual_seed(seed)
+    levels = torch.tensor([0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
+    return levels[torch.randint(0, 4, shape, generator=gen)]
+
+
+# one pixel, one row, one column, 2x2, odd sizes, and 100 x 600 (several bands of rows per plane)
+SHAPES = [(1, 1, 1, 1), (1, 2, 1, 7), (2, 3, 5, 1), (1, 1, 2, 2), (2, 3, 13, 17), (1, 2, 100, 600)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_soft_boundary_matches_torch_path(monkeypatch, shape, ties, dtype):
+    gen = torch.Generator().manual_seed(2)
+    p = _tied_probs(shape, 3) if ties else torch.rand(shape, generator=gen, dtype=torch.float64)
+    p = p.to(dtype)
+    grad = torch.randn(shape, generator=gen, dtype=dtype)
+    curves = [curve_pieces(cp) for cp in load_params("voc_bf1").control_points[0]]
+
+    def run():
+        leaf = p.clone().requires_grad_()
+        soft = relaxed._SoftBoundary.apply(leaf, curves)
+        soft.backward(grad)
+        return soft.detach(), leaf.grad
+
+    (soft, g), (soft_ref, g_ref) = _both(monkeypatch, run)
+    torch.testing.assert_close(soft, soft_ref, **_tol(dtype))
+    # equal routing on ties: a wrong window pick moves a whole gradient term (of the size of the
+    # largest gradients), far above the round-off of summing up to ten terms in another order
+    tol = _tol(dtype)
+    tol["atol"] *= max(1.0, g_ref.abs().max().item())
+    torch.testing.assert_close(g, g_ref, **tol)
+
+
+def test_soft_boundary_retained_graph_and_no_grad():
+    p = torch.rand(2, 3, 20, 30, dtype=torch.float64)
+    curves = [curve_pieces(cp) for cp in load_params("voc_bf1").control_points[0]]
+    leaf = p.clone().requires_grad_()
+    soft = relaxed._SoftBoundary.apply(leaf, curves)
+    soft.sum().backward(retain_graph=True)
+    first = leaf.grad.clone()
+    leaf.grad = None
+    soft.sum().backward()  # the in-place partials were consumed: recomputed
+    torch.testing.assert_close(leaf.grad, first, atol=0, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(relaxed._SoftBoundary.apply(p, curves), soft.detach(),
+                                   atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 5, 40])
+def test_row_window_max_matches_torch_path(monkeypatch, radius):
+    values = _tied_probs((2, 3, 7, 33), 4) + torch.rand(2, 3, 7, 33, dtype=torch.float64) * 0.1
+    got, expected = _both(monkeypatch, lambda: relaxed._row_window_max(values, radius))
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("preset", sorted(list_presets()))
+def test_losses_do_not_depend_on_the_thread_count(preset):
+    """Fixed blocks and ordered partial sums: 1 and 2 threads give bit-identical results."""
+    labels = blob_labels(n=2, h=40, w=300, cell=7)
+    logits = random_logits(labels, dtype=torch.float32)
+    loss = SurrogateLoss(load_params(preset), C, tolerance=2)
+
+    def run():
+        leaf = logits.clone().requires_grad_()
+        value = loss(leaf, labels)
+        value.backward()
+        return value.detach(), leaf.grad
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(one, two, atol=0, rtol=0)
+
+
+def test_cpu_losses_run_on_the_kernels(monkeypatch):
+    """With the extension loaded, no surrogate touches the pure-torch block loops on CPU."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pure-torch block loop used on CPU with kernels enabled")
+
+    monkeypatch.setattr(relaxed, "evaluate_block", forbidden)
+    monkeypatch.setattr(relaxed, "_erode", forbidden)
+    labels = blob_labels(n=2, h=12, w=15)
+    for preset in sorted(list_presets()):
+        leaf = random_logits(labels).requires_grad_()
+        SurrogateLoss(load_params(preset), C, tolerance=2)(leaf, labels).backward()
+        assert torch.isfinite(leaf.grad).all()
+
+
+def test_kernels_reject_bad_input():
+    ops = torch.ops.segloss_d2
+    coeffs = kernels.flat_coefficients(curve_pieces([0.5, 0.5]))
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.bezier(torch.zeros(4, dtype=torch.int64), coeffs, True)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.bezier(torch.zeros(4, 4).t(), coeffs, True)
+    with pytest.raises(RuntimeError, match="expected 11 curve coefficients, got 12"):
+        ops.bezier(torch.zeros(4), coeffs + [0.0], True)
+    with pytest.raises(RuntimeError, match="outside"):
+        ops.region_dense(torch.zeros(1, 2, 3), torch.tensor([2]), None, coeffs, True)
+    with pytest.raises(RuntimeError, match="4 curves"):
+        ops.soft_boundary(torch.zeros(1, 1, 2, 2), coeffs * 3, [1, 1, 1], True)
+    p = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(RuntimeError, match="equal"):
+        ops.soft_boundary_backward(torch.zeros(1, 1, 2, 3), p, p, p, p.clone())
+
+
+def test_missing_extension_warns_once_and_falls_back(monkeypatch, caplog):
+    monkeypatch.setattr(kernels, "_LOAD_ERROR", ImportError("no _C here"))
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    monkeypatch.setattr(kernels, "_warned", False)
+    x = torch.zeros(3)
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert not kernels.use_kernels(x)
+        assert not kernels.use_kernels(x)
+    warnings = [r for r in caplog.records if "segloss_d2._C is not available" in r.message]
+    assert len(warnings) == 1 and "no _C here" in warnings[0].message
+    # other devices and dtypes never use the kernels, and never warn
+    assert not kernels.use_kernels(torch.zeros(3, device="meta"))
+    monkeypatch.setattr(kernels, "ENABLED", True)
+    assert not kernels.use_kernels(torch.zeros(3, dtype=torch.float16))
+    assert not kernels.use_kernels(torch.zeros(3, device="meta"))
+    assert kernels.use_kernels(x, torch.zeros(2, dtype=torch.float64))
