@@ -59,7 +59,8 @@ def test_bezier_matches_torch_path(monkeypatch, num_pieces, dtype):
     x.view(-1)[: 2 + len(cp) // 2] = torch.tensor([0.0, 1.0] + cp[0::2], dtype=torch.float64)
     x = x.to(dtype)
     for need_grad in (True, False):
-        (g, d), (g_ref, d_ref) = _both(monkeypatch, lambda: evaluate_curve(x, pieces, need_grad))
+        (g, d), (g_ref, d_ref) = _both(
+            monkeypatch, lambda need_grad=need_grad: evaluate_curve(x, pieces, need_grad))
         assert g.shape == x.shape and g.dtype == dtype
         torch.testing.assert_close(g, g_ref, **_tol(dtype))
         if need_grad:
