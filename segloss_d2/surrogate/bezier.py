@@ -330,8 +330,8 @@ class _BezierFunction(torch.autograd.Function):
 def bezier_curve(x, control_points):
     """Evaluate the piecewise quadratic Bézier curve g at every element of ``x`` (spec §3.1).
 
-    Scalar coefficients per piece on clamped copies of x, in cache-sized blocks (see
-    :func:`evaluate_block`), then solves ``x(t) = x`` in closed form.
+    Solves ``x(t) = x`` in closed form: on CPU in one fused C++ pass (:mod:`.kernels`), elsewhere
+    with scalar coefficients per piece on clamped copies of x, in blocks (:func:`evaluate_block`).
 
     Args:
         x (Tensor): any shape, values in [0, 1] (probabilities), any float dtype. Half and bfloat16

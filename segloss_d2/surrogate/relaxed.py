@@ -18,6 +18,11 @@ mathematically identical: ``Σ_i g(p_ic) y_ic`` is a sum of ``g(p_{i,label_i})``
 the counted pixels contribute exactly 0 (value and gradient) to mIoU/FWIoU/BIoU/mAcc, so the dense
 part of the work is restricted to the present classes; BF1 likewise only evaluates the classes that
 enter its mean.
+
+On CPU the full-size work (curve evaluations with their derivatives, the per-class sums, BF1's
+soft boundary and its backward, the window maxima) runs in the fused C++ kernels of
+``segloss_d2._C`` (see :mod:`.kernels`); the torch code below is the same computation, used on
+other devices and as the fallback.
 """
 from functools import cached_property
 
