@@ -1,6 +1,7 @@
 """Forward+backward time and peak memory of each surrogate and baseline vs cross-entropy.
 
 Usage: python benchmarks/bench_loss.py [--quick] [--repeat R] [--device cpu|cuda|all] [--threads T]
+                                      [--torch-path]
 
 Input: logits (2, 19, 256, 512) (``--quick``: (2, 19, 64, 128)); labels are piecewise-constant
 (random 32x32-pixel cells, every class present, a void band), so boundaries are realistic.
@@ -8,7 +9,8 @@ Time ratios are against cross-entropy measured in the same run, interleaved: eac
 loss follows a timed cross-entropy step, and the ratio is the median of these pairs (robust to
 other jobs on the machine). Peak memory: CUDA peak allocated
 (``torch.cuda.max_memory_allocated``); on CPU the peak of memory allocated by torch, tracked with
-the profiler.
+the profiler. On CPU the surrogates run segloss_d2's compiled kernels when ``segloss_d2._C`` is
+built; ``--torch-path`` measures the pure-torch implementation instead (what GPUs run).
 """
 import argparse
 import os
@@ -20,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from segloss_d2.losses import LOSSES  # noqa: E402
-from segloss_d2.surrogate import SurrogateLoss, identity_params, load_params  # noqa: E402
+from segloss_d2.surrogate import SurrogateLoss, identity_params, kernels, load_params  # noqa: E402
 
 TARGETS = {"region": 3.0, "BIoU": 4.0, "BF1": 6.0}
 SURROGATES = [("mIoU", "voc_miou"), ("FWIoU", "voc_fwiou"), ("BIoU", "voc_biou"),
@@ -127,8 +129,14 @@ def build_losses(num_classes):
 def run(device, shape, repeat):
     logits, labels = make_inputs(shape, device)
     rows = build_losses(shape[1])
+    if device.type != "cpu":
+        path = "pure torch"
+    elif kernels.ENABLED:
+        path = "compiled CPU kernels (segloss_d2._C)"
+    else:
+        path = f"pure torch (segloss_d2._C: {kernels.load_error() or 'disabled'})"
     print(f"\n== {device} {tuple(shape)}, {torch.get_num_threads()} thread(s), median of {repeat} "
-          f"forward+backward ==")
+          f"forward+backward; surrogates on {path} ==")
     print("x CE: median of paired ratios (each step right after a CE step); med/med: ratio of the "
           "two medians; targets are judged on the larger of the two")
     print(f"{'loss':24s} {'ms':>9s} {'x CE':>6s} {'med/med':>7s} {'peak MiB':>9s} {'x CE':>6s} "
@@ -155,7 +163,11 @@ def main():
     parser.add_argument("--repeat", type=int, default=None, help="timed repetitions")
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--torch-path", action="store_true",
+                        help="surrogates on the pure-torch path, not the compiled CPU kernels")
     args = parser.parse_args()
+    if args.torch_path:
+        kernels.ENABLED = False
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = (2, 19, 64, 128) if args.quick else (2, 19, 256, 512)
