@@ -528,6 +528,61 @@ at::Tensor row_window_max(const at::Tensor& x, int64_t radius) {
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// window_argmax(values (N, K, H, W), n, k, h, w (M,) int64, radius) -> (M,) int64
+// Flat index into values of the maximum of the (2r+1)^2 window (cut at the border) of plane
+// (n, k) around (h, w): the first maximum in row-major window order, as max-pooling's backward
+// routes its gradient. A direct scan per position: for sparse positions (boundary pixels) this
+// reads far less than dense row maxima would.
+at::Tensor window_argmax(const at::Tensor& values, const at::Tensor& n_idx,
+                         const at::Tensor& k_idx, const at::Tensor& h_idx,
+                         const at::Tensor& w_idx, int64_t radius) {
+  check_float_cpu(values, "values");
+  TORCH_CHECK(values.dim() == 4, "segloss_d2: values must be (N, K, H, W), got ", values.sizes());
+  TORCH_CHECK(radius >= 0, "segloss_d2: radius must be >= 0, got ", radius);
+  const int64_t m = n_idx.numel();
+  for (const at::Tensor* t : {&n_idx, &k_idx, &h_idx, &w_idx})
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->dim() == 1 && t->numel() == m &&
+                    t->is_contiguous() && t->device().is_cpu(),
+                "segloss_d2: positions must be four contiguous 1-D int64 CPU tensors of one "
+                "length");
+  const int64_t nn = values.size(0), kk = values.size(1), h = values.size(2), w = values.size(3);
+  at::Tensor index = at::empty({m}, n_idx.options());
+  const int64_t *pn = n_idx.data_ptr<int64_t>(), *pk = k_idx.data_ptr<int64_t>();
+  const int64_t *ph = h_idx.data_ptr<int64_t>(), *pw = w_idx.data_ptr<int64_t>();
+  int64_t* out = index.data_ptr<int64_t>();
+  for (int64_t i = 0; i < m; ++i)
+    TORCH_CHECK(pn[i] >= 0 && pn[i] < nn && pk[i] >= 0 && pk[i] < kk && ph[i] >= 0 &&
+                    ph[i] < h && pw[i] >= 0 && pw[i] < w,
+                "segloss_d2: position ", i, " (", pn[i], ", ", pk[i], ", ", ph[i], ", ", pw[i],
+                ") outside values of shape ", values.sizes());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "segloss_d2::window_argmax", [&] {
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    at::parallel_for(0, m, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t plane = (pn[i] * kk + pk[i]) * h * w;
+        const int64_t r0 = std::max<int64_t>(0, ph[i] - radius);
+        const int64_t r1 = std::min(h, ph[i] + radius + 1);
+        const int64_t c0 = std::max<int64_t>(0, pw[i] - radius);
+        const int64_t c1 = std::min(w, pw[i] + radius + 1);
+        int64_t best_at = plane + r0 * w + c0;
+        scalar_t best = v[best_at];
+        for (int64_t r = r0; r < r1; ++r) {
+          const scalar_t* row = v + plane + r * w;
+          for (int64_t c = c0; c < c1; ++c) {
+            if (row[c] > best) {  // strictly greater: the first maximum is kept
+              best = row[c];
+              best_at = plane + r * w + c;
+            }
+          }
+        }
+        out[i] = best_at;
+      }
+    });
+  });
+  return index;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(segloss_d2, m) {
@@ -539,6 +594,8 @@ TORCH_LIBRARY(segloss_d2, m) {
   m.def("soft_boundary_backward(Tensor grad, Tensor p, Tensor d_p, Tensor d_e, "
         "Tensor(a!) out) -> Tensor(a!)");
   m.def("row_window_max(Tensor x, int radius) -> Tensor");
+  m.def("window_argmax(Tensor values, Tensor n, Tensor k, Tensor h, Tensor w, int radius) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(segloss_d2, CPU, m) {
@@ -547,6 +604,7 @@ TORCH_LIBRARY_IMPL(segloss_d2, CPU, m) {
   m.impl("soft_boundary", &soft_boundary);
   m.impl("soft_boundary_backward", &soft_boundary_backward);
   m.impl("row_window_max", &row_window_max);
+  m.impl("window_argmax", &window_argmax);
 }
 
 }  // namespace segloss_d2

@@ -522,10 +522,18 @@ def _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
     the first of the window's rows whose row-window maximum is the largest (from the dense row
     maxima, :func:`_row_window_max`), then the first column of that row holding it.
 
+    On CPU, when the positions are sparse (M (2r+1)^2 <= values.numel(), e.g. boundary pixels),
+    a C++ kernel scans each window directly instead (same index: the first maximum in row-major
+    order), which needs no dense row maxima.
+
     Returns:
         (M,) int64 tensor.
     """
     _, c, h, w = values.shape
+    if kernels.use_kernels(values) and n_idx.numel() * (2 * radius + 1) ** 2 <= values.numel():
+        return torch.ops.segloss_d2.window_argmax(
+            values.detach().contiguous(), n_idx.contiguous(), c_idx.contiguous(),
+            h_idx.contiguous(), w_idx.contiguous(), radius)
     offsets = torch.arange(-radius, radius + 1, device=values.device)
     with torch.no_grad():
         row_max = _row_window_max(values.detach(), radius).reshape(-1)

@@ -205,6 +205,11 @@ def test_kernels_reject_bad_input():
     with pytest.raises(RuntimeError, match="4 curves"):
         ops.soft_boundary(torch.zeros(1, 1, 2, 2), coeffs * 3, [1, 1, 1], True)
     p = torch.zeros(1, 1, 2, 2)
+    at = [torch.tensor([0]), torch.tensor([0]), torch.tensor([2]), torch.tensor([0])]
+    with pytest.raises(RuntimeError, match=r"position 0 \(0, 0, 2, 0\) outside"):
+        ops.window_argmax(p, *at, 1)
+    with pytest.raises(RuntimeError, match="one length"):
+        ops.window_argmax(p, *at[:3], torch.tensor([0, 1]), 1)
     with pytest.raises(RuntimeError, match="equal"):
         ops.soft_boundary_backward(torch.zeros(1, 1, 2, 3), p, p, p, p.clone())
 

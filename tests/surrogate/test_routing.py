@@ -69,10 +69,12 @@ def test_erosion_routes_like_max_pool_indices(kind, shape, dtype):
                                        msg=f"plane ({i}, {k})")
 
 
+@pytest.mark.parametrize("positions", ["all", "sparse"])
 @pytest.mark.parametrize("radius", [0, 1, 2, 5])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("kind", KINDS)
-def test_window_argmax_is_max_pool_index(kind, shape, radius):
+def test_window_argmax_is_max_pool_index(kind, shape, radius, positions):
+    """All positions (dense row maxima) and one in (2r+1)^2 (on CPU: the direct-scan kernel)."""
     n, k = 2, 3
     values = tie_values(kind, (n, k) + shape, seed=radius, dtype=torch.float32)
     if kind == "continuous":
@@ -81,9 +83,13 @@ def test_window_argmax_is_max_pool_index(kind, shape, radius):
                             return_indices=True)
     n_idx, c_idx, h_idx, w_idx = torch.nonzero(torch.ones_like(values, dtype=torch.bool),
                                                as_tuple=True)
+    index = index.reshape(-1)
+    if positions == "sparse":
+        keep = torch.arange(radius, values.numel(), (2 * radius + 1) ** 2)
+        n_idx, c_idx, h_idx, w_idx, index = (t[keep] for t in (n_idx, c_idx, h_idx, w_idx, index))
     got = _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius)
     plane = (n_idx * k + c_idx) * shape[0] * shape[1]
-    torch.testing.assert_close(got, plane + index.reshape(-1), atol=0, rtol=0)
+    torch.testing.assert_close(got, plane + index, atol=0, rtol=0)
 
 
 def test_window_argmax_on_a_subset_of_positions():
