@@ -50,8 +50,8 @@ def use_kernels(*tensors):
     if _LOAD_ERROR is not None and not _warned:
         _warned = True
         logger.warning(
-            "segloss_d2._C is not available (%s): the surrogates run the pure-torch CPU path, "
-            "several times slower. Rebuild it with 'pip install --no-build-isolation -e .' "
+            "segloss_d2._C is not available (%s): the surrogates run the slower pure-torch CPU "
+            "path (about 2x). Rebuild it with 'pip install --no-build-isolation -e .' "
             "(or 'make install').", _LOAD_ERROR)
     return False
 
