@@ -14,6 +14,7 @@ from segloss_d2.surrogate import SurrogateLoss, kernels, list_presets, load_para
 from segloss_d2.surrogate.bezier import (
     curve_pieces,
     evaluate_curve,
+    identity_theta,
     theta_to_control_points,
 )
 
@@ -45,13 +46,20 @@ def _tol(dtype):
 
 
 def _random_curve(num_pieces, seed):
+    """Random monotone control points; many pieces: the identity's θ, randomly scaled (θ of
+    0.05-0.95 would squeeze the later pieces of a long curve to nothing)."""
     gen = torch.Generator().manual_seed(seed)
-    theta = torch.rand(4 * num_pieces - 2, generator=gen, dtype=torch.float64) * 0.9 + 0.05
-    return theta_to_control_points(theta, num_pieces).tolist()
+    noise = torch.rand(4 * num_pieces - 2, generator=gen, dtype=torch.float64)
+    if num_pieces <= 8:
+        theta = noise * 0.9 + 0.05
+    else:
+        theta = torch.tensor(identity_theta(num_pieces), dtype=torch.float64) * (0.5 + noise)
+    return theta_to_control_points(theta.clamp(max=0.95), num_pieces).tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("num_pieces", [1, 2, 3, 4, 7])  # 4 and 7: the generic (run-time) loop
+# 4 and 7: the generic (run-time) loop; 70: more pieces than it holds (plain loop)
+@pytest.mark.parametrize("num_pieces", [1, 2, 3, 4, 7, 70])
 def test_bezier_matches_torch_path(monkeypatch, num_pieces, dtype):
     cp = _random_curve(num_pieces, num_pieces)
     pieces = curve_pieces(cp)
