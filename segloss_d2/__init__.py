@@ -1,7 +1,8 @@
 """segloss_d2: Auto Seg-Loss metric surrogates, evaluators and search as a detectron2 plugin.
 
 Public API (resolved lazily so that ``import segloss_d2`` never imports detectron2, and the
-pure-torch core stays usable from any framework)::
+torch-only core, with its optional compiled CPU kernels ``segloss_d2._C``, stays usable from any
+framework)::
 
     from segloss_d2 import SurrogateLoss, load_params, save_params, SegMetrics
     from segloss_d2 import add_segloss_config, add_search_config  # these need detectron2
