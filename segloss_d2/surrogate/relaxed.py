@@ -369,21 +369,35 @@ def _min3_backward(x, out, grad, dim, result, work, accumulate):
     return result
 
 
+def _plane_chunks(x):
+    """Slices of the flattened planes of (N, K, H, W) ``x``, about one block each.
+
+    The pure-torch BF1 code works on a few (H, W) planes at a time, ``block_size(x)`` elements
+    (at least one plane): on CPU a chunk stays in cache; on GPUs it bounds the scratch while
+    keeping kernel launches few (one chunk of many small planes instead of a loop over planes).
+    """
+    planes = x.shape[0] * x.shape[1]
+    step = max(1, block_size(x) // max(1, x.shape[2] * x.shape[3]))
+    return [slice(i, i + step) for i in range(0, planes, step)]
+
+
 def _erode(x):
     """3x3 min-pool of (N, K, H, W) values, windows cut at the border (= padding with 1.0).
 
-    Separable (rows, then columns), one (H, W) plane at a time so the temporaries stay in cache.
+    Separable (rows, then columns), a chunk of planes at a time (see :func:`_plane_chunks`).
     """
     out = torch.empty_like(x)
-    rows = x.new_empty(x.shape[-2:])
-    for i in range(x.shape[0]):
-        for k in range(x.shape[1]):
-            _min3(_min3(x[i, k], rows, -1), out[i, k], -2)
+    flat_x, flat_out = x.flatten(0, 1), out.flatten(0, 1)
+    chunks = _plane_chunks(x)
+    rows = x.new_empty((chunks[0].stop - chunks[0].start,) + x.shape[2:]) if chunks else None
+    for chunk in chunks:
+        part = flat_x[chunk]
+        _min3(_min3(part, rows[: part.shape[0]], -1), flat_out[chunk], -2)
     return out
 
 
 def _erode_grad_add(x, eroded, grad, result):
-    """Add the gradient of :func:`_erode` for one (H, W) plane ``grad`` to ``result``, in place.
+    """Add the gradient of :func:`_erode` for (..., H, W) planes ``grad`` to ``result``, in place.
 
     Exactly like ``-max_pool2d(-x, 3, 1, 1)``: each window's gradient goes to its first minimum
     in row-major order; the column pass routes to the first row whose row minimum is the window
@@ -446,8 +460,8 @@ class _SoftBoundary(torch.autograd.Function):
         dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e),
 
     and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad_add`),
-    computed in place in the partials plane by plane (a fresh full-size CPU tensor costs page
-    faults). A second backward through a retained graph recomputes the partials.
+    computed in place in the partials a chunk of planes at a time (a fresh full-size CPU tensor
+    costs page faults). A second backward through a retained graph recomputes the partials.
 
     On CPU the forward (erosion, curves, partials) and the backward (the erosion's gradient
     routing recomputed from p) are one fused C++ kernel each (see :mod:`.kernels`).
@@ -483,33 +497,34 @@ class _SoftBoundary(torch.autograd.Function):
         p, eroded = ctx.saved_tensors
         if d_p is None:  # backward through a retained graph: the partials were consumed
             _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
-        for i in range(p.shape[0]):  # plane by plane, so each plane is reused from cache
-            for k in range(p.shape[1]):
-                d_p[i, k].mul_(grad[i, k])
-                d_e[i, k].mul_(grad[i, k])
-                _erode_grad_add(p[i, k], eroded[i, k], d_e[i, k], d_p[i, k])
+        views = [t.flatten(0, 1) for t in (p, eroded, d_p, d_e, grad.expand_as(p))]
+        for chunk in _plane_chunks(p):  # a few planes at a time, reused from cache
+            x, e, dp, de, g = (v[chunk] for v in views)
+            dp.mul_(g)
+            de.mul_(g)
+            _erode_grad_add(x, e, de, dp)
         return d_p, None
 
 
 def _row_window_max(values, radius):
     """max over ``values[n, c, h, w - r : w + r + 1]`` (cut at the border), like ``values``.
 
-    Per (H, W) plane (in cache): pad the rows with -inf, then running maxima of doubling span
-    (log2(2r+1) passes); on CPU the same in C++, row by row.
+    A chunk of planes at a time (:func:`_plane_chunks`): pad the rows with -inf, then running
+    maxima of doubling span (log2(2r+1) passes); on CPU the same in C++, row by row.
     """
     if kernels.use_kernels(values):
         return torch.ops.segloss_d2.row_window_max(values.contiguous(), radius)
     result = torch.empty_like(values)
     size = 2 * radius + 1
-    for i in range(values.shape[0]):
-        for k in range(values.shape[1]):
-            out = F.pad(values[i, k], (radius, radius), value=float("-inf"))
-            span = 1
-            while span < size:
-                shift = min(span, size - span)
-                out = torch.maximum(out[:, :-shift], out[:, shift:])
-                span += shift
-            result[i, k] = out
+    flat_values, flat_result = values.flatten(0, 1), result.flatten(0, 1)
+    for chunk in _plane_chunks(values):
+        out = F.pad(flat_values[chunk], (radius, radius), value=float("-inf"))
+        span = 1
+        while span < size:
+            shift = min(span, size - span)
+            out = torch.maximum(out[..., :-shift], out[..., shift:])
+            span += shift
+        flat_result[chunk] = out
     return result
 
 
