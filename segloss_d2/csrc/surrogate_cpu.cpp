@@ -348,20 +348,47 @@ SEGLOSS_MULTIVERSION void combine_partials(const T* __restrict g1, const T* __re
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_boundary(const at::Tensor& p,
-                                                             at::ArrayRef<double> coeffs,
-                                                             at::ArrayRef<int64_t> pieces,
-                                                             bool need_grad) {
+// Σ b and Σ b [m] of n elements, in float64
+template <typename T>
+void sum_and_masked_sum(const T* b, const bool* m, int64_t n, double* sums) {
+  double all = 0.0, masked = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    all += static_cast<double>(b[i]);
+    masked += m[i] ? static_cast<double>(b[i]) : 0.0;
+  }
+  sums[0] += all;
+  sums[1] += masked;
+}
+
+void check_mask(const at::Tensor& mask, const at::Tensor& like) {
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous() &&
+                  mask.device().is_cpu() && mask.sizes() == like.sizes(),
+              "segloss_d2: mask must be a contiguous bool CPU tensor of shape ", like.sizes(),
+              ", got ", mask.scalar_type(), " ", mask.sizes());
+}
+
+// With `mask` (bool, like p) also returns sums (N*K, 2) float64: per plane Σ B and Σ B [mask]
+// (BF1's predicted-boundary size and its match with the dilated ground truth), else empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_boundary(
+    const at::Tensor& p, at::ArrayRef<double> coeffs, at::ArrayRef<int64_t> pieces,
+    bool need_grad, const c10::optional<at::Tensor>& mask_opt) {
   check_float_cpu(p, "p");
   TORCH_CHECK(p.dim() == 4, "segloss_d2: p must be (N, K, H, W), got ", p.sizes());
   TORCH_CHECK(pieces.size() == 4, "segloss_d2: soft_boundary needs 4 curves, got ",
               pieces.size());
   const std::vector<int64_t> np = check_coeffs(coeffs, pieces);
+  const bool with_sums = mask_opt.has_value() && mask_opt->defined();
+  if (with_sums) check_mask(*mask_opt, p);
   const int64_t h = p.size(2), w = p.size(3), planes = p.size(0) * p.size(1);
   at::Tensor soft = at::empty_like(p);
   at::Tensor d_p = empty_like_or_none(p, need_grad);
   at::Tensor d_e = empty_like_or_none(p, need_grad);
-  if (p.numel() == 0) return {soft, d_p, d_e};
+  at::Tensor sums = at::zeros({with_sums ? planes : 0, 2}, p.options().dtype(at::kDouble));
+  if (p.numel() == 0) return {soft, d_p, d_e, sums};
+  const int64_t band = band_rows(w), bands = (h + band - 1) / band;
+  // per task partial sums, added in task order afterwards: independent of the thread count
+  std::vector<double> partial(with_sums ? 2 * planes * bands : 0, 0.0);
+  const bool* mask = with_sums ? mask_opt->data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "segloss_d2::soft_boundary", [&] {
     std::vector<Curve<scalar_t>> cv;
     const double* c = coeffs.data();
@@ -373,7 +400,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_boundary(const at::Tensor& p
     scalar_t* out = soft.data_ptr<scalar_t>();
     scalar_t* out_dp = need_grad ? d_p.data_ptr<scalar_t>() : nullptr;
     scalar_t* out_de = need_grad ? d_e.data_ptr<scalar_t>() : nullptr;
-    const int64_t band = band_rows(w), bands = (h + band - 1) / band;
     at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> rows((band + 2) * w), e(band * w), buf(8 * w);
       const std::vector<scalar_t> inf_row(w, std::numeric_limits<scalar_t>::infinity());
@@ -397,20 +423,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_boundary(const at::Tensor& p
           combine_boundary(g1, g2, g3, g4, out + off, w);
           if (need_grad)
             combine_partials(g1, d1, g2, d2, g3, d3, g4, d4, out_dp + off, out_de + off, w);
+          if (with_sums) sum_and_masked_sum(out + off, mask + off, w, partial.data() + 2 * task);
         }
       }
     });
   });
-  return {soft, d_p, d_e};
+  if (with_sums) {
+    double* out_sums = sums.data_ptr<double>();
+    for (int64_t plane = 0; plane < planes; ++plane)
+      for (int64_t b = 0; b < bands; ++b) {
+        out_sums[2 * plane] += partial[2 * (plane * bands + b)];
+        out_sums[2 * plane + 1] += partial[2 * (plane * bands + b) + 1];
+      }
+  }
+  return {soft, d_p, d_e, sums};
 }
 
-// soft_boundary_backward(grad, p, d_p, d_e, out) -> out = grad d_p + MinPoolBackward(grad d_e),
-// written into `out` (which may be d_p itself). The min-pool's gradient goes where max-pooling's
+// The backward of the soft boundary: dL/dp = dL/dB d_p + MinPoolBackward(dL/dB d_e) (see
+// soft_boundary_backward_bf1 below for dL/dB). The min-pool's gradient goes where max-pooling's
 // backward sends it: to the first minimum of the window in row-major order, i.e. to the first
 // (topmost) row whose row minimum is the window minimum, at the first column of that row holding
 // it. The routing is recomputed from p band by band, and applied in gather form (each pixel
 // collects from its neighbours), so bands are independent: the column pass moves
-// v = grad d_e from output (i, j) to row i + col_arg[i, j], the row pass from (r, j) to column
+// v = dL/dB d_e from output (i, j) to row i + col_arg[i, j], the row pass from (r, j) to column
 // j + row_arg[r, j].
 template <typename T>
 SEGLOSS_MULTIVERSION void gather_rows(const T* __restrict up, const T* __restrict aup,
@@ -444,58 +479,108 @@ SEGLOSS_MULTIVERSION void mul_rows(const T* __restrict a, const T* __restrict b,
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
 }
 
-at::Tensor& soft_boundary_backward(const at::Tensor& grad_in, const at::Tensor& p,
-                                   const at::Tensor& d_p, const at::Tensor& d_e, at::Tensor& out) {
-  const at::Tensor grad = grad_in.contiguous();
-  check_float_cpu(grad, "grad");
+void check_backward_args(const at::Tensor& p, const at::Tensor& d_p, const at::Tensor& d_e,
+                         const at::Tensor& out) {
   check_float_cpu(p, "p");
   check_float_cpu(d_p, "d_p");
   check_float_cpu(d_e, "d_e");
   check_float_cpu(out, "out");
-  TORCH_CHECK(p.dim() == 4 && grad.sizes() == p.sizes() && d_p.sizes() == p.sizes() &&
-                  d_e.sizes() == p.sizes() && out.sizes() == p.sizes(),
-              "segloss_d2: soft_boundary_backward needs equal (N, K, H, W) shapes");
-  TORCH_CHECK(grad.scalar_type() == p.scalar_type() && d_p.scalar_type() == p.scalar_type() &&
-                  d_e.scalar_type() == p.scalar_type() && out.scalar_type() == p.scalar_type(),
-              "segloss_d2: soft_boundary_backward needs one dtype");
+  TORCH_CHECK(p.dim() == 4 && d_p.sizes() == p.sizes() && d_e.sizes() == p.sizes() &&
+                  out.sizes() == p.sizes(),
+              "segloss_d2: soft_boundary backward needs equal (N, K, H, W) shapes");
+  TORCH_CHECK(d_p.scalar_type() == p.scalar_type() && d_e.scalar_type() == p.scalar_type() &&
+                  out.scalar_type() == p.scalar_type(),
+              "segloss_d2: soft_boundary backward needs one dtype");
+}
+
+// The band loop of the backward. `grad_rows(plane, lo, hi, dst)` returns dL/dB of rows [lo, hi) of
+// a plane (composed in dst, which holds band + 2 rows).
+template <typename T, typename GradRows>
+void backward_bands(const at::Tensor& p, const at::Tensor& d_p, const at::Tensor& d_e,
+                    at::Tensor& out, const GradRows& grad_rows) {
   const int64_t h = p.size(2), w = p.size(3), planes = p.size(0) * p.size(1);
-  if (p.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "segloss_d2::soft_boundary_backward", [&] {
-    const scalar_t* src = p.data_ptr<scalar_t>();
-    const scalar_t* g = grad.data_ptr<scalar_t>();
-    const scalar_t* dp = d_p.data_ptr<scalar_t>();
-    const scalar_t* de = d_e.data_ptr<scalar_t>();
-    scalar_t* res = out.data_ptr<scalar_t>();
-    const int64_t band = band_rows(w), bands = (h + band - 1) / band;
-    at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
-      // rows r0-2 .. r1+2 of row minima; erosion / column args / v for rows r0-1 .. r1+1
-      std::vector<scalar_t> rows((band + 4) * w), row_args((band + 4) * w);
-      std::vector<scalar_t> e((band + 2) * w), col_args((band + 2) * w), v((band + 2) * w);
-      std::vector<scalar_t> moved(w);
-      const std::vector<scalar_t> inf_row(w, std::numeric_limits<scalar_t>::infinity());
-      const std::vector<scalar_t> zero_row(w, scalar_t(0));  // contributes nothing
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t plane = task / bands, r0 = (task % bands) * band;
-        const int64_t r1 = std::min(h, r0 + band);
-        const int64_t lo = std::max<int64_t>(0, r0 - 2), hi = std::min(h, r1 + 2);
-        const int64_t e_lo = std::max<int64_t>(0, r0 - 1), e_hi = std::min(h, r1 + 1);
-        const int64_t base = plane * h * w;
-        erode_band<scalar_t, true>(src + base, h, w, lo, hi, e_lo, e_hi, rows.data(),
-                                   row_args.data(), inf_row.data(), e.data(), col_args.data());
-        mul_rows(g + base + e_lo * w, de + base + e_lo * w, v.data(), (e_hi - e_lo) * w);
-        for (int64_t r = r0; r < r1; ++r) {
-          const scalar_t* vm = v.data() + (r - e_lo) * w;
-          const scalar_t* am = col_args.data() + (r - e_lo) * w;
-          const bool has_up = r > 0, has_down = r + 1 < h;
-          gather_rows(has_up ? vm - w : zero_row.data(), has_up ? am - w : zero_row.data(), vm,
-                      am, has_down ? vm + w : zero_row.data(),
-                      has_down ? am + w : zero_row.data(), moved.data(), w);
-          const int64_t off = base + r * w;
-          gather_cols(moved.data(), row_args.data() + (r - lo) * w, g + off, dp + off,
-                      res + off, w);
-        }
+  const T* src = p.data_ptr<T>();
+  const T* dp = d_p.data_ptr<T>();
+  const T* de = d_e.data_ptr<T>();
+  T* res = out.data_ptr<T>();
+  const int64_t band = band_rows(w), bands = (h + band - 1) / band;
+  at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
+    // rows r0-2 .. r1+2 of row minima; erosion / column args / dL/dB / v for rows r0-1 .. r1+1
+    std::vector<T> rows((band + 4) * w), row_args((band + 4) * w);
+    std::vector<T> e((band + 2) * w), col_args((band + 2) * w), v((band + 2) * w);
+    std::vector<T> g_buf((band + 2) * w), moved(w);
+    const std::vector<T> inf_row(w, std::numeric_limits<T>::infinity());
+    const std::vector<T> zero_row(w, T(0));  // contributes nothing
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t plane = task / bands, r0 = (task % bands) * band;
+      const int64_t r1 = std::min(h, r0 + band);
+      const int64_t lo = std::max<int64_t>(0, r0 - 2), hi = std::min(h, r1 + 2);
+      const int64_t e_lo = std::max<int64_t>(0, r0 - 1), e_hi = std::min(h, r1 + 1);
+      const int64_t base = plane * h * w;
+      erode_band<T, true>(src + base, h, w, lo, hi, e_lo, e_hi, rows.data(), row_args.data(),
+                          inf_row.data(), e.data(), col_args.data());
+      const T* g = grad_rows(plane, e_lo, e_hi, g_buf.data());  // rows e_lo .. e_hi
+      mul_rows(g, de + base + e_lo * w, v.data(), (e_hi - e_lo) * w);
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* vm = v.data() + (r - e_lo) * w;
+        const T* am = col_args.data() + (r - e_lo) * w;
+        const bool has_up = r > 0, has_down = r + 1 < h;
+        gather_rows(has_up ? vm - w : zero_row.data(), has_up ? am - w : zero_row.data(), vm, am,
+                    has_down ? vm + w : zero_row.data(), has_down ? am + w : zero_row.data(),
+                    moved.data(), w);
+        const int64_t off = base + r * w;
+        gather_cols(moved.data(), row_args.data() + (r - lo) * w, g + (r - e_lo) * w, dp + off,
+                    res + off, w);
       }
-    });
+    }
+  });
+}
+
+// soft_boundary_backward_bf1(p, d_p, d_e, mask, grad_n (K,), grad_match (K,), pick_index (M,)
+//   sorted, pick_grad (M,), out) -> out = dL/dB d_p + MinPoolBackward(dL/dB d_e) (into `out`,
+//   which may be d_p itself) for
+//   dL/dB = grad_n[k] + grad_match[k] [mask] + Σ_{m: pick_index[m] = i} pick_grad[m]
+// (BF1's three uses of B: its size, its match with the dilated ground truth and the window maxima
+// picked at ground-truth boundary pixels), composed band by band instead of stored.
+at::Tensor& soft_boundary_backward_bf1(const at::Tensor& p, const at::Tensor& d_p,
+                                       const at::Tensor& d_e, const at::Tensor& mask,
+                                       const at::Tensor& grad_n, const at::Tensor& grad_match,
+                                       const at::Tensor& pick_index, const at::Tensor& pick_grad,
+                                       at::Tensor& out) {
+  check_backward_args(p, d_p, d_e, out);
+  check_mask(mask, p);
+  const int64_t k = p.size(1), hw = p.size(2) * p.size(3), w = p.size(3);
+  for (const at::Tensor* t : {&grad_n, &grad_match})
+    TORCH_CHECK(t->scalar_type() == p.scalar_type() && t->dim() == 1 && t->numel() == k &&
+                    t->is_contiguous(),
+                "segloss_d2: grad_n and grad_match must be contiguous (K,) like p");
+  TORCH_CHECK(pick_index.scalar_type() == at::kLong && pick_index.dim() == 1 &&
+                  pick_index.is_contiguous() && pick_grad.scalar_type() == p.scalar_type() &&
+                  pick_grad.sizes() == pick_index.sizes() && pick_grad.is_contiguous(),
+              "segloss_d2: pick_index (M,) int64 and pick_grad (M,) like p, contiguous");
+  const int64_t m = pick_index.numel();
+  const int64_t* idx = pick_index.data_ptr<int64_t>();
+  for (int64_t i = 0; i < m; ++i)
+    TORCH_CHECK(idx[i] >= 0 && idx[i] < p.numel() && (i == 0 || idx[i - 1] <= idx[i]),
+                "segloss_d2: pick_index must be sorted and within p, got ", idx[i], " at ", i);
+  if (p.numel() == 0) return out;
+  const bool* msk = mask.data_ptr<bool>();
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "segloss_d2::soft_boundary_backward_bf1", [&] {
+    const scalar_t* gn = grad_n.data_ptr<scalar_t>();
+    const scalar_t* gm = grad_match.data_ptr<scalar_t>();
+    const scalar_t* pg = pick_grad.data_ptr<scalar_t>();
+    backward_bands<scalar_t>(
+        p, d_p, d_e, out, [&](int64_t plane, int64_t lo, int64_t hi, scalar_t* dst) {
+          const int64_t first = plane * hw + lo * w, last = plane * hw + hi * w;
+          const scalar_t n_term = gn[plane % k], match_term = gm[plane % k];
+          const bool* mrow = msk + first;
+          for (int64_t i = 0; i < last - first; ++i)
+            dst[i] = n_term + (mrow[i] ? match_term : scalar_t(0));
+          for (const int64_t* at = std::lower_bound(idx, idx + m, first);
+               at != idx + m && *at < last; ++at)
+            dst[*at - first] += pg[at - idx];
+          return static_cast<const scalar_t*>(dst);
+        });
   });
   return out;
 }
@@ -603,9 +688,10 @@ TORCH_LIBRARY(segloss_d2, m) {
   m.def("bezier(Tensor x, float[] coeffs, bool need_grad) -> (Tensor, Tensor)");
   m.def("region_dense(Tensor probs, Tensor present, Tensor? weight, float[] coeffs, "
         "bool need_grad) -> (Tensor, Tensor)");
-  m.def("soft_boundary(Tensor p, float[] coeffs, int[] pieces, bool need_grad) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("soft_boundary_backward(Tensor grad, Tensor p, Tensor d_p, Tensor d_e, "
+  m.def("soft_boundary(Tensor p, float[] coeffs, int[] pieces, bool need_grad, "
+        "Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("soft_boundary_backward_bf1(Tensor p, Tensor d_p, Tensor d_e, Tensor mask, "
+        "Tensor grad_n, Tensor grad_match, Tensor pick_index, Tensor pick_grad, "
         "Tensor(a!) out) -> Tensor(a!)");
   m.def("row_window_max(Tensor x, int radius) -> Tensor");
   m.def("window_argmax(Tensor values, Tensor n, Tensor k, Tensor h, Tensor w, int radius) "
@@ -616,7 +702,7 @@ TORCH_LIBRARY_IMPL(segloss_d2, CPU, m) {
   m.impl("bezier", &bezier);
   m.impl("region_dense", &region_dense);
   m.impl("soft_boundary", &soft_boundary);
-  m.impl("soft_boundary_backward", &soft_boundary_backward);
+  m.impl("soft_boundary_backward_bf1", &soft_boundary_backward_bf1);
   m.impl("row_window_max", &row_window_max);
   m.impl("window_argmax", &window_argmax);
 }

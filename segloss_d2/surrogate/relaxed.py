@@ -442,13 +442,6 @@ def _soft_boundary_blocks(p, e, curves, need_grad):
     return soft.view(p.shape), d_p.view(p.shape), d_e.view(p.shape)
 
 
-def _fused_soft_boundary(p, curves, need_grad):
-    """B and (if ``need_grad``, else empty) dB/dp, dB/de by the C++ kernel (contiguous CPU p)."""
-    coeffs = [v for pieces in curves for v in kernels.flat_coefficients(pieces)]
-    return torch.ops.segloss_d2.soft_boundary(p, coeffs, [len(pieces) for pieces in curves],
-                                              need_grad)
-
-
 class _SoftBoundary(torch.autograd.Function):
     """BF1's soft boundary of (N, K, H, W) probabilities p, fused with the erosion (spec §2.3):
 
@@ -463,24 +456,15 @@ class _SoftBoundary(torch.autograd.Function):
     computed in place in the partials a chunk of planes at a time (a fresh full-size CPU tensor
     costs page faults). A second backward through a retained graph recomputes the partials.
 
-    On CPU the forward (erosion, curves, partials) and the backward (the erosion's gradient
-    routing recomputed from p) are one fused C++ kernel each (see :mod:`.kernels`).
+    On CPU, :class:`_FusedBoundaryTerms` replaces this and :class:`_BoundaryMatch`.
     """
 
     @staticmethod
     def forward(ctx, p, curves):
-        need_grad = ctx.needs_input_grad[0]
-        ctx.curves = curves
-        if kernels.use_kernels(p):
-            p = p.contiguous()
-            soft, d_p, d_e = _fused_soft_boundary(p, curves, need_grad)
-            ctx.save_for_backward(p)
-            ctx.partials, ctx.fused = (d_p, d_e) if need_grad else None, True
-            return soft
         eroded = _erode(p)
-        soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, need_grad)
+        soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, ctx.needs_input_grad[0])
         ctx.save_for_backward(p, eroded)
-        ctx.partials, ctx.fused = (d_p, d_e), False
+        ctx.curves, ctx.partials = curves, (d_p, d_e)
         return soft
 
     @staticmethod
@@ -488,12 +472,6 @@ class _SoftBoundary(torch.autograd.Function):
         no_double_backward()
         d_p, d_e = ctx.partials or (None, None)
         ctx.partials = None
-        if ctx.fused:
-            (p,) = ctx.saved_tensors
-            if d_p is None:  # backward through a retained graph: the partials were consumed
-                _, d_p, d_e = _fused_soft_boundary(p, ctx.curves, True)
-            grad = grad.to(d_p.dtype).contiguous()
-            return torch.ops.segloss_d2.soft_boundary_backward(grad, p, d_p, d_e, d_p), None
         p, eroded = ctx.saved_tensors
         if d_p is None:  # backward through a retained graph: the partials were consumed
             _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
@@ -599,6 +577,60 @@ class _BoundaryMatch(torch.autograd.Function):
         return grad, None, None
 
 
+class _FusedBoundaryTerms(torch.autograd.Function):
+    """BF1's soft boundary and its three sums on CPU, in the C++ kernels (see :mod:`.kernels`).
+
+    The same as ``_BoundaryMatch(_SoftBoundary(p), dilated, _window_argmax(...))`` for
+    probabilities p (N, K, H, W), the dilated ground-truth boundaries ``dilated`` (N, K, H, W)
+    bool and the ground-truth boundary pixels ``positions`` (four (M,) int64 tensors n, k, h, w):
+    returns ``n_fg``, ``match_fg`` (K,) and ``picked`` (M,). The forward kernel computes B, its
+    partials and both per-plane sums in one pass; B itself is dropped after the window maxima are
+    picked. The backward kernel composes ``dL/dB = dL/dn_fg + dL/dmatch_fg D + scatter(dL/dpicked)``
+    band by band while it routes the erosion's gradient, so no full-size dL/dB is stored.
+    """
+
+    @staticmethod
+    def forward(ctx, p, curves, dilated, positions, radius):
+        need_grad = ctx.needs_input_grad[0]
+        p = p.contiguous()
+        soft, d_p, d_e, sums = _fused_soft_boundary(p, curves, need_grad, dilated)
+        index = _window_argmax(soft, *positions, radius)
+        picked = soft.reshape(-1).take(index)
+        n, k = p.shape[:2]
+        sums = sums.view(n, k, 2).sum(dim=0).to(p.dtype)
+        ctx.save_for_backward(p, dilated, index)
+        ctx.curves, ctx.partials = curves, ((d_p, d_e) if need_grad else None)
+        return sums[:, 0], sums[:, 1], picked
+
+    @staticmethod
+    def backward(ctx, grad_n, grad_match, grad_picked):
+        no_double_backward()
+        p, dilated, index = ctx.saved_tensors
+        d_p, d_e = ctx.partials or (None, None)
+        ctx.partials = None  # consumed in place; a retained graph's next backward recomputes them
+        if d_p is None:
+            _, d_p, d_e, _ = _fused_soft_boundary(p, ctx.curves, True)
+        k = p.shape[1]
+        grad_n = p.new_zeros(k) if grad_n is None else grad_n.to(p.dtype).contiguous()
+        grad_match = (p.new_zeros(k) if grad_match is None
+                      else grad_match.to(p.dtype).contiguous())
+        grad_picked = (p.new_zeros(index.shape) if grad_picked is None
+                       else grad_picked.to(p.dtype))
+        order = torch.argsort(index)
+        grad = torch.ops.segloss_d2.soft_boundary_backward_bf1(
+            p, d_p, d_e, dilated, grad_n, grad_match, index[order],
+            grad_picked[order].contiguous(), d_p)
+        return grad, None, None, None, None
+
+
+def _fused_soft_boundary(p, curves, need_grad, mask=None):
+    """B, dB/dp, dB/de (empty without ``need_grad``) and, with ``mask``, the per-plane sums
+    (N*K, 2) float64 of B and B [mask], by the C++ kernel (contiguous CPU p)."""
+    coeffs = [v for pieces in curves for v in kernels.flat_coefficients(pieces)]
+    return torch.ops.segloss_d2.soft_boundary(p, coeffs, [len(pieces) for pieces in curves],
+                                              need_grad, mask)
+
+
 def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=None):
     """BF1~ with four curves ``curves = [g1, g2, g3, g4]`` (spec §2.3).
 
@@ -621,7 +653,7 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     if k == 0:
         return None
     dense = probs if k == c else probs.index_select(1, keep)
-    soft_edges = _SoftBoundary.apply(dense, [curve_pieces(cp) for cp in curves])
+    pieces = [curve_pieces(cp) for cp in curves]
 
     # Prediction side against the exact dilated ground-truth boundaries of the kept classes;
     gt_edges = edges.unsqueeze(1) & (info.safe.unsqueeze(1) == keep.view(1, k, 1, 1))
@@ -632,8 +664,13 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     kept_class = position[info.safe]
     n_idx, h_idx, w_idx = torch.nonzero(edges & (kept_class >= 0), as_tuple=True)
     c_idx = kept_class[n_idx, h_idx, w_idx]
-    index = _window_argmax(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
-    n_fg, match_fg, soft_dilated = _BoundaryMatch.apply(soft_edges, gt_dilated, index)
+    if kernels.use_kernels(dense):
+        n_fg, match_fg, soft_dilated = _FusedBoundaryTerms.apply(
+            dense, pieces, gt_dilated, (n_idx, c_idx, h_idx, w_idx), tolerance)
+    else:
+        soft_edges = _SoftBoundary.apply(dense, pieces)
+        index = _window_argmax(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
+        n_fg, match_fg, soft_dilated = _BoundaryMatch.apply(soft_edges, gt_dilated, index)
     match_gt = probs.new_zeros(k).index_add(0, c_idx, soft_dilated)
 
     precision = match_fg / (n_fg + EPS)

@@ -114,44 +114,78 @@ def _tied_probs(shape, seed):
 SHAPES = [(1, 1, 1, 1), (1, 2, 1, 7), (2, 3, 5, 1), (1, 1, 2, 2), (2, 3, 13, 17), (1, 2, 100, 600)]
 
 
+def _bf1_inputs(shape, ties, dtype, seed=2):
+    """Probabilities, a random dilated-boundary mask, sparse positions and output gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    p = _tied_probs(shape, 3) if ties else torch.rand(shape, generator=gen, dtype=torch.float64)
+    mask = torch.rand(shape, generator=gen) < 0.3
+    picks = torch.nonzero(torch.rand(shape, generator=gen) < 0.05)
+    picks = torch.cat([picks, picks[:3], torch.zeros(1, 4, dtype=torch.long)])  # repeats add up
+    grads = [torch.randn(shape[1], generator=gen, dtype=dtype),
+             torch.randn(shape[1], generator=gen, dtype=dtype),
+             torch.randn(picks.shape[0], generator=gen, dtype=dtype)]
+    return p.to(dtype), mask, tuple(picks.t().contiguous()), grads
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_soft_boundary_matches_torch_path(monkeypatch, shape, ties, dtype):
-    gen = torch.Generator().manual_seed(2)
-    p = _tied_probs(shape, 3) if ties else torch.rand(shape, generator=gen, dtype=torch.float64)
-    p = p.to(dtype)
-    grad = torch.randn(shape, generator=gen, dtype=dtype)
+def test_bf1_terms_match_torch_path(monkeypatch, shape, ties, dtype):
+    """_FusedBoundaryTerms (C++) = _BoundaryMatch(_SoftBoundary(p), ...) (torch), values and
+    gradient, for several radii of the window maxima (dense and direct window argmax)."""
+    p, mask, positions, grads = _bf1_inputs(shape, ties, dtype)
+    curves = [curve_pieces(cp) for cp in load_params("voc_bf1").control_points[0]]
+    for radius in (0, 1, 3):
+        def fused(radius=radius):
+            leaf = p.clone().requires_grad_()
+            out = relaxed._FusedBoundaryTerms.apply(leaf, curves, mask, positions, radius)
+            torch.autograd.backward(out, grads)
+            return [t.detach() for t in out] + [leaf.grad]
+
+        def composed(radius=radius, dtype=dtype):
+            leaf = p.to(dtype, copy=True).requires_grad_()
+            soft = relaxed._SoftBoundary.apply(leaf, curves)
+            index = relaxed._window_argmax(soft, *positions, radius)
+            out = relaxed._BoundaryMatch.apply(soft, mask, index)
+            torch.autograd.backward(out, grads)
+            return [t.detach() for t in out] + [leaf.grad]
+
+        got = fused()
+        monkeypatch.setattr(kernels, "ENABLED", False)
+        expected = composed()
+        # the sums against float64 (the kernel adds in float64, torch's float32 bmm is ~1e-4 off)
+        expected[:2] = [t.to(dtype) for t in composed(dtype=torch.float64)[:2]]
+        monkeypatch.setattr(kernels, "ENABLED", True)
+        for name, a, b in zip(["n_fg", "match_fg", "picked", "grad"], got, expected):
+            # equal routing on ties: a wrong window pick moves a whole gradient term (of the size
+            # of the largest gradients), far above the round-off of summing terms in another order
+            tol = _tol(dtype)
+            tol["atol"] *= max(1.0, b.abs().max().item())
+            torch.testing.assert_close(a, b, **tol, msg=f"{name}, radius {radius}")
+
+
+def test_bf1_terms_retained_graph_and_unused_outputs():
+    p, mask, positions, _ = _bf1_inputs((2, 3, 20, 30), False, torch.float64)
     curves = [curve_pieces(cp) for cp in load_params("voc_bf1").control_points[0]]
 
-    def run():
+    def terms():
         leaf = p.clone().requires_grad_()
-        soft = relaxed._SoftBoundary.apply(leaf, curves)
-        soft.backward(grad)
-        return soft.detach(), leaf.grad
+        return leaf, relaxed._FusedBoundaryTerms.apply(leaf, curves, mask, positions, 2)
 
-    (soft, g), (soft_ref, g_ref) = _both(monkeypatch, run)
-    torch.testing.assert_close(soft, soft_ref, **_tol(dtype))
-    # equal routing on ties: a wrong window pick moves a whole gradient term (of the size of the
-    # largest gradients), far above the round-off of summing up to ten terms in another order
-    tol = _tol(dtype)
-    tol["atol"] *= max(1.0, g_ref.abs().max().item())
-    torch.testing.assert_close(g, g_ref, **tol)
-
-
-def test_soft_boundary_retained_graph_and_no_grad():
-    p = torch.rand(2, 3, 20, 30, dtype=torch.float64)
-    curves = [curve_pieces(cp) for cp in load_params("voc_bf1").control_points[0]]
-    leaf = p.clone().requires_grad_()
-    soft = relaxed._SoftBoundary.apply(leaf, curves)
-    soft.sum().backward(retain_graph=True)
+    leaf, (n_fg, match_fg, picked) = terms()
+    total = n_fg.sum() + 2 * match_fg.sum() + picked.sum()
+    total.backward(retain_graph=True)
     first = leaf.grad.clone()
     leaf.grad = None
-    soft.sum().backward()  # the in-place partials were consumed: recomputed
+    total.backward()  # the in-place partials were consumed: recomputed
     torch.testing.assert_close(leaf.grad, first, atol=0, rtol=0)
-    with torch.no_grad():
-        torch.testing.assert_close(relaxed._SoftBoundary.apply(p, curves), soft.detach(),
-                                   atol=0, rtol=0)
+    # outputs without a gradient (None in backward) count as zeros
+    leaf, (n_fg, _, _) = terms()
+    n_fg.sum().backward()
+    only_n = leaf.grad
+    leaf, (n_fg, match_fg, picked) = terms()
+    (n_fg.sum() + 0 * match_fg.sum() + 0 * picked.sum()).backward()
+    torch.testing.assert_close(leaf.grad, only_n, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2, 5, 40])
@@ -218,8 +252,15 @@ def test_kernels_reject_bad_input():
         ops.window_argmax(p, *at, 1)
     with pytest.raises(RuntimeError, match="one length"):
         ops.window_argmax(p, *at[:3], torch.tensor([0, 1]), 1)
+    with pytest.raises(RuntimeError, match="mask must be a contiguous bool"):
+        ops.soft_boundary(p, coeffs * 4, [1, 1, 1, 1], True, torch.zeros(1, 1, 2, 2))
+    ones, mask = torch.ones(1), torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="must be sorted and within p, got 1 at 1"):
+        ops.soft_boundary_backward_bf1(p, p, p, mask, ones, ones, torch.tensor([2, 1]),
+                                       torch.ones(2), p.clone())
     with pytest.raises(RuntimeError, match="equal"):
-        ops.soft_boundary_backward(torch.zeros(1, 1, 2, 3), p, p, p, p.clone())
+        ops.soft_boundary_backward_bf1(p, p, p[..., :1].contiguous(), mask, ones, ones,
+                                       torch.tensor([0]), ones, p.clone())
 
 
 def test_missing_extension_warns_once_and_falls_back(monkeypatch, caplog):
