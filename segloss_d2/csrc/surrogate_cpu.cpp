@@ -264,8 +264,8 @@ std::tuple<at::Tensor, at::Tensor> region_dense(const at::Tensor& probs,
 }
 
 // ---------------------------------------------------------------------------------------------
-// soft_boundary(p (N, K, H, W), coeffs of 4 curves, pieces (4,), need_grad)
-//   -> (B, dB/dp, dB/de)   (the partials empty without need_grad)
+// soft_boundary(p (N, K, H, W), coeffs of 4 curves, pieces (4,), need_grad, mask=None)
+//   -> (B, dB/dp, dB/de, sums)   (the partials empty without need_grad; sums: see below)
 // e = 3x3 min-pool of p (windows cut at the border), B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e),
 // dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e), dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e).
 // Work is split in bands of rows of one plane; each band recomputes the row minima of its

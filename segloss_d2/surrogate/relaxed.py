@@ -597,10 +597,10 @@ class _FusedBoundaryTerms(torch.autograd.Function):
         index = _window_argmax(soft, *positions, radius)
         picked = soft.reshape(-1).take(index)
         n, k = p.shape[:2]
-        sums = sums.view(n, k, 2).sum(dim=0).to(p.dtype)
+        totals = sums.view(n, k, 2).sum(dim=0).to(p.dtype)
         ctx.save_for_backward(p, dilated, index)
         ctx.curves, ctx.partials = curves, ((d_p, d_e) if need_grad else None)
-        return sums[:, 0], sums[:, 1], picked
+        return totals[:, 0].clone(), totals[:, 1].clone(), picked  # outputs with own memory
 
     @staticmethod
     def backward(ctx, grad_n, grad_match, grad_picked):
