@@ -9,7 +9,8 @@
 #
 # A second run checks imports only and downloads nothing. Any failing step stops with a message.
 # Environment: PYTHON (interpreter for a new venv, default python3), VENV (default .venv),
-# SEGLOSS_EXTRAS (default "dev"), TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1").
+# SEGLOSS_EXTRAS (default "dev"), TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1"),
+# SEGLOSS_NO_EXT=1 (skip compiling segloss_d2._C; also chosen when no C++ compiler is found).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,6 +29,13 @@ die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
 # pip, minus the noise of this machine's file:// index warnings; returns pip's exit status.
 pip_() { local rc; "$PY" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location"; rc=${PIPESTATUS[0]}; return "$rc"; }
 pipi() { pip_ install "$@"; }
+
+# segloss_d2._C needs a C++ compiler; without one, install without it (and say so)
+if [ "${SEGLOSS_NO_EXT:-0}" != "1" ] && ! command -v "${CXX:-c++}" >/dev/null; then
+  say "WARNING: no C++ compiler (${CXX:-c++}): installing without segloss_d2._C, so the surrogates"
+  say "         run the pure-torch path on CPU (about 2x slower). Debian: apt-get install g++"
+  export SEGLOSS_NO_EXT=1
+fi
 
 # 1. virtualenv -------------------------------------------------------------------------------
 if [ ! -x "$PY" ]; then
@@ -57,7 +65,8 @@ except Exception:
     print("detectron2 -")
 try:
     import segloss_d2
-    import segloss_d2._C  # the compiled CPU kernels, built against this torch
+    if os.environ.get("SEGLOSS_NO_EXT") != "1":
+        import segloss_d2._C  # the compiled CPU kernels, built against this torch
     print("segloss_d2", segloss_d2.__version__)
 except Exception:
     print("segloss_d2 -")
@@ -108,11 +117,15 @@ fi
 
 # 4. segloss_d2 (editable) --------------------------------------------------------------------
 # setup.py and the C++ sources: an editable install does not rebuild segloss_d2._C by itself
-fingerprint="$(cat setup.py segloss_d2/csrc/*.cpp | sha1sum | cut -c1-16) $EXTRAS"
+fingerprint="$(cat setup.py segloss_d2/csrc/*.cpp | sha1sum | cut -c1-16) $EXTRAS ${SEGLOSS_NO_EXT:-0}"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && have segloss_d2; then
   say "segloss_d2: keeping $(info segloss_d2) (editable, extras: $EXTRAS)"
 else
-  say "segloss_d2: installing editable with extras [$EXTRAS] (compiles segloss_d2._C, ~30 s)"
+  if [ "${SEGLOSS_NO_EXT:-0}" = "1" ]; then
+    say "segloss_d2: installing editable with extras [$EXTRAS], without segloss_d2._C"
+  else
+    say "segloss_d2: installing editable with extras [$EXTRAS] (compiles segloss_d2._C, ~30 s)"
+  fi
   pipi --no-build-isolation -e ".[$EXTRAS]" || die "pip install -e .[$EXTRAS] failed"
   echo "$fingerprint" > "$STAMP"
   state=$(probe)
