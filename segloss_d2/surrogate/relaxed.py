@@ -592,7 +592,7 @@ class _FusedBoundaryTerms(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, curves, dilated, positions, radius):
         need_grad = ctx.needs_input_grad[0]
-        p = p.contiguous()
+        p, dilated = p.contiguous(), dilated.contiguous()
         soft, d_p, d_e, sums = _fused_soft_boundary(p, curves, need_grad, dilated)
         index = _window_argmax(soft, *positions, radius)
         picked = soft.reshape(-1).take(index)
