@@ -30,8 +30,6 @@ def pytest_sessionstart(session):
                 f"SEGLOSS_REQUIRE_RAY=1 but ray does not import ({type(e).__name__}: {e}); "
                 "run 'make install' (installs the 'ray' extra)"
             ) from e
-
-
     if os.environ.get("SEGLOSS_REQUIRE_EXT") == "1":
         from segloss_d2.surrogate import kernels
 
