@@ -93,6 +93,13 @@ def add_search_config(cfg):
     cfg.SEARCH.BASELINE = "mu"
     # Bézier pieces per curve; 0 = the paper's choice per metric (2, and 1 for BF1).
     cfg.SEARCH.NUM_PIECES = 0
+    # Curve parameterization: "all" = the paper's truth-table and monotonicity constraints;
+    # "no_truth_table" (free end heights), "no_monotonic" (free y coordinates) or "none" for the
+    # constraint ablation (docs/method.md).
+    cfg.SEARCH.CONSTRAINTS = "all"
+    # "ppo": the paper's PPO update of the mean; "random": random search at the same budget (every
+    # iteration samples the initial distribution, the mean never moves; the best sample is kept).
+    cfg.SEARCH.METHOD = "ppo"
     # Seed of the controller, of the hold-out split, and of every proxy training (all candidates of
     # one iteration share it, so reward differences come from the loss).
     cfg.SEARCH.SEED = 1

@@ -19,7 +19,7 @@ import torch
 
 from .distributions import TruncatedNormal
 
-__all__ = ["PPOController"]
+__all__ = ["PPOController", "RandomSearchController", "CONTROLLERS"]
 
 _RATIOS = ("per_dim", "joint")
 _BASELINES = ("mu", "mean")
@@ -36,6 +36,8 @@ def _check_positive(name, value, integer=False):
 
 class PPOController:
     """PPO2 over ``mu`` of a per-dimension truncated normal on ``[0, 1]``.
+
+    ``method = "ppo"``; see :class:`RandomSearchController` for the random-search baseline.
 
     Args:
         dim (int): number of search variables ``D``.
@@ -54,6 +56,8 @@ class PPOController:
             ``R_i - mean(R)``. Advantages are never divided by the reward std (reference code).
         seed (int): seed of the controller's own ``torch.Generator``; the global RNG is never used.
     """
+
+    method = "ppo"
 
     def __init__(
         self,
@@ -152,7 +156,8 @@ class PPOController:
             )
         if not torch.isfinite(rewards).all():
             raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
-        if self.baseline == "mu" and not torch.allclose(thetas[0], self.mu, rtol=0, atol=1e-6):
+        if (self.method == "ppo" and self.baseline == "mu"
+                and not torch.allclose(thetas[0], self.mu, rtol=0, atol=1e-6)):
             raise ValueError(
                 "baseline='mu' needs thetas[0] == mu (the first row of sample()), got "
                 f"thetas[0]={thetas[0].tolist()} and mu={self.mu.tolist()}"
@@ -213,6 +218,7 @@ class PPOController:
             "clip_eps": self.clip_eps,
             "ratio": self.ratio,
             "baseline": self.baseline,
+            "method": self.method,
         }
 
     def state_dict(self) -> Dict[str, object]:
@@ -245,3 +251,38 @@ class PPOController:
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.generator.set_state(state["generator"].clone())
         self.iteration = int(state["iteration"])
+
+
+class RandomSearchController(PPOController):
+    """Random search at the budget of the PPO search: the baseline that shows what PPO adds.
+
+    Every iteration draws all ``M`` candidates at random from the *initial* distribution
+    (``TruncNormal(mu_init, sigma)``; no row is spent on ``mu``, which never moves), and
+    :meth:`update` only reports statistics. Same arguments, state and reproducibility as
+    :class:`PPOController` (``mu_lr``, ``ppo_steps``, ``clip_eps`` and ``ratio`` are unused;
+    ``baseline`` only names the reported statistic).
+    """
+
+    method = "random"
+
+    def sample(self, num_samples: int) -> torch.Tensor:
+        """``(M, D)`` float32 draws from the initial distribution, all random."""
+        _check_positive("num_samples", num_samples, integer=True)
+        return TruncatedNormal(self.mu, self.sigma).sample(num_samples, self.generator)
+
+    def update(self, thetas, rewards) -> Dict[str, object]:
+        """Record one iteration (mean, max and baseline reward); ``mu`` stays where it is."""
+        _, rewards = self._check_batch(thetas, rewards)
+        self.iteration += 1
+        return {
+            "loss": 0.0,
+            "reward_mean": float(rewards.mean()),
+            "reward_max": float(rewards.max()),
+            "baseline": float(rewards.mean()),
+            "mu": self.mu.tolist(),
+            "iteration": self.iteration,
+        }
+
+
+CONTROLLERS = {"ppo": PPOController, "random": RandomSearchController}
+"""``SEARCH.METHOD`` -> controller class."""

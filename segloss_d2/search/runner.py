@@ -28,9 +28,16 @@ from ..surrogate.params import save_params
 from .backends import BACKENDS, build_backend, import_ray
 from .holdout import search_datasets
 from .loop import SearchResult, run_search
-from .ppo import PPOController
+from .ppo import CONTROLLERS, PPOController
 from .state import SearchState
-from .trial import initial_mu, parse_target_metrics, search_dim, search_num_pieces, theta_to_params
+from .trial import (
+    initial_mu,
+    parse_target_metrics,
+    search_constraints,
+    search_dim,
+    search_num_pieces,
+    theta_to_params,
+)
 
 __all__ = [
     "validate_search_config",
@@ -112,6 +119,10 @@ def validate_search_config(cfg) -> None:
     """
     parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
     search_num_pieces(cfg)
+    search_constraints(cfg)
+    if cfg.SEARCH.METHOD not in CONTROLLERS:
+        raise ValueError(f"SEARCH.METHOD must be one of {sorted(CONTROLLERS)}, got "
+                         f"{cfg.SEARCH.METHOD!r}")
     for key in ("SEARCH.ITERATIONS", "SEARCH.SAMPLES_PER_ITER", "SEARCH.PPO_STEPS",
                 "SEARCH.PROXY.MAX_ITER", "SEARCH.MODELS_PER_WORKER", "SOLVER.IMS_PER_BATCH"):
         _int_at_least(cfg, key, 1)
@@ -132,7 +143,8 @@ def validate_search_config(cfg) -> None:
         raise ValueError(f"SEARCH.BASELINE must be 'mu' or 'mean', got {cfg.SEARCH.BASELINE!r}")
     if cfg.SEARCH.BACKEND not in BACKENDS:
         raise ValueError(f"SEARCH.BACKEND must be one of {BACKENDS}, got {cfg.SEARCH.BACKEND!r}")
-    if cfg.SEARCH.BASELINE == "mu" and cfg.SEARCH.SAMPLES_PER_ITER < 2:
+    if (cfg.SEARCH.METHOD == "ppo" and cfg.SEARCH.BASELINE == "mu"
+            and cfg.SEARCH.SAMPLES_PER_ITER < 2):
         raise ValueError("SEARCH.SAMPLES_PER_ITER must be >= 2 with SEARCH.BASELINE 'mu' (sample 0 "
                          "is the mean itself, the baseline)")
     _check_head_takes_loss_fn(cfg)
@@ -164,9 +176,10 @@ def search_fingerprint_config(cfg) -> Dict[str, Any]:
 
 
 def build_controller(cfg) -> PPOController:
-    """The PPO controller of a search config, starting at the identity curves (spec §3.4)."""
+    """The controller of a search config (``SEARCH.METHOD``: PPO or random search), starting at
+    the identity curves (docs/method.md)."""
     s = cfg.SEARCH
-    return PPOController(
+    return CONTROLLERS[s.METHOD](
         search_dim(cfg), initial_mu(cfg), sigma=float(s.SIGMA), mu_lr=float(s.MU_LR),
         ppo_steps=s.PPO_STEPS, clip_eps=float(s.CLIP_EPS), ratio=s.RATIO, baseline=s.BASELINE,
         seed=s.SEED,

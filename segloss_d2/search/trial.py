@@ -34,13 +34,14 @@ from ..engine import build_sem_seg_train_aug
 from ..evaluation.evaluator import load_sem_seg_gt
 from ..evaluation.metrics import SegMetrics
 from ..modeling.build import build_surrogate_loss
-from ..surrogate.bezier import identity_theta
+from ..surrogate.bezier import CLAMP_MAX, CLAMP_MIN, check_constraints, identity_theta
 from ..surrogate.params import METRICS, SurrogateParams, default_num_pieces, theta_dim
 
 __all__ = [
     "REWARD_KEYS",
     "parse_target_metrics",
     "search_num_pieces",
+    "search_constraints",
     "search_dim",
     "initial_mu",
     "theta_to_params",
@@ -79,19 +80,32 @@ def search_num_pieces(cfg) -> List[int]:
     return [n or default_num_pieces(m) for m in metrics]
 
 
+def search_constraints(cfg) -> str:
+    """``SEARCH.CONSTRAINTS`` (the curve parameterization), checked."""
+    try:
+        return check_constraints(cfg.SEARCH.CONSTRAINTS)
+    except ValueError as e:
+        raise ValueError(f"SEARCH.CONSTRAINTS: {e}") from None
+
+
 def search_dim(cfg) -> int:
     """Number of search variables D of the config's target metric(s)."""
     metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
-    return sum(theta_dim(m, n) for m, n in zip(metrics, search_num_pieces(cfg)))
+    constraints = search_constraints(cfg)
+    return sum(theta_dim(m, n, constraints) for m, n in zip(metrics, search_num_pieces(cfg)))
 
 
 def initial_mu(cfg) -> List[float]:
-    """The identity curves g(x) = x as search variables (spec §3.4): the initial mean, length D."""
+    """The identity curves g(x) = x as search variables (docs/method.md): the initial mean,
+    length D, clamped into the open interval the controller needs (free end heights start at
+    1e-4 and 1 - 1e-4)."""
     metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    constraints = search_constraints(cfg)
     mu = []
     for m, n in zip(metrics, search_num_pieces(cfg)):
-        mu += list(identity_theta(n)) * (theta_dim(m, n) // len(identity_theta(n)))
-    return [float(v) for v in mu]
+        curve = identity_theta(n, constraints)
+        mu += curve * (theta_dim(m, n, constraints) // len(curve))
+    return [min(max(float(v), CLAMP_MIN), CLAMP_MAX) for v in mu]
 
 
 def theta_to_params(cfg, theta, reward=None, provenance=None) -> SurrogateParams:
@@ -101,8 +115,9 @@ def theta_to_params(cfg, theta, reward=None, provenance=None) -> SurrogateParams
     """
     metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
     pieces = search_num_pieces(cfg)
+    constraints = search_constraints(cfg)
     flat = [float(v) for v in (theta.tolist() if hasattr(theta, "tolist") else theta)]
-    dims = [theta_dim(m, n) for m, n in zip(metrics, pieces)]
+    dims = [theta_dim(m, n, constraints) for m, n in zip(metrics, pieces)]
     if len(flat) != sum(dims):
         raise ValueError(
             f"theta has {len(flat)} values, SEARCH.TARGET_METRIC {cfg.SEARCH.TARGET_METRIC!r} with "
@@ -111,7 +126,7 @@ def theta_to_params(cfg, theta, reward=None, provenance=None) -> SurrogateParams
     bounds = np.cumsum([0] + dims)
     thetas = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     return SurrogateParams.from_theta(
-        metrics, thetas, pieces, reward=reward, provenance=provenance
+        metrics, thetas, pieces, reward=reward, provenance=provenance, constraints=constraints
     )
 
 

@@ -5,6 +5,14 @@ A curve with ``n`` pieces is stored as its free control points, flat:
 ``P_{2n} = (1, 1)`` are fixed. Piece ``k`` runs from ``P_{2k}`` through control ``P_{2k+1}`` to
 ``P_{2k+2}``; piece 0 owns ``x <= x_2`` and piece ``k >= 1`` owns ``x_{2k} < x <= x_{2k+2}``.
 
+Constraints (docs/method.md, "Curve constraints"): the paper's parameterization (``"all"``) fixes the
+end points, so that the curve reproduces the truth table of AND/OR on binary inputs (g(0) = 0,
+g(1) = 1), and makes the y coordinates non-decreasing, so that g is monotone. For the paper's
+ablation each can be dropped (:data:`CONSTRAINTS`): without the truth table the end points'
+heights are free and appended to the flat list, ``[..., x_{2n-1}, y_{2n-1}, y_0, y_{2n}]``
+(length ``4n``; the length tells the two layouts apart); without monotonicity the y coordinates
+are free in [0, 1]. The x coordinates always increase strictly (g stays a function of x).
+
 The curve is only evaluated, never trained by gradient descent (the search is black-box), so
 control points are constants: :func:`bezier_curve` is differentiable with respect to ``x`` only.
 """
@@ -13,6 +21,7 @@ import torch
 from . import kernels
 
 __all__ = [
+    "CONSTRAINTS",
     "CLAMP_MIN",
     "CLAMP_MAX",
     "curve_length",
@@ -38,23 +47,51 @@ BLOCK_ELEMENTS = 1 << 17
 ACCELERATOR_BLOCK_ELEMENTS = 1 << 22
 
 
-def curve_length(num_pieces):
-    """Number of free numbers of one curve with ``num_pieces`` pieces: ``4 * num_pieces - 2``."""
+CONSTRAINTS = ("all", "no_truth_table", "no_monotonic", "none")
+"""Curve constraints: ``"all"`` (the paper's: truth table and monotonicity), one dropped, or
+``"none"``."""
+
+
+def check_constraints(constraints):
+    """Return ``constraints`` if it is one of :data:`CONSTRAINTS`, else raise ValueError."""
+    if not isinstance(constraints, str) or constraints not in CONSTRAINTS:
+        raise ValueError(f"constraints must be one of {list(CONSTRAINTS)}, got {constraints!r}")
+    return constraints
+
+
+def truth_table(constraints):
+    """Whether curves under ``constraints`` have the fixed end points (0, 0) and (1, 1)."""
+    return check_constraints(constraints) in ("all", "no_monotonic")
+
+
+def monotonic(constraints):
+    """Whether curves under ``constraints`` have non-decreasing y coordinates."""
+    return check_constraints(constraints) in ("all", "no_truth_table")
+
+
+def curve_length(num_pieces, constraints="all"):
+    """Number of free numbers of one curve with ``num_pieces`` pieces: ``4 * num_pieces - 2``,
+    plus the two end heights without the truth-table constraint."""
     if isinstance(num_pieces, bool) or not isinstance(num_pieces, int) or num_pieces < 1:
         raise ValueError(f"num_pieces must be an int >= 1, got {num_pieces!r}")
-    return 4 * num_pieces - 2
+    return 4 * num_pieces - 2 + (0 if truth_table(constraints) else 2)
 
 
-def identity_theta(num_pieces):
-    """Search variables of the identity curve g(x) = x (spec §3.4), as a list of floats.
+def identity_theta(num_pieces, constraints="all"):
+    """Search variables of the identity curve g(x) = x (docs/method.md), as a list of floats.
 
     Control points of the identity are ``x_j = y_j = j / (2n)``; in θ form
     ``θ_j = (x_j - x_{j-1}) / (1 - x_{j-1}) = 1 / (2n - j + 1)``, e.g.
-    [1/4, 1/4, 1/3, 1/3, 1/2, 1/2] for two pieces and [1/2, 1/2] for one.
+    [1/4, 1/4, 1/3, 1/3, 1/2, 1/2] for two pieces and [1/2, 1/2] for one. Without monotonicity
+    the y variables are the heights themselves (``θy_j = j / (2n)``); without the truth table
+    ``[0, 1]`` (the end heights' variables) is appended.
     """
-    curve_length(num_pieces)
+    curve_length(num_pieces, constraints)
     m = 2 * num_pieces
-    return [v for j in range(1, m) for v in (1.0 / (m - j + 1),) * 2]
+    theta = []
+    for j in range(1, m):
+        theta += [1.0 / (m - j + 1), 1.0 / (m - j + 1) if monotonic(constraints) else j / m]
+    return theta if truth_table(constraints) else theta + [0.0, 1.0]
 
 
 def _as_float64(values, name):
@@ -75,21 +112,25 @@ def clamp_theta(theta):
     return torch.as_tensor(theta).clamp(CLAMP_MIN, CLAMP_MAX)
 
 
-def theta_to_control_points(theta, num_pieces, clamp=True):
-    """Map search variables θ ∈ [0,1]^(4n-2) of one curve to its monotone control points (§3.3).
+def theta_to_control_points(theta, num_pieces, clamp=True, constraints="all"):
+    """Map search variables θ ∈ [0,1]^L of one curve to its control points (docs/method.md).
 
     Args:
-        theta: array-like of shape (..., 4n-2), laid out ``[θx_1, θy_1, θx_2, θy_2, ...]``,
-            values in [0, 1]; leading dimensions are batch dimensions.
+        theta: array-like of shape (..., L), L = :func:`curve_length`, laid out
+            ``[θx_1, θy_1, θx_2, θy_2, ...]`` (then ``θ_start, θ_end`` without the truth-table
+            constraint), values in [0, 1]; leading dimensions are batch dimensions.
         num_pieces (int): n.
         clamp (bool): clamp θ to ``[CLAMP_MIN, CLAMP_MAX]`` first (the default), which guarantees
             strictly increasing x coordinates.
+        constraints (str): one of :data:`CONSTRAINTS`.
 
     Returns:
-        float64 tensor of shape (..., 4n-2) with ``x_j = x_{j-1} + θx_j (1 - x_{j-1})`` (x_0 = 0),
-        likewise y; i.e. ``1 - x_j = prod_{i <= j} (1 - θx_i)``.
+        float64 tensor of shape (..., L) with ``x_j = x_{j-1} + θx_j (1 - x_{j-1})`` (x_0 = 0),
+        i.e. ``1 - x_j = prod_{i <= j} (1 - θx_i)``; y likewise when monotone (from
+        ``y_0 = θ_start`` without the truth table, ending at ``y_{2n} = y_{2n-1} + θ_end (1 -
+        y_{2n-1})``), else ``y_j = θy_j`` (and ``y_0 = θ_start``, ``y_{2n} = θ_end``).
     """
-    length = curve_length(num_pieces)
+    length = curve_length(num_pieces, constraints)
     t = _as_float64(theta, "theta")
     if t.dim() == 0 or t.shape[-1] != length:
         raise ValueError(
@@ -100,13 +141,27 @@ def theta_to_control_points(theta, num_pieces, clamp=True):
         raise ValueError(f"theta values must lie in [0, 1], got {t.tolist()}")
     if clamp:
         t = clamp_theta(t)
-    pairs = t.reshape(*t.shape[:-1], length // 2, 2)
-    cp = 1.0 - torch.cumprod(1.0 - pairs, dim=-2)
-    return cp.reshape(t.shape)
+    free_ends = not truth_table(constraints)
+    inner = t[..., :-2] if free_ends else t
+    pairs = inner.reshape(*inner.shape[:-1], inner.shape[-1] // 2, 2)
+    x = 1.0 - torch.cumprod(1.0 - pairs[..., 0], dim=-1)
+    y_start = t[..., -2:-1] if free_ends else torch.zeros_like(t[..., :1])
+    if monotonic(constraints):
+        y = 1.0 - (1.0 - y_start) * torch.cumprod(1.0 - pairs[..., 1], dim=-1)
+    else:
+        y = pairs[..., 1]
+    cp = torch.stack([x, y], dim=-1).reshape(inner.shape)
+    if not free_ends:
+        return cp
+    y_end = t[..., -1:]
+    if monotonic(constraints):
+        y_end = y[..., -1:] + y_end * (1.0 - y[..., -1:])
+    return torch.cat([cp, y_start, y_end], dim=-1)
 
 
 def control_points_to_theta(control_points, num_pieces):
-    """Inverse of :func:`theta_to_control_points` (without clamping); float64 (..., 4n-2)."""
+    """Inverse of :func:`theta_to_control_points` (without clamping) for the paper's constraints;
+    float64 (..., 4n-2)."""
     length = curve_length(num_pieces)
     cp = _as_float64(control_points, "control_points")
     if cp.dim() == 0 or cp.shape[-1] != length:
@@ -116,35 +171,46 @@ def control_points_to_theta(control_points, num_pieces):
     return ((pairs - prev) / (1.0 - prev)).reshape(cp.shape)
 
 
-def validate_control_points(control_points, num_pieces, name="control_points"):
+def _end_points(values):
+    """(xs, ys) of all control points P_0 .. P_{2n} of a flat curve of either layout."""
+    if len(values) % 4 == 0:  # free end heights, appended
+        inner = values[:-2]
+        return [0.0] + inner[0::2] + [1.0], [values[-2]] + inner[1::2] + [values[-1]]
+    return [0.0] + values[0::2] + [1.0], [0.0] + values[1::2] + [1.0]
+
+
+def validate_control_points(control_points, num_pieces, name="control_points",
+                            constraints="all"):
     """Check one curve's control points and return them as a list of floats.
 
-    Requirements: length ``4n - 2``; all values finite in [0, 1]; x strictly increasing,
-    ``0 < x_1 < x_2 < ... < x_{2n-1} < 1`` (no degenerate piece, finite slopes); y non-decreasing.
+    Requirements: length :func:`curve_length`; all values finite in [0, 1]; x strictly
+    increasing, ``0 < x_1 < x_2 < ... < x_{2n-1} < 1`` (no degenerate piece, finite slopes); y
+    non-decreasing (end heights included) unless ``constraints`` drops monotonicity.
 
     Raises:
         ValueError naming ``name``, the offending index and value.
     """
-    length = curve_length(num_pieces)
+    length = curve_length(num_pieces, constraints)
     cp = _as_float64(control_points, name).reshape(-1)
     if cp.numel() != length:
+        ends = "" if truth_table(constraints) else f", y_0, y_{2 * num_pieces}"
         raise ValueError(
             f"{name}: a curve with {num_pieces} piece(s) needs {length} numbers "
-            f"[x_1, y_1, ..., x_{2 * num_pieces - 1}, y_{2 * num_pieces - 1}], got {cp.numel()}"
+            f"[x_1, y_1, ..., x_{2 * num_pieces - 1}, y_{2 * num_pieces - 1}{ends}] "
+            f"(constraints {constraints!r}), got {cp.numel()}"
         )
     values = cp.tolist()
     for i, v in enumerate(values):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name}[{i}] = {v!r} is outside [0, 1]")
-    xs = [0.0] + values[0::2] + [1.0]
-    ys = [0.0] + values[1::2] + [1.0]
+    xs, ys = _end_points(values)
     for j in range(1, len(xs)):
         if not xs[j] > xs[j - 1]:
             raise ValueError(
                 f"{name}: x coordinates must be strictly increasing (0 < x_1 < ... < 1), but "
                 f"x_{j} = {xs[j]!r} <= x_{j - 1} = {xs[j - 1]!r} (degenerate piece)"
             )
-        if not ys[j] >= ys[j - 1]:
+        if monotonic(constraints) and not ys[j] >= ys[j - 1]:
             raise ValueError(
                 f"{name}: y coordinates must be non-decreasing, but y_{j} = {ys[j]!r} < "
                 f"y_{j - 1} = {ys[j - 1]!r}"
@@ -171,9 +237,7 @@ def _piece_coefficients(control_points):
     and ``y_lo = y_{2k}``. This tuple layout is also the input of the C++ kernels
     (``segloss_d2/csrc``).
     """
-    values = [float(v) for v in control_points]
-    xs = [0.0] + values[0::2] + [1.0]
-    ys = [0.0] + values[1::2] + [1.0]
+    xs, ys = _end_points([float(v) for v in control_points])
     pieces = []
     for k in range((len(xs) - 1) // 2):
         x0, xc, x2 = xs[2 * k : 2 * k + 3]
@@ -201,6 +265,8 @@ def evaluate_block(x, pieces, g_out, d_out, work):
     x <= x_2, piece k >= 1 owns lo_k < x <= hi_k, as in the reference): with the exact indicator
     ``m_k = sign(max(x - lo_k, 0))`` in {0, 1}, ``d <- d - d m_k + d_k m_k`` replaces d by d_k
     exactly where x > lo_k.
+
+    Piece 0's start height ``y_0`` (0 under the truth-table constraint) is added at the end.
 
     Every op is in place on ``work``, (4, >= x.numel()) scratch of x's dtype and device, so a
     block loop allocates nothing (fresh CPU allocations cost page faults), and scalars only enter
@@ -241,6 +307,9 @@ def evaluate_block(x, pieces, g_out, d_out, work):
         else:
             slope = t.mul_(d2).add_(d1).div_(root)
             d_out.addcmul_(d_out, above, value=-1.0).addcmul_(slope, above)
+    y_start = pieces[0][10]
+    if y_start != 0.0:
+        g_out.add_(y_start)
 
 
 def workspace(x, step):
@@ -288,8 +357,8 @@ def curve_pieces(control_points):
     """Validate the length of one curve's flat control points and precompute its pieces.
 
     Args:
-        control_points: flat (4n-2,) sequence or tensor, already validated
-            (see :func:`validate_control_points`).
+        control_points: flat (4n-2,) sequence or tensor, or (4n,) with free end heights, already
+            validated (see :func:`validate_control_points`).
 
     Returns:
         opaque per-piece coefficients for :func:`evaluate_curve` / :func:`evaluate_block`.
@@ -297,8 +366,9 @@ def curve_pieces(control_points):
     if torch.is_tensor(control_points):
         control_points = control_points.detach().reshape(-1).tolist()
     n = len(control_points)
-    if n < 2 or (n + 2) % 4:
-        raise ValueError(f"control_points must have length 4n-2 (2, 6, 10, ...), got {n}")
+    if n < 2 or n % 2:
+        raise ValueError(f"control_points must have length 4n-2 (2, 6, 10, ...) or, with free "
+                         f"end heights, 4n (4, 8, 12, ...), got {n}")
     return _piece_coefficients(control_points)
 
 

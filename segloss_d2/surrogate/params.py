@@ -7,7 +7,8 @@ File format (``format_version`` 1)::
       "terms": [
         {"metric": "mIoU", "weight": 1.0, "num_pieces": 2,
          "theta": [[...4n-2...], [...]] or null,         # search variables, one list per curve
-         "control_points": [[...4n-2...], [...]]}        # what the loss uses, one list per curve
+         "control_points": [[...4n-2...], [...]],        # what the loss uses, one list per curve
+         "constraints": "all"}                            # optional (default "all"), see below
       ],
       "reward": 0.8078 or null,
       "provenance": {...free-form, JSON-serializable...}
@@ -15,6 +16,11 @@ File format (``format_version`` 1)::
 
 Curves per metric (spec §3.3/§3.4): mIoU, FWIoU, BIoU: [AND, OR]; mAcc, gAcc: [AND];
 BF1: [g1 (AND on p), g2 (AND on eroded p), g3 (OR on p), g4 (OR on eroded p)].
+
+``constraints`` (:data:`~segloss_d2.surrogate.bezier.CONSTRAINTS`) is the curve parameterization
+of a term: ``"all"`` (the paper's, the only one of the presets) or one of the ablations without the
+truth-table and/or monotonicity constraint (curves of ``4n`` numbers with free end heights, or
+non-monotone y); it is written only when it is not ``"all"``.
 """
 import copy
 import json
@@ -22,7 +28,13 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .bezier import curve_length, identity_theta, theta_to_control_points, validate_control_points
+from .bezier import (
+    check_constraints,
+    curve_length,
+    identity_theta,
+    theta_to_control_points,
+    validate_control_points,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -59,11 +71,12 @@ def default_num_pieces(metric):
     return 1 if _check_metric(metric) == "BF1" else 2
 
 
-def theta_dim(metric, num_pieces=None):
-    """Total number of search variables of one metric: curves x (4n - 2)."""
+def theta_dim(metric, num_pieces=None, constraints="all"):
+    """Total number of search variables of one metric: curves x (4n - 2), or curves x 4n without
+    the truth-table constraint."""
     if num_pieces is None:
         num_pieces = default_num_pieces(metric)
-    return curves_per_metric(metric) * curve_length(num_pieces)
+    return curves_per_metric(metric) * curve_length(num_pieces, constraints)
 
 
 @dataclass
@@ -80,6 +93,8 @@ class SurrogateParams:
             4n-2 control-point coordinates (what the loss evaluates).
         reward (float or None): the search reward that selected these parameters, if any.
         provenance (dict): where the numbers come from (free-form, JSON-serializable).
+        constraints (list[str] or None): curve constraints per metric (see the module
+            docstring); None = ``"all"`` for every metric.
     """
 
     metrics: List[str]
@@ -89,6 +104,7 @@ class SurrogateParams:
     control_points: List[List[List[float]]]
     reward: Optional[float] = None
     provenance: dict = field(default_factory=dict)
+    constraints: Optional[List[str]] = None
 
     def __post_init__(self):
         self.validate()
@@ -102,7 +118,9 @@ class SurrogateParams:
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"{source}: metrics must not repeat, got {self.metrics}")
         k = len(self.metrics)
-        for name in ("weights", "num_pieces", "thetas", "control_points"):
+        if self.constraints is None:
+            self.constraints = ["all"] * k
+        for name in ("weights", "num_pieces", "thetas", "control_points", "constraints"):
             value = getattr(self, name)
             if not isinstance(value, (list, tuple)) or len(value) != k:
                 raise ValueError(f"{source}: {name} must be a list with one entry per metric "
@@ -117,13 +135,19 @@ class SurrogateParams:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(f"{source}: num_pieces[{i}] ({metric}) must be an int >= 1, "
                                  f"got {n!r}")
+            try:
+                constraints = check_constraints(self.constraints[i])
+            except ValueError as e:
+                raise ValueError(f"{source}: constraints[{i}] ({metric}): {e}") from None
+            length = curve_length(n, constraints)
             ncurves = _CURVES[metric]
             cps = self.control_points[i]
             if not isinstance(cps, (list, tuple)) or len(cps) != ncurves:
                 raise ValueError(f"{source}: control_points[{i}] ({metric}) must hold {ncurves} "
                                  f"curve(s), got {cps!r}")
             control_points.append([
-                validate_control_points(cp, n, f"{source}: control_points[{i}][{j}] ({metric})")
+                validate_control_points(cp, n, f"{source}: control_points[{i}][{j}] ({metric})",
+                                        constraints)
                 for j, cp in enumerate(cps)
             ])
             th = self.thetas[i]
@@ -133,10 +157,10 @@ class SurrogateParams:
                                      f"{ncurves} curve(s), got {th!r}")
                 checked = []
                 for j, curve in enumerate(th):
-                    if (not isinstance(curve, (list, tuple)) or len(curve) != curve_length(n)
+                    if (not isinstance(curve, (list, tuple)) or len(curve) != length
                             or not all(_is_finite_number(v) and 0.0 <= v <= 1.0 for v in curve)):
                         raise ValueError(f"{source}: thetas[{i}][{j}] ({metric}) must be "
-                                         f"{curve_length(n)} numbers in [0, 1], got {curve}")
+                                         f"{length} numbers in [0, 1], got {curve}")
                     checked.append([float(v) for v in curve])
                 th = checked
             thetas.append(th)
@@ -151,8 +175,8 @@ class SurrogateParams:
 
     @classmethod
     def from_theta(cls, metrics, thetas, num_pieces=None, weights=None, reward=None,
-                   provenance=None):
-        """Build parameters from search variables (spec §3.3, θ clamped to [1e-4, 1-1e-4]).
+                   provenance=None, constraints="all"):
+        """Build parameters from search variables (docs/method.md, θ clamped to [1e-4, 1-1e-4]).
 
         Args:
             metrics (list[str]): metric names.
@@ -160,25 +184,28 @@ class SurrogateParams:
                 (curves concatenated as in the reference) or a list of per-curve sequences.
             num_pieces (int, list[int] or None): pieces per curve; None = per-metric default.
             weights (list[float] or None): None = 1.0 each.
+            constraints (str): curve constraints of every metric (see the module docstring).
         """
         metrics = _as_metric_list(metrics)
         pieces = _normalize_pieces(metrics, num_pieces)
+        check_constraints(constraints)
         if len(thetas) != len(metrics):
             raise ValueError(f"thetas must hold one entry per metric ({len(metrics)}), "
                              f"got {len(thetas)}")
         curves, cps = [], []
         for metric, n, theta in zip(metrics, pieces, thetas):
-            length, ncurves = curve_length(n), _CURVES[metric]
+            length, ncurves = curve_length(n, constraints), _CURVES[metric]
             flat = [float(v) for v in _flatten(theta)]
             if len(flat) != length * ncurves:
                 raise ValueError(f"theta for {metric} with {n} piece(s) needs "
                                  f"{length * ncurves} numbers, got {len(flat)}")
             per_curve = [flat[j * length:(j + 1) * length] for j in range(ncurves)]
             curves.append(per_curve)
-            cps.append([theta_to_control_points(c, n).tolist() for c in per_curve])
+            cps.append([theta_to_control_points(c, n, constraints=constraints).tolist()
+                        for c in per_curve])
         return cls(metrics=metrics, weights=_normalize_weights(metrics, weights),
                    num_pieces=pieces, thetas=curves, control_points=cps, reward=reward,
-                   provenance=dict(provenance or {}))
+                   provenance=dict(provenance or {}), constraints=[constraints] * len(metrics))
 
     def to_dict(self):
         """JSON-serializable dict in the current file format."""
@@ -186,9 +213,10 @@ class SurrogateParams:
             "format_version": FORMAT_VERSION,
             "terms": [
                 {"metric": m, "weight": w, "num_pieces": n, "theta": copy.deepcopy(th),
-                 "control_points": copy.deepcopy(cp)}
-                for m, w, n, th, cp in zip(self.metrics, self.weights, self.num_pieces,
-                                           self.thetas, self.control_points)
+                 "control_points": copy.deepcopy(cp),
+                 **({} if c == "all" else {"constraints": c})}
+                for m, w, n, th, cp, c in zip(self.metrics, self.weights, self.num_pieces,
+                                              self.thetas, self.control_points, self.constraints)
             ],
             "reward": self.reward,
             "provenance": copy.deepcopy(self.provenance),
@@ -210,16 +238,17 @@ class SurrogateParams:
             raise ValueError(f"{source}: 'terms' must be a non-empty list, got {terms!r}")
         fields = {"metric", "weight", "num_pieces", "theta", "control_points"}
         for i, term in enumerate(terms):
-            if not isinstance(term, dict) or set(term) != fields:
+            if not isinstance(term, dict) or not fields <= set(term) <= fields | {"constraints"}:
                 got = sorted(term) if isinstance(term, dict) else term
                 raise ValueError(f"{source}: terms[{i}] must have exactly the fields "
-                                 f"{sorted(fields)}, got {got}")
+                                 f"{sorted(fields)} (and optionally 'constraints'), got {got}")
         params = cls.__new__(cls)  # validated below with the file name in every message
         params.metrics = [t["metric"] for t in terms]
         params.weights = [t["weight"] for t in terms]
         params.num_pieces = [t["num_pieces"] for t in terms]
         params.thetas = [t["theta"] for t in terms]
         params.control_points = [t["control_points"] for t in terms]
+        params.constraints = [t.get("constraints", "all") for t in terms]
         params.reward = data.get("reward")
         params.provenance = data.get("provenance") or {}
         params.validate(source)
@@ -275,12 +304,13 @@ def _normalize_weights(metrics, weights):
 
 
 def identity_params(metrics, num_pieces=None, weights=None):
-    """The "naive" surrogate: identity curves g(x) = x (the search initialization, §3.4)."""
+    """The "naive" surrogate: identity curves g(x) = x (the search initialization,
+    docs/method.md)."""
     metrics = _as_metric_list(metrics)
     pieces = _normalize_pieces(metrics, num_pieces)
     thetas = [[identity_theta(n)] * _CURVES[m] for m, n in zip(metrics, pieces)]
     return SurrogateParams.from_theta(metrics, thetas, pieces, weights,
-                                      provenance={"source": "identity initialization (spec §3.4)"})
+                                      provenance={"source": "identity initialization"})
 
 
 def list_presets():
