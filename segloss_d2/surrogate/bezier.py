@@ -5,8 +5,8 @@ A curve with ``n`` pieces is stored as its free control points, flat:
 ``P_{2n} = (1, 1)`` are fixed. Piece ``k`` runs from ``P_{2k}`` through control ``P_{2k+1}`` to
 ``P_{2k+2}``; piece 0 owns ``x <= x_2`` and piece ``k >= 1`` owns ``x_{2k} < x <= x_{2k+2}``.
 
-Constraints (docs/method.md, "Curve constraints"): the paper's parameterization (``"all"``) fixes the
-end points, so that the curve reproduces the truth table of AND/OR on binary inputs (g(0) = 0,
+Constraints (docs/method.md, "Curve constraints"): the paper's parameterization (``"all"``) fixes
+the end points, so that the curve reproduces the truth table of AND/OR on binary inputs (g(0) = 0,
 g(1) = 1), and makes the y coordinates non-decreasing, so that g is monotone. For the paper's
 ablation each can be dropped (:data:`CONSTRAINTS`): without the truth table the end points'
 heights are free and appended to the flat list, ``[..., x_{2n-1}, y_{2n-1}, y_0, y_{2n}]``
