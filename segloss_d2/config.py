@@ -69,22 +69,23 @@ def add_segloss_config(cfg):
 
 
 def add_search_config(cfg):
-    """Add the ``SEARCH`` keys of the Auto Seg-Loss PPO search (spec §4) to ``cfg`` (in place)."""
+    """Add the ``SEARCH`` keys of the Auto Seg-Loss PPO search (docs/method.md §4) to ``cfg``
+    (in place)."""
     cfg.SEARCH = CN()
     # Metric(s) the search maximizes on the reward set: mIoU, FWIoU, BIoU, BF1, mAcc or gAcc, or
     # several joined by "+" (e.g. "mIoU+BF1": their surrogates are summed, the reward averaged).
     cfg.SEARCH.TARGET_METRIC = "mIoU"
-    # PPO iterations (spec: 12).
+    # PPO iterations (paper: 12).
     cfg.SEARCH.ITERATIONS = 12
-    # Candidates per iteration (spec: 32); with BASELINE "mu" the first one is the mean itself.
+    # Candidates per iteration (paper: 32); with BASELINE "mu" the first one is the mean itself.
     cfg.SEARCH.SAMPLES_PER_ITER = 32
-    # Fixed standard deviation of the truncated Gaussian on [0, 1] (spec: 0.2).
+    # Fixed standard deviation of the truncated Gaussian on [0, 1] (paper: 0.2).
     cfg.SEARCH.SIGMA = 0.2
-    # Adam learning rate of the mean's logit (spec: 0.2).
+    # Adam learning rate of the mean's logit (paper: 0.2).
     cfg.SEARCH.MU_LR = 0.2
-    # Adam steps of the PPO objective per iteration (spec: 60).
+    # Adam steps of the PPO objective per iteration (paper: 60).
     cfg.SEARCH.PPO_STEPS = 60
-    # PPO clip epsilon (spec: 0.2).
+    # PPO clip epsilon (paper: 0.2).
     cfg.SEARCH.CLIP_EPS = 0.2
     # "per_dim": ratio per dimension, clipped per dimension (reference code); "joint": ratio of the
     # joint density (the paper's formula).
@@ -107,7 +108,7 @@ def add_search_config(cfg):
     cfg.SEARCH.OUTPUT_DIR = ""
 
     cfg.SEARCH.PROXY = CN()
-    # Training iterations of each proxy network (spec: 1000; the proxy's SOLVER keys apply).
+    # Training iterations of each proxy network (paper: 1000; the proxy's SOLVER keys apply).
     cfg.SEARCH.PROXY.MAX_ITER = 1000
 
     cfg.SEARCH.HOLDOUT = CN()

@@ -20,7 +20,7 @@ _NAMES = {1: ("AND",), 2: ("AND", "OR"), 4: ("g1: AND(p)", "g2: AND(erode p)", "
 
 
 def curve_names(num_curves):
-    """Labels of a metric's curves: AND (Acc), AND/OR (IoU-type) or g1..g4 (BF1, spec §2.2)."""
+    """Curve labels: AND (Acc), AND/OR (IoU-type) or g1..g4 (BF1, docs/method.md §2.2)."""
     return _NAMES[num_curves]
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Search a metric surrogate with PPO (Auto Seg-Loss, spec §4) using detectron2 proxy trainings.
+"""Search an Auto Seg-Loss metric surrogate with PPO (docs/method.md §4) on detectron2 proxies.
 
     tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml
     tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml --resume

@@ -5,9 +5,9 @@ the ``(2r+1) x (2r+1)`` block centred on it. OpenCV's erosion/dilation with a re
 computes exactly the min/max over such a window; the border modes below make the part of the window
 that falls outside the image either ignored or counted as "another label".
 
-Working on the label map instead of a one-hot stack turns the per-class boundary of spec §1.3 into
-a single pass: a pixel is on the inner boundary of its own class iff its window holds a different
-label, and it can only ever be a boundary pixel of its own class.
+Working on the label map instead of a one-hot stack turns the per-class boundary of
+docs/method.md §1.3 into a single pass: a pixel is on the inner boundary of its own class iff its
+window holds a different label, and it can only ever be a boundary pixel of its own class.
 """
 import cv2
 import numpy as np
@@ -38,9 +38,9 @@ def label_boundary(labels, radius=1, border_is_boundary=False):
             dtype's maximum value must not occur, it is reserved for the outside of the image.
         radius (int): window radius >= 1; 1 is the 3x3 (8-neighbour) window.
         border_is_boundary (bool): if False the window is clipped to the image, so the image border
-            is never a boundary (spec §1.3: min-pool padded with 1). If True, pixels outside the
-            image count as another label, so every pixel within ``radius`` of the border is a
-            boundary (Boundary IoU of Cheng et al. 2021, which pads the mask with 0).
+            is never a boundary (docs/method.md §1.3: min-pool padded with 1). If True, pixels
+            outside the image count as another label, so every pixel within ``radius`` of the
+            border is a boundary (Boundary IoU of Cheng et al. 2021, which pads the mask with 0).
 
     Returns:
         np.ndarray: (H, W) bool map. The boundary of class ``c`` is ``result & (labels == c)``.
@@ -58,7 +58,7 @@ def label_boundary(labels, radius=1, border_is_boundary=False):
 
 
 def dilate_mask(mask, radius):
-    """Square dilation ``MaxPool_{(2r+1)x(2r+1)}`` with zero padding (spec §1.3 ``Dil_r``).
+    """Square dilation ``MaxPool_{(2r+1)x(2r+1)}``, zero padding (docs/method.md §1.3 ``Dil_r``).
 
     Args:
         mask (np.ndarray): (H, W) bool or uint8 map.

@@ -53,7 +53,8 @@ def load_sem_seg_gt(path: str) -> np.ndarray:
 
 class SegLossEvaluator(DatasetEvaluator):
     """Evaluates mIoU, fwIoU, mACC, pACC (detectron2's names and definitions) plus BIoU, BF1
-    (Auto Seg-Loss, spec §1.2-1.4) and Boundary IoU, all accumulated over the dataset, in percent.
+    (Auto Seg-Loss, docs/method.md §1.2-1.4) and Boundary IoU, all accumulated over the dataset,
+    in percent.
 
     Results: ``OrderedDict({"sem_seg": {"mIoU": .., "fwIoU": .., "mACC": .., "pACC": .., "BIoU": ..,
     "BF1": .., "BoundaryIoU": .., "IoU-<class>": .., "ACC-<class>": .., "BIoU-<class>": ..,

@@ -1,6 +1,6 @@
 """SegMetrics: exact, dataset-level semantic segmentation metrics (numpy + OpenCV, no detectron2).
 
-Implements spec §1.2-1.4 (docs/auto-seg-loss.md), i.e. the numbers of the reference evaluator
+Implements docs/method.md §1.2-1.4, i.e. the numbers of the reference evaluator
 ``mmseg/core/evaluation/metrics_fast.py`` of Auto Seg-Loss, plus Boundary IoU (Cheng et al., 2021):
 
 * ``mIoU``, ``fwIoU``, ``mACC``, ``pACC``: from the (C, C) confusion matrix of valid pixels
@@ -23,10 +23,10 @@ Implements spec §1.2-1.4 (docs/auto-seg-loss.md), i.e. the numbers of the refer
   pixel next to void is on its GT band), the prediction mask is the full predicted map, and the
   counts only include valid pixels, like every other metric here.
 
-Boundaries (spec §1.3): ``BD(y)`` is the inner boundary, a class pixel with at least one 8-neighbour
-inside the image of another label (void counts as another label for GT); the image border is not a
-boundary. Prediction boundaries are taken on the full predicted map, void area included. Dilations
-are squares of radius ``tolerance`` (``Dil_d = MaxPool_{2d+1}``).
+Boundaries (docs/method.md §1.3): ``BD(y)`` is the inner boundary, a class pixel with at least one
+8-neighbour inside the image of another label (void counts as another label for GT); the image
+border is not a boundary. Prediction boundaries are taken on the full predicted map, void area
+included. Dilations are squares of radius ``tolerance`` (``Dil_d = MaxPool_{2d+1}``).
 """
 from collections.abc import Mapping
 

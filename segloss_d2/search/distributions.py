@@ -1,4 +1,4 @@
-"""Truncated normal distribution used by the search controller (spec section 4.2).
+"""Truncated normal distribution used by the search controller (docs/method.md §4.2).
 
 Pure torch, device-agnostic, differentiable in ``mu``. Every dimension is an independent truncated
 normal ``N(mu, sigma^2)`` restricted to ``[low, high]`` (the search uses ``[0, 1]``).
@@ -12,7 +12,7 @@ __all__ = ["TruncatedNormal"]
 
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-# Spec 4.2 clamps 2p - 1 with the float32 machine epsilon, whatever the dtype of mu.
+# docs/method.md §4.2: 2p - 1 is clamped with the float32 machine epsilon, whatever mu's dtype.
 _EPS_F32 = torch.finfo(torch.float32).eps
 
 
@@ -107,7 +107,7 @@ class TruncatedNormal:
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Draw ``n`` independent samples with the inverse CDF of spec 4.2.
+        """Draw ``n`` independent samples with the inverse CDF of docs/method.md §4.2.
 
         ``alpha = (low - mu) / sigma``, ``beta = (high - mu) / sigma``, ``U ~ Uniform(0, 1)``,
         ``p = Phi(alpha) + U (Phi(beta) - Phi(alpha))``,

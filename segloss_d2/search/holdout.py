@@ -1,4 +1,4 @@
-"""The data of a search: the proxies' training images and the reward set (spec §4.4, §9).
+"""A search's data: the proxies' training images and the reward set (docs/method.md §4.4, §9).
 
 By default the reward set is a hold-out split of ``DATASETS.TRAIN[0]``: ``SEARCH.HOLDOUT.SIZE``
 images drawn with ``SEARCH.SEED`` (the paper's protocol); the proxies train on the rest. With

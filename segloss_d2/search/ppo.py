@@ -1,4 +1,4 @@
-"""PPO2 controller over the mean of a truncated normal (spec sections 4.2 and 4.3).
+"""PPO2 controller over the mean of a truncated normal (docs/method.md §4.2, §4.3).
 
 The controller owns the search distribution ``theta_d ~ TruncNormal(mu_d, sigma_d; 0, 1)`` with
 ``mu = sigmoid(mu_x)``; only ``mu_x`` is optimized (Adam), ``sigma`` is fixed. One iteration::
@@ -42,7 +42,7 @@ class PPOController:
     Args:
         dim (int): number of search variables ``D``.
         mu_init (float or sequence of D floats): initial ``mu``, each in the open interval (0, 1);
-            ``mu_x`` starts at ``logit(mu_init)``. Spec 3.4 gives the identity-curve values.
+            ``mu_x`` starts at ``logit(mu_init)``; docs/method.md §3.4 gives the identity curves.
         sigma (float or sequence of D floats): fixed scale of every dimension, > 0.
         mu_lr (float): Adam learning rate on ``mu_x`` (constant, no schedule).
         ppo_steps (int): Adam steps per :meth:`update` (the reference's ``update_per_sample``).

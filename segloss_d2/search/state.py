@@ -290,7 +290,7 @@ class SearchState:
 
     def best_trial(self) -> Optional[Dict[str, Any]]:
         """The trial with status "ok" and the highest reward; ties go to the later one (larger
-        (iteration, index)), spec section 9. None if no trial succeeded."""
+        (iteration, index)), docs/method.md §9. None if no trial succeeded."""
         ok = [r for r in self._trials if r["status"] == "ok"]
         if not ok:
             return None

@@ -1,4 +1,4 @@
-"""Piecewise quadratic Bézier curves g: [0,1] -> [0,1] (spec §3.1-§3.4).
+"""Piecewise quadratic Bézier curves g: [0,1] -> [0,1] (docs/method.md §3.1-§3.4).
 
 A curve with ``n`` pieces is stored as its free control points, flat:
 ``[x_1, y_1, x_2, y_2, ..., x_{2n-1}, y_{2n-1}]`` (length ``4n - 2``); ``P_0 = (0, 0)`` and
@@ -398,7 +398,7 @@ class _BezierFunction(torch.autograd.Function):
 
 
 def bezier_curve(x, control_points):
-    """Evaluate the piecewise quadratic Bézier curve g at every element of ``x`` (spec §3.1).
+    """Evaluate the piecewise quadratic Bézier curve g elementwise on ``x`` (docs/method.md §3.1).
 
     Solves ``x(t) = x`` in closed form: on CPU in one fused C++ pass (:mod:`.kernels`), elsewhere
     with scalar coefficients per piece on clamped copies of x, in blocks (:func:`evaluate_block`).

@@ -14,7 +14,7 @@ File format (``format_version`` 1)::
       "provenance": {...free-form, JSON-serializable...}
     }
 
-Curves per metric (spec §3.3/§3.4): mIoU, FWIoU, BIoU: [AND, OR]; mAcc, gAcc: [AND];
+Curves per metric (docs/method.md §3.3/§3.4): mIoU, FWIoU, BIoU: [AND, OR]; mAcc, gAcc: [AND];
 BF1: [g1 (AND on p), g2 (AND on eroded p), g3 (OR on p), g4 (OR on eroded p)].
 
 ``constraints`` (:data:`~segloss_d2.surrogate.bezier.CONSTRAINTS`) is the curve parameterization

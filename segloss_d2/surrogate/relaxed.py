@@ -1,6 +1,6 @@
 """The six relaxed (differentiable) metrics of Auto Seg-Loss, exactly as the reference codes them.
 
-Spec §2.3. Conventions shared by every function here:
+docs/method.md §2.3. Conventions shared by every function here:
 
 - ``probs``: (N, C, H, W) float32/float64 softmax probabilities (the relaxed prediction).
 - ``labels``: (N, H, W) int64; values outside [0, C) (e.g. the ignore value 255) are void: an
@@ -443,7 +443,7 @@ def _soft_boundary_blocks(p, e, curves, need_grad):
 
 
 class _SoftBoundary(torch.autograd.Function):
-    """BF1's soft boundary of (N, K, H, W) probabilities p, fused with the erosion (spec §2.3):
+    """BF1's soft boundary of (N, K, H, W) probabilities p, erosion fused in (docs/method.md §2.3):
 
         e = MinPool3x3(p) (pad 1.0),   B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e).
 
@@ -632,7 +632,7 @@ def _fused_soft_boundary(p, curves, need_grad, mask=None):
 
 
 def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=None):
-    """BF1~ with four curves ``curves = [g1, g2, g3, g4]`` (spec §2.3).
+    """BF1~ with four curves ``curves = [g1, g2, g3, g4]`` (docs/method.md §2.3).
 
     e = MinPool3x3(p) (pad 1.0); B~ = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e); the ground-truth
     boundary B_gt is exact; D~, D_gt are (2 tolerance + 1)^2 max-pool dilations;
