@@ -30,7 +30,7 @@ def _combine(params_list: List[SurrogateParams]) -> SurrogateParams:
     """One SurrogateParams holding the metrics of several (their surrogates add up)."""
     if len(params_list) == 1:
         return params_list[0]
-    fields = ("metrics", "weights", "num_pieces", "thetas", "control_points")
+    fields = ("metrics", "weights", "num_pieces", "thetas", "control_points", "constraints")
     merged = {f: [x for p in params_list for x in getattr(p, f)] for f in fields}
     return SurrogateParams(
         **merged, provenance={"combined_from": [p.provenance for p in params_list]}

@@ -7,7 +7,7 @@ pytest.importorskip("detectron2")
 from detectron2.modeling import build_model  # noqa: E402
 
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
-from segloss_d2.modeling import build_sem_seg_loss  # noqa: E402
+from segloss_d2.modeling import build_sem_seg_loss, build_surrogate_params  # noqa: E402
 from segloss_d2.surrogate.loss import SurrogateLoss  # noqa: E402
 
 TINY = "configs/shapes/Base-Tiny-DeepLabV3Plus.yaml"
@@ -48,6 +48,29 @@ def test_searched_presets_and_combinations():
                                         "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS", "['BIoU']"))
     assert naive.metrics == ["BIoU"]
 
+
+
+def test_searched_params_of_a_constraint_ablation_combine_with_a_preset(tmp_path):
+    """A params file with non-default curve constraints (4n-number curves) keeps them when
+    combined with another file in SURROGATE.PARAMS."""
+    from segloss_d2.surrogate.params import SurrogateParams, save_params, theta_dim
+
+    gen = torch.Generator().manual_seed(0)
+    free = SurrogateParams.from_theta(
+        ["mAcc"], [torch.rand(theta_dim("mAcc", 2, "none"), generator=gen).tolist()],
+        constraints="none")
+    path = str(tmp_path / "free.json")
+    save_params(free, path)
+    for names, metrics, constraints in ((path, ["mAcc"], ["none"]),
+                                        (f"{path},voc_miou", ["mAcc", "mIoU"], ["none", "all"])):
+        cfg = tiny_cfg("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
+                       "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", names)
+        loss = build_sem_seg_loss(cfg)
+        assert loss.metrics == metrics
+        assert loss.control_points[0] == free.control_points[0]
+        assert build_surrogate_params(cfg).constraints == constraints
+        labels = torch.randint(0, 7, (2, 16, 16))
+        assert torch.isfinite(loss(torch.randn(2, 7, 16, 16), labels))
 
 @pytest.mark.parametrize(
     "opts, match",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from segloss_d2.search.loop import run_search
-from segloss_d2.search.ppo import PPOController
+from segloss_d2.search.ppo import PPOController, RandomSearchController
 from segloss_d2.search.state import SearchState
 
 CONFIG = {"target_metric": "synthetic", "iterations": 3, "samples_per_iter": 4, "seed": 0}
@@ -206,4 +206,93 @@ def test_resume_with_other_samples_per_iter_raises(tmp_path):
         _finish(tmp_path, fresh=True, budget=2)
     with pytest.raises(ValueError, match="samples_per_iter"):
         run_search(_controller(), _open(tmp_path, False), _evaluate(), ITERS, M + 1,
+                   log=lambda line: None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Random search through the same loop
+
+RANDOM_CONFIG = dict(CONFIG, method="random")
+
+
+def _random_finish(directory, fresh=False, **kwargs):
+    state = (SearchState.create(str(directory), RANDOM_CONFIG) if fresh
+             else SearchState.resume(str(directory), RANDOM_CONFIG))
+    return run_search(RandomSearchController(DIM, 0.5, seed=0), state, _evaluate(**kwargs), ITERS,
+                      M, log=lambda line: None)
+
+
+def _assert_same_random(a, b):
+    trials_a, result_a, ckpt_a = a
+    trials_b, result_b, ckpt_b = b
+    assert trials_a == trials_b
+    assert result_a == result_b
+    assert ckpt_a["iteration"] == ckpt_b["iteration"] == ITERS
+    ca, cb = ckpt_a["controller"], ckpt_b["controller"]
+    assert torch.equal(ca["mu_x"], cb["mu_x"])
+    assert torch.equal(ca["generator"], cb["generator"])
+    assert ca["config"] == cb["config"] and ca["config"]["method"] == "random"
+
+
+@pytest.fixture(scope="module")
+def random_reference(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("random_reference")
+    return _outcome(directory, _random_finish(directory, fresh=True))
+
+
+def test_random_search_uninterrupted_run(random_reference, reference):
+    trials, result, ckpt = random_reference
+    assert [(r["iteration"], r["index"]) for r in trials] == [(t, i) for t in range(ITERS)
+                                                               for i in range(M)]
+    assert all(r["status"] == "ok" for r in trials)
+    # every candidate is random: none is mu (PPO's sample 0 is, see test_uninterrupted_run)
+    assert all(r["theta"] != pytest.approx([0.5] * DIM, abs=1e-3) for r in trials)
+    assert len({tuple(r["theta"]) for r in trials}) == ITERS * M
+    assert result.best_trial == max(trials, key=lambda r: r["reward"])
+    # mu never moved, while PPO's did under the same rewards
+    assert result.final_mu == [0.5] * DIM
+    assert reference[1].final_mu != pytest.approx([0.5] * DIM, abs=1e-3)
+    assert ckpt["controller"]["iteration"] == ITERS
+    # the draws are the controller's own: a fresh controller with the seed reproduces them
+    again = RandomSearchController(DIM, 0.5, seed=0)
+    for t in range(ITERS):
+        assert again.sample(M).tolist() == [r["theta"] for r in trials[t * M:(t + 1) * M]]
+
+
+@pytest.mark.parametrize("budgets", [[0], [1], [4], [5, 3], [3, 0, 2], [11]])
+def test_random_search_kill_in_evaluate_then_resume_equals_uninterrupted(
+    random_reference, tmp_path, budgets
+):
+    for n, budget in enumerate(budgets):
+        with pytest.raises(Killed):
+            _random_finish(tmp_path, fresh=(n == 0), budget=budget)
+    _assert_same_random(random_reference, _outcome(tmp_path, _random_finish(tmp_path)))
+
+
+@pytest.mark.parametrize("call", range(2 * ITERS))
+def test_random_search_kill_after_checkpoint_then_resume_equals_uninterrupted(
+    random_reference, tmp_path, monkeypatch, call
+):
+    original = SearchState.save_controller
+    calls = [0]
+
+    def dying_save(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if calls[0] == call:
+            raise Killed
+        calls[0] += 1
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SearchState, "save_controller", dying_save)
+        with pytest.raises(Killed):
+            _random_finish(tmp_path, fresh=True)
+    _assert_same_random(random_reference, _outcome(tmp_path, _random_finish(tmp_path)))
+
+
+def test_resuming_a_ppo_search_with_random_search_is_refused(tmp_path):
+    with pytest.raises(Killed):
+        _finish(tmp_path, fresh=True, budget=5)
+    with pytest.raises(ValueError, match="method"):
+        run_search(RandomSearchController(DIM, 0.5, ppo_steps=20, seed=0),
+                   SearchState.resume(str(tmp_path), CONFIG), _evaluate(), ITERS, M,
                    log=lambda line: None)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segloss_d2.search.distributions import TruncatedNormal
-from segloss_d2.search.ppo import PPOController
+from segloss_d2.search.ppo import CONTROLLERS, PPOController, RandomSearchController
 
 OPTIMUM = torch.tensor([0.85, 0.15, 0.7, 0.3, 0.9, 0.1])
 
@@ -189,3 +189,117 @@ def test_bad_update_inputs():
         controller.update(thetas.flip(0), [0.1, 0.2, 0.3, 0.4])
     assert controller.iteration == 0  # nothing happened
     torch.testing.assert_close(controller.mu, torch.full((3,), 0.5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Random search: the same budget, every sample from the initial distribution
+
+MU0 = [0.25, 0.25, 1 / 3, 1 / 3, 0.5, 0.5]
+
+
+def test_controllers_by_method():
+    assert CONTROLLERS == {"ppo": PPOController, "random": RandomSearchController}
+    assert PPOController.method == "ppo" and RandomSearchController.method == "random"
+
+
+@pytest.mark.parametrize("baseline", ["mu", "mean"])
+def test_random_search_mu_never_moves(baseline):
+    controller = RandomSearchController(6, MU0, baseline=baseline, seed=0)
+    mu_x = controller.mu_x.detach().clone()
+    for it in range(1, 5):
+        thetas = controller.sample(16)
+        rewards = _reward(thetas)
+        stats = controller.update(thetas, rewards)
+        assert stats["iteration"] == it == controller.iteration
+        assert stats["reward_mean"] == pytest.approx(float(rewards.mean()))
+        assert stats["reward_max"] == pytest.approx(float(rewards.max()))
+        assert stats["baseline"] == pytest.approx(float(rewards.mean()))
+        assert stats["mu"] == pytest.approx(MU0)
+    assert torch.equal(controller.mu_x, mu_x)
+    torch.testing.assert_close(controller.mu, torch.tensor(MU0))
+    # the same rewards move PPO's mu (so "never moves" is not an accident of the rewards)
+    ppo = PPOController(6, MU0, baseline=baseline, seed=0)
+    _run(ppo, 1)
+    assert not torch.allclose(ppo.mu, torch.tensor(MU0), atol=1e-3)
+
+
+def test_random_search_samples_are_all_random_and_seeded():
+    a, b, c = (RandomSearchController(6, MU0, seed=s) for s in (4, 4, 5))
+    seen = []
+    for _ in range(3):
+        ta, tb, tc = a.sample(8), b.sample(8), c.sample(8)
+        assert ta.shape == (8, 6) and ta.dtype == torch.float32
+        assert ((ta >= 0) & (ta <= 1)).all()
+        assert torch.equal(ta, tb) and not torch.equal(ta, tc)
+        # no row is spent on mu, row 0 included (baseline "mu" is only a statistic here)
+        assert not (ta == a.mu).all(dim=1).any()
+        assert not torch.allclose(ta[0], a.mu, atol=1e-3)
+        seen.append(ta)
+        for ctrl, t in ((a, ta), (b, tb), (c, tc)):
+            ctrl.update(t, _reward(t))  # no "thetas[0] == mu" check for random search
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+
+def test_random_search_keeps_sampling_the_initial_distribution():
+    """After updates toward OPTIMUM, random search still samples TruncNormal(mu_init, sigma)."""
+    mu0 = torch.full((6,), 0.5)
+    moved = RandomSearchController(6, 0.5, seed=1)
+    _run(moved, 4)
+    fresh = RandomSearchController(6, 0.5, seed=2)
+    big_moved, big_fresh = moved.sample(4000), fresh.sample(4000)
+    # symmetric truncation around 0.5: the mean stays 0.5
+    torch.testing.assert_close(big_moved.mean(0), mu0, atol=0.015, rtol=0)
+    torch.testing.assert_close(big_moved.std(0), big_fresh.std(0), atol=0.01, rtol=0)
+    # whereas PPO's samples follow its mean toward the optimum
+    ppo = PPOController(6, 0.5, seed=1)
+    _run(ppo, 4)
+    assert ((ppo.sample(4000).mean(0) - mu0).abs() > 0.05).any()
+
+
+def test_random_search_state_dict_round_trip_continues_identically():
+    a = RandomSearchController(6, MU0, seed=11)
+    _run(a, 2, samples=6)
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert saved["config"]["method"] == "random"
+
+    b = RandomSearchController(6, 0.4, seed=99)  # other start and seed: all of it is restored
+    b.load_state_dict(saved)
+    assert b.iteration == a.iteration == 2
+    torch.testing.assert_close(b.mu, torch.tensor(MU0))
+    for _ in range(2):
+        ta, tb = a.sample(6), b.sample(6)
+        assert torch.equal(ta, tb)
+        assert a.update(ta, _reward(ta)) == b.update(tb, _reward(tb))
+    assert torch.equal(a.mu_x, b.mu_x)
+
+
+def test_ppo_and_random_states_do_not_mix():
+    ppo, rnd = PPOController(3, 0.5, seed=0), RandomSearchController(3, 0.5, seed=0)
+    assert ppo.state_dict()["config"]["method"] == "ppo"
+    with pytest.raises(ValueError, match=r"'method': \('ppo', 'random'\)"):
+        RandomSearchController(3, 0.5, seed=0).load_state_dict(ppo.state_dict())
+    with pytest.raises(ValueError, match=r"'method': \('random', 'ppo'\)"):
+        PPOController(3, 0.5, seed=0).load_state_dict(rnd.state_dict())
+    rnd.load_state_dict(RandomSearchController(3, 0.5, seed=1).state_dict())  # same method: fine
+
+
+def test_random_search_validates_its_inputs():
+    controller = RandomSearchController(3, 0.5, seed=0)
+    thetas = controller.sample(4)
+    with pytest.raises(ValueError, match="rewards must have shape"):
+        controller.update(thetas, [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="finite"):
+        controller.update(thetas, [0.1, float("nan"), 0.3, 0.4])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        controller.update(thetas + 2, [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="num_samples"):
+        controller.sample(0)
+    with pytest.raises(ValueError, match="mu_init"):
+        RandomSearchController(3, 1.0)
+    assert controller.iteration == 0
+    # a single sample per iteration is enough (no row for mu)
+    one = controller.sample(1)
+    assert controller.update(one, [0.3])["reward_max"] == pytest.approx(0.3)

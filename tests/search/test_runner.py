@@ -10,11 +10,15 @@ pytest.importorskip("detectron2")
 
 from segloss_d2.modeling import build_sem_seg_loss  # noqa: E402
 from segloss_d2.search import backends  # noqa: E402
+from segloss_d2.search.ppo import PPOController, RandomSearchController  # noqa: E402
 from segloss_d2.search.runner import (  # noqa: E402
     SearchRunner,
+    build_controller,
     search_fingerprint_config,
     validate_search_config,
 )
+from segloss_d2.search.trial import initial_mu, search_dim  # noqa: E402
+from segloss_d2.surrogate.bezier import bezier_curve  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 
 from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
@@ -117,12 +121,84 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
     ("SEARCH.CLIP_EPS", 1.5, "SEARCH.CLIP_EPS"),
     ("SEARCH.NUM_PIECES", -1, "SEARCH.NUM_PIECES"),
     ("SEARCH.HOLDOUT.SIZE", 0, "SEARCH.HOLDOUT.SIZE"),
+    ("SEARCH.CONSTRAINTS", "monotone", "SEARCH.CONSTRAINTS: .*got 'monotone'"),
+    ("SEARCH.CONSTRAINTS", "", "SEARCH.CONSTRAINTS"),
+    ("SEARCH.METHOD", "evolution", "SEARCH.METHOD must be one of .*got 'evolution'"),
+    ("SEARCH.METHOD", "PPO", "SEARCH.METHOD"),
 ])
 def test_bad_search_values(key, value, match):
     cfg = tiny_search_cfg(opts=[key, value])
     with pytest.raises(ValueError, match=match):
         validate_search_config(cfg)
 
+
+def test_method_builds_its_controller_at_the_identity():
+    for method, cls in (("ppo", PPOController), ("random", RandomSearchController)):
+        for constraints in ("all", "none"):
+            cfg = tiny_search_cfg(opts=["SEARCH.METHOD", method,
+                                        "SEARCH.CONSTRAINTS", constraints])
+            validate_search_config(cfg)
+            controller = build_controller(cfg)
+            assert type(controller) is cls and controller.dim == search_dim(cfg)
+            torch.testing.assert_close(controller.mu, torch.tensor(initial_mu(cfg)))
+    assert type(build_controller(tiny_search_cfg())) is PPOController  # the default
+
+
+def test_random_search_needs_no_row_for_mu():
+    opts = ["SEARCH.SAMPLES_PER_ITER", 1, "SEARCH.BASELINE", "mu"]
+    validate_search_config(tiny_search_cfg(opts=opts + ["SEARCH.METHOD", "random"]))
+    with pytest.raises(ValueError, match="SAMPLES_PER_ITER must be >= 2"):
+        validate_search_config(tiny_search_cfg(opts=opts + ["SEARCH.METHOD", "ppo"]))
+
+
+def test_fingerprint_covers_method_and_constraints():
+    """Resuming with another method or curve parameterization is another search (BF1: "all"
+    and "no_monotonic" have the same dimension, so only the fingerprint tells them apart)."""
+    base = search_fingerprint_config(tiny_search_cfg("a"))
+    assert (base["SEARCH"]["METHOD"], base["SEARCH"]["CONSTRAINTS"]) == ("ppo", "all")
+    for key, value in (("SEARCH.METHOD", "random"), ("SEARCH.CONSTRAINTS", "no_monotonic")):
+        assert base != search_fingerprint_config(tiny_search_cfg("a", [key, value]))
+
+
+def test_random_search_with_free_curves_end_to_end(tmp_path):
+    """One real tiny random search (2 x 3) with SEARCH.CONSTRAINTS none, through the runner."""
+    out = str(tmp_path)
+    cfg = tiny_search_cfg(out, ["SEARCH.METHOD", "random", "SEARCH.CONSTRAINTS", "none"])
+    result = SearchRunner(cfg, config_file="tiny.yaml", log=lambda s: None).run()
+    trials = _trials(out)
+    assert [(r["iteration"], r["index"]) for r in trials] == [(t, i) for t in (0, 1)
+                                                              for i in range(3)]
+    assert all(r["status"] == "ok" and 0 <= r["reward"] <= 1 for r in trials)
+    mu0 = initial_mu(cfg)
+    assert len(mu0) == 32  # mIoU 2 x 8 + BF1 4 x 4: free end heights
+    assert all(r["theta"] != pytest.approx(mu0, abs=1e-3) for r in trials)  # all random
+    ckpt = torch.load(os.path.join(out, "controller.pt"), weights_only=True)
+    assert ckpt["controller"]["config"]["method"] == "random"
+
+    best = load_params(os.path.join(out, "best_params.json"), expected_metrics=["mIoU", "BF1"])
+    assert best.constraints == ["none", "none"]
+    assert best.reward == result.best_trial["reward"] == max(r["reward"] for r in trials)
+    flat = [v for curves in best.thetas for curve in curves for v in curve]
+    assert flat == pytest.approx(result.best_trial["theta"])
+    # the mean never moved: final_mu_params.json holds the initial identity curves
+    assert result.final_mu == pytest.approx(mu0, abs=1e-6)
+    mu = load_params(os.path.join(out, "final_mu_params.json"))
+    assert mu.constraints == ["none", "none"]
+    assert [v for c in mu.thetas for curve in c for v in curve] == pytest.approx(mu0, abs=1e-6)
+    x = torch.linspace(0, 1, 501, dtype=torch.float64)
+    for curves in mu.control_points:
+        for cp in curves:
+            assert (bezier_curve(x, cp) - x).abs().max() < 1e-3
+    for name in ("best_curves.png", "final_mu_curves.png", "reward_curve.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+
+    # best_params.json of the ablation is what LOSS_TYPE searched loads
+    loss = build_sem_seg_loss(tiny_search_cfg(opts=[
+        "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
+        "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", os.path.join(out, "best_params.json")]))
+    logits = torch.randn(2, 7, 16, 16)
+    labels = torch.randint(0, 7, (2, 16, 16))
+    assert torch.isfinite(loss(logits, labels))
 
 @pytest.mark.parametrize("head", ["DeepLabV3PlusHead", "SemSegFPNHead"])
 def test_head_that_ignores_loss_fn_is_rejected(head):

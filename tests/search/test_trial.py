@@ -42,6 +42,36 @@ def test_search_dim_and_initial_mu_are_the_identity_curves():
     assert len(initial_mu(cfg)) == 60
 
 
+@pytest.mark.parametrize("constraints, bf1, miou", [("all", 8, 12), ("no_monotonic", 8, 12),
+                                                    ("no_truth_table", 16, 16), ("none", 16, 16)])
+def test_search_dim_and_initial_mu_under_constraints(constraints, bf1, miou):
+    from segloss_d2.surrogate.bezier import bezier_curve
+
+    cfg = tiny_search_cfg(opts=["SEARCH.CONSTRAINTS", constraints])
+    assert search_dim(cfg) == miou + bf1
+    mu = initial_mu(cfg)
+    assert len(mu) == miou + bf1 and all(0 < v < 1 for v in mu)  # the controller's open interval
+    params = theta_to_params(cfg, mu)
+    assert params.constraints == [constraints] * 2
+    assert [len(c) for c in params.thetas[0]] == [miou // 2] * 2
+    assert [len(c) for c in params.thetas[1]] == [bf1 // 4] * 4
+    x = torch.linspace(0, 1, 1001, dtype=torch.float64)
+    for curves in params.control_points:  # mu starts at the identity curves
+        for cp in curves:
+            assert (bezier_curve(x, cp) - x).abs().max() < 1e-3
+    for metric, expected in (("BF1", bf1), ("mIoU", miou), ("mAcc", miou // 2)):
+        cfg.SEARCH.TARGET_METRIC = metric
+        assert search_dim(cfg) == len(initial_mu(cfg)) == expected
+    with pytest.raises(ValueError, match=f"needs {expected}"):
+        theta_to_params(cfg, [0.5] * (expected + 1))
+
+
+def test_bad_search_constraints():
+    cfg = tiny_search_cfg(opts=["SEARCH.CONSTRAINTS", "monotone"])
+    for fn in (search_dim, initial_mu):
+        with pytest.raises(ValueError, match="SEARCH.CONSTRAINTS: .*got 'monotone'"):
+            fn(cfg)
+
 def test_theta_to_params_splits_by_metric_in_order():
     cfg = tiny_search_cfg()
     theta = torch.linspace(0.05, 0.95, 20)

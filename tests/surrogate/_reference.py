@@ -11,9 +11,16 @@ EPS = 1e-8
 
 
 def bezier(x, cp):
-    """g(x) for flat control points cp = [x1, y1, ..., x_{2n-1}, y_{2n-1}] (Python floats)."""
-    xs = [0.0] + list(cp[0::2]) + [1.0]
-    ys = [0.0] + list(cp[1::2]) + [1.0]
+    """g(x) for flat control points cp = [x1, y1, ..., x_{2n-1}, y_{2n-1}] (Python floats), or
+    ``[x1, y1, ..., x_{2n-1}, y_{2n-1}, y_0, y_{2n}]`` (length 4n: free end heights)."""
+    cp = list(cp)
+    if len(cp) % 4 == 0:
+        inner = cp[:-2]
+        xs = [0.0] + inner[0::2] + [1.0]
+        ys = [cp[-2]] + inner[1::2] + [cp[-1]]
+    else:
+        xs = [0.0] + cp[0::2] + [1.0]
+        ys = [0.0] + cp[1::2] + [1.0]
     out = None
     for k in range((len(xs) - 1) // 2):
         x0, x1, x2 = xs[2 * k : 2 * k + 3]

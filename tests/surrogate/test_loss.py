@@ -196,3 +196,36 @@ def test_public_api():
                                        loss_weight=1.0)
     labels = torch.randint(0, 21, (1, 8, 8))
     assert 0 < loss_fn(torch.randn(1, 21, 8, 8), labels).item() < 1
+
+
+@pytest.mark.parametrize("constraints", ["all", "no_truth_table", "no_monotonic", "none"])
+def test_every_curve_constraint_gives_a_valid_loss(constraints):
+    """Random curves of every constraint setting: finite value and gradient, equal to the
+    reference formulas (whose curves take the free end heights, too)."""
+    from segloss_d2.surrogate.params import theta_dim
+
+    c = 5
+    gen = torch.Generator().manual_seed(7)
+    metrics = ["mIoU", "BF1", "mAcc"]
+    thetas = [torch.rand(theta_dim(m, None, constraints), generator=gen).tolist() for m in metrics]
+    params = SurrogateParams.from_theta(metrics, thetas, constraints=constraints)
+    loss = SurrogateLoss(params, c, tolerance=2)
+    labels = blob_labels(n=2, h=16, w=16, c=c, cell=4)
+    logits = torch.randn(2, c, 16, 16, generator=gen, dtype=torch.float64) * 2
+
+    def ref(x):
+        return sum(1 - reference_surrogate(m, x, labels, cps, tol=2)
+                   for m, cps in zip(metrics, params.control_points))
+
+    v, g = _value_and_grad(lambda x: loss(x, labels), logits)
+    rv, rg = _value_and_grad(ref, logits)
+    assert torch.isfinite(v) and torch.isfinite(g).all() and g.abs().max() > 0
+    torch.testing.assert_close(v, rv, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(g, rg, atol=1e-12, rtol=1e-8)
+    v32, g32 = _value_and_grad(lambda x: loss(x, labels), logits.float())
+    assert torch.isfinite(v32) and torch.isfinite(g32).all()
+    torch.testing.assert_close(v32.double(), rv, atol=1e-4, rtol=0)
+    # the setting matters: the same numbers read under the paper's constraints give another loss
+    if constraints == "no_monotonic":
+        other = SurrogateParams.from_theta(metrics, thetas, constraints="all")
+        assert not torch.allclose(SurrogateLoss(other, c, tolerance=2)(logits, labels), v)

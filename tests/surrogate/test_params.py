@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from segloss_d2.surrogate.params import (
     SurrogateParams,
@@ -99,3 +100,112 @@ def test_expected_metric_and_pieces(tmp_path):
         load_params("voc_biou", expected_metrics="mIoU")
     with pytest.raises(ValueError, match="expected 2"):
         load_params("voc_bf1", expected_num_pieces=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Curve constraints
+
+CONSTRAINTS = ("all", "no_truth_table", "no_monotonic", "none")
+
+
+def test_theta_dim_under_constraints():
+    # 4n-2 numbers per curve with the truth table, 4n without (free end heights)
+    for c, extra in (("all", 0), ("no_monotonic", 0), ("no_truth_table", 2), ("none", 2)):
+        assert theta_dim("BF1", None, c) == 4 * (2 + extra)
+        assert theta_dim("mIoU", None, c) == 2 * (6 + extra)
+        assert theta_dim("mAcc", 3, c) == 10 + extra
+
+
+def _random_params(constraints, seed=0, metrics=("mIoU", "BF1", "mAcc")):
+    gen = torch.Generator().manual_seed(seed)
+    thetas = [torch.rand(theta_dim(m, None, constraints), generator=gen).tolist() for m in metrics]
+    return SurrogateParams.from_theta(list(metrics), thetas, constraints=constraints, reward=0.5)
+
+
+@pytest.mark.parametrize("constraints", CONSTRAINTS)
+def test_from_theta_and_json_round_trip_keep_constraints(tmp_path, constraints):
+    params = _random_params(constraints)
+    assert params.constraints == [constraints] * 3
+    free_ends = constraints in ("no_truth_table", "none")
+    assert [len(c) for c in params.control_points[1]] == [2 + 2 * free_ends] * 4  # BF1, 1 piece
+    assert [len(c) for c in params.thetas[0]] == [6 + 2 * free_ends] * 2  # mIoU, 2 pieces
+    path = tmp_path / "p.json"
+    save_params(params, path)
+    terms = json.loads(path.read_text())["terms"]
+    if constraints == "all":  # the paper's files stay as they were
+        assert all("constraints" not in t for t in terms)
+    else:
+        assert [t["constraints"] for t in terms] == [constraints] * 3
+    loaded = load_params(path)
+    assert loaded == params and loaded.constraints == [constraints] * 3
+
+
+def test_mixed_constraints_per_metric_round_trip(tmp_path):
+    a, b = _random_params("none", 1, ["mIoU"]), _random_params("all", 2, ["BF1"])
+    params = SurrogateParams(metrics=["mIoU", "BF1"], weights=[1.0, 0.5], num_pieces=[2, 1],
+                             thetas=a.thetas + b.thetas,
+                             control_points=a.control_points + b.control_points,
+                             constraints=["none", "all"])
+    save_params(params, tmp_path / "mixed.json")
+    assert load_params(tmp_path / "mixed.json").constraints == ["none", "all"]
+    # the constraints decide which layout is valid: swapped, the curves do not fit
+    with pytest.raises(ValueError, match=r"control_points\[0\]\[0\] \(mIoU\).*needs 6 numbers"):
+        SurrogateParams(metrics=["mIoU", "BF1"], weights=[1.0, 0.5], num_pieces=[2, 1],
+                        thetas=[None, None], control_points=params.control_points,
+                        constraints=["all", "none"])
+
+
+def test_file_without_constraints_field_loads_as_all(tmp_path):
+    data = load_params("voc_miou").to_dict()
+    assert "constraints" not in data["terms"][0]
+    path = _write(tmp_path, data)
+    assert load_params(path).constraints == ["all"]
+    # an explicit "all" is the same
+    data["terms"][0]["constraints"] = "all"
+    assert load_params(_write(tmp_path, data)) == load_params(path)
+    # without the field, free-end-height curves are read under "all", and rejected
+    free = _random_params("no_truth_table", metrics=["mIoU"]).to_dict()
+    del free["terms"][0]["constraints"]
+    with pytest.raises(ValueError, match=r"needs 6 numbers .*\(constraints 'all'\), got 8"):
+        load_params(_write(tmp_path, free))
+
+
+def test_non_monotone_curves_need_a_setting_without_monotonicity(tmp_path):
+    data = _random_params("no_monotonic", 3, ["mAcc"]).to_dict()
+    data["terms"][0]["theta"] = None
+    data["terms"][0]["control_points"] = [[0.1, 0.5, 0.3, 0.4, 0.7, 0.9]]
+    assert load_params(_write(tmp_path, data)).constraints == ["no_monotonic"]
+    del data["terms"][0]["constraints"]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        load_params(_write(tmp_path, data))
+
+
+@pytest.mark.parametrize("bad", ["monotone", "", 3, None])
+def test_bad_constraints_value_raises_naming_it(tmp_path, bad):
+    with pytest.raises(ValueError, match=rf"got {bad!r}"):
+        SurrogateParams.from_theta(["mAcc"], [[0.5] * 6], constraints=bad)
+    with pytest.raises(ValueError, match=rf"constraints\[0\] \(mAcc\): .*got {bad!r}"):
+        SurrogateParams(metrics=["mAcc"], weights=[1.0], num_pieces=[2], thetas=[None],
+                        control_points=[[[0.25, 0.25, 0.5, 0.5, 0.75, 0.75]]], constraints=[bad])
+    data = load_params("voc_macc").to_dict()
+    data["terms"][0]["constraints"] = bad
+    path = _write(tmp_path, data)
+    with pytest.raises(ValueError, match=rf"constraints\[0\] \(mAcc\): .*got {bad!r}") as info:
+        load_params(path)
+    assert path in str(info.value)
+
+
+def test_constraints_list_must_match_metrics():
+    params = _random_params("none", metrics=["mIoU"])
+    with pytest.raises(ValueError, match="constraints must be a list with one entry per metric"):
+        SurrogateParams(metrics=["mIoU"], weights=[1.0], num_pieces=[2], thetas=params.thetas,
+                        control_points=params.control_points, constraints=["none", "none"])
+
+
+def test_theta_length_follows_constraints():
+    with pytest.raises(ValueError, match="theta for mAcc with 2 piece"):
+        SurrogateParams.from_theta(["mAcc"], [[0.5] * 6], constraints="none")
+    params = _random_params("none", metrics=["mAcc"])
+    params.thetas[0][0] = params.thetas[0][0][:6]
+    with pytest.raises(ValueError, match=r"thetas\[0\]\[0\] \(mAcc\) must be 8 numbers"):
+        params.validate()
