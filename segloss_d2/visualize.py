@@ -4,6 +4,7 @@ Core module (torch + matplotlib; no detectron2). Used by tools/visualize_loss.py
 outputs and the demo.
 """
 import os
+import textwrap
 
 import matplotlib
 
@@ -11,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .surrogate.bezier import bezier_curve  # noqa: E402
+from .surrogate.bezier import bezier_curve, control_point_coordinates  # noqa: E402
 
 __all__ = ["curve_names", "plot_curves", "plot_surfaces"]
 
@@ -43,12 +44,13 @@ def plot_curves(params, path, title=None):
         ax.plot(x, x, "k--", lw=0.8, label="identity (naive)")
         for name, cp in zip(curve_names(len(curves)), curves):
             ax.plot(x, _g(cp, x), lw=2, label=name)
-            ax.plot(cp[0::2], cp[1::2], "o", ms=3, alpha=0.5, color=ax.lines[-1].get_color())
+            xs, ys = control_point_coordinates(cp)
+            ax.plot(xs, ys, "o", ms=3, alpha=0.5, color=ax.lines[-1].get_color())
         ax.set(title=f"{metric} ({pieces} piece{'s' * (pieces > 1)})", xlabel="probability p",
                ylabel="g(p)", xlim=(0, 1), ylim=(0, 1), aspect="equal")
         ax.legend(fontsize=8, loc="lower right")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, width=int(60 * n)), fontsize=10)
     _save(fig, path)
 
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """`make demo`: the whole idea on the embedded synthetic dataset, on CPU, in minutes.
 
-1. search a surrogate for a boundary objective with a tiny DeepLabV3+ proxy (PPO, spec §4);
-2. retrain the tiny model with cross-entropy and with the searched loss (same seed, data order and
-   schedule), evaluate both on segloss_shapes_val;
+1. search a surrogate for a boundary objective with a tiny DeepLabV3+ proxy (PPO,
+   docs/method.md §4), and measure the seed-to-seed noise of one candidate's reward, to tell
+   learning from luck;
+2. retrain the tiny model with cross-entropy, with the unsearched surrogate (``naive``: identity
+   curves, where the search starts) and with the searched loss (same seed, data order and
+   schedule), evaluate them on segloss_shapes_val;
 3. print all six metrics side by side and write plots to output/demo/.
 
 A second run resumes the search (finished trials are not re-run); --fresh starts over.
@@ -15,6 +18,8 @@ import shutil
 import time
 import warnings
 
+import numpy as np
+
 # detectron2 v0.6 uses torch.jit.script at import time, which recent torch flags as deprecated.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
@@ -22,8 +27,11 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from segloss_d2.compare import comparison_table, plot_predictions, train_and_evaluate  # noqa: E402
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
+from segloss_d2.search.plots import plot_reward_curve  # noqa: E402
 from segloss_d2.search.runner import SearchRunner  # noqa: E402
 from segloss_d2.search.state import META  # noqa: E402
+from segloss_d2.search.study import rewards_across_seeds  # noqa: E402
+from segloss_d2.search.trial import initial_mu, parse_target_metrics  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 from segloss_d2.visualize import plot_curves, plot_surfaces  # noqa: E402
 
@@ -38,6 +46,8 @@ def parse_args():
     p.add_argument("--target", choices=sorted(SEARCH_CONFIGS), default="bf1")
     p.add_argument("--output-dir", default="output/demo")
     p.add_argument("--retrain-iters", type=int, default=600)
+    p.add_argument("--noise-seeds", type=int, default=3,
+                   help="extra proxy seeds of the identity candidate (reward noise)")
     p.add_argument("--fresh", action="store_true", help="delete earlier demo outputs first")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE pairs overriding the search config, e.g. SEARCH.ITERATIONS 2")
@@ -60,7 +70,41 @@ def search(args, out):
     except ValueError as e:  # e.g. an earlier demo's search with other settings
         raise SystemExit(f"demo: {e}\n(pass --fresh to start the demo over)") from e
     runner.run()
-    return cfg, os.path.join(cfg.OUTPUT_DIR, "best_params.json")
+    return cfg, runner.state.all_trials()
+
+
+def reward_noise(args, cfg, trials):
+    """Seed-to-seed std of the reward of the search's first mean (the identity curves): its
+    reward in the search plus ``--noise-seeds`` proxy trainings with other seeds (cached)."""
+    path = os.path.join(cfg.OUTPUT_DIR, "reward_noise.json")
+    seeds = [cfg.SEARCH.SEED + 1 + i for i in range(args.noise_seeds)]
+    cached = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = {int(k): v for k, v in json.load(f).items()}
+    missing = [s for s in seeds if s not in cached]
+    if missing:
+        print(f"[demo] reward noise: the identity candidate with proxy seeds {missing}",
+              flush=True)
+        cached.update({s: r[0] for s, r in
+                       rewards_across_seeds(cfg, [initial_mu(cfg)], missing).items()})
+        with open(path, "w") as f:
+            json.dump(cached, f)
+    first_mu = [t["reward"] for t in trials if t["iteration"] == 0 and t["index"] == 0]
+    rewards = first_mu + [cached[s] for s in seeds]
+    return float(np.std(rewards, ddof=1)) if len(rewards) > 1 else float("nan")
+
+
+def learning_summary(trials, noise_std):
+    """One line: mu's reward at the first and last iteration against the reward noise."""
+    mu = sorted((t["iteration"], t["reward"]) for t in trials if t["index"] == 0)
+    first, last = mu[0][1], mu[-1][1]
+    verdict = ("the search learned: mu's reward rose by more than the noise" if
+               last - first > noise_std else
+               "mu's reward did not rise by more than the noise: no evidence of learning")
+    return (f"reward of the search mean mu: {first:.4f} (iteration 1) -> {last:.4f} (iteration "
+            f"{mu[-1][0] + 1}), change {last - first:+.4f}; seed-to-seed std of one candidate's "
+            f"reward {noise_std:.4f}: {verdict}")
 
 
 def retrain(args, out, name, *opts):
@@ -84,28 +128,44 @@ def main():
         setup_logger(os.path.join(out, "log.txt"), name=name, abbrev_name=abbrev)
     start = time.perf_counter()
 
-    search_cfg, best = search(args, out)
+    search_cfg, trials = search(args, out)
+    target = search_cfg.SEARCH.TARGET_METRIC
+    best = os.path.join(search_cfg.OUTPUT_DIR, "best_params.json")
     params = load_params(best)
-    plot_curves(params, os.path.join(out, "searched_curves.png"), title=f"searched ({best})")
-    plot_surfaces(params, os.path.join(out, "searched_surfaces.png"))
-    shutil.copy(os.path.join(search_cfg.OUTPUT_DIR, "reward_curve.png"), out)
+    noise_std = reward_noise(args, search_cfg, trials)
+    summary = learning_summary(trials, noise_std)
+    print(f"[demo] {summary}", flush=True)
+    plot_curves(params, os.path.join(out, "searched_curves.png"),
+                title=f"{target} surrogate found by the search: best of {len(trials)} candidates "
+                      f"(proxy reward {params.reward:.3f}); dashed: the identity curves where the "
+                      "search starts (the naive surrogate)")
+    plot_surfaces(params, os.path.join(out, "searched_surfaces.png"),
+                  title=f"searched {target} surrogate: h_AND / h_OR")
+    plot_reward_curve(trials, os.path.join(out, "reward_curve.png"), target,
+                      noise_std=noise_std)
 
     ce_cfg, ce_model, ce = retrain(args, out, "cross_entropy",
                                    "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy")
+    _, naive_model, naive = retrain(
+        args, out, "naive", "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
+        "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS", parse_target_metrics(target))
     _, sr_model, sr = retrain(args, out, "searched", "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
                               "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", best)
 
     print("[demo] 3/3 results on segloss_shapes_val (percent)", flush=True)
-    rows = [("cross_entropy", ce), (f"searched {search_cfg.SEARCH.TARGET_METRIC}", sr)]
+    rows = [("cross_entropy", ce), (f"naive {target} (unsearched)", naive),
+            (f"searched {target}", sr)]
     table = comparison_table(rows, target=TARGET_KEY[args.target])
     print(table)
-    plot_predictions([("cross_entropy", ce_model), ("searched", sr_model)],
+    print(f"[demo] search: {summary}")
+    plot_predictions([("cross_entropy", ce_model), (f"naive {target}", naive_model),
+                      (f"searched {target}", sr_model)],
                      ce_cfg.DATASETS.TEST[0], os.path.join(out, "predictions.png"),
                      input_format=ce_cfg.INPUT.FORMAT)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({name: r for name, r in rows}, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n")
+        f.write(table + "\n\n" + summary + "\n")
     print(f"[demo] done in {time.perf_counter() - start:.0f} s; plots and results in {out}/:")
     for name in sorted(os.listdir(out)):
         if name.endswith((".png", ".md", ".json")):

@@ -259,8 +259,8 @@ class RandomSearchController(PPOController):
     Every iteration draws all ``M`` candidates at random from the *initial* distribution
     (``TruncNormal(mu_init, sigma)``; no row is spent on ``mu``, which never moves), and
     :meth:`update` only reports statistics. Same arguments, state and reproducibility as
-    :class:`PPOController` (``mu_lr``, ``ppo_steps``, ``clip_eps`` and ``ratio`` are unused;
-    ``baseline`` only names the reported statistic).
+    :class:`PPOController` (``mu_lr``, ``ppo_steps``, ``clip_eps``, ``ratio`` and ``baseline``
+    are unused; the reported "baseline" is the mean reward).
     """
 
     method = "random"

@@ -222,7 +222,9 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
     paths["final_mu_curves"] = os.path.join(out, "final_mu_curves.png")
     plot_searched_curves(mu_params, paths["final_mu_curves"], "final mean")
     paths["reward_curve"] = os.path.join(out, "reward_curve.png")
-    plot_reward_curve(state.all_trials(), paths["reward_curve"], cfg.SEARCH.TARGET_METRIC)
+    plot_reward_curve(state.all_trials(), paths["reward_curve"],
+                      f"{cfg.SEARCH.TARGET_METRIC} ({cfg.SEARCH.METHOD})",
+                      mu_is_sample_0=cfg.SEARCH.METHOD == "ppo" and cfg.SEARCH.BASELINE == "mu")
     return paths
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "clamp_theta",
     "theta_to_control_points",
     "control_points_to_theta",
+    "control_point_coordinates",
     "validate_control_points",
     "bezier_curve",
     "curve_pieces",
@@ -171,8 +172,10 @@ def control_points_to_theta(control_points, num_pieces):
     return ((pairs - prev) / (1.0 - prev)).reshape(cp.shape)
 
 
-def _end_points(values):
-    """(xs, ys) of all control points P_0 .. P_{2n} of a flat curve of either layout."""
+def control_point_coordinates(values):
+    """(xs, ys): lists of all control points P_0 .. P_{2n} of one flat curve of either layout
+    (``4n - 2`` numbers with fixed ends, or ``4n`` with the end heights appended)."""
+    values = [float(v) for v in values]
     if len(values) % 4 == 0:  # free end heights, appended
         inner = values[:-2]
         return [0.0] + inner[0::2] + [1.0], [values[-2]] + inner[1::2] + [values[-1]]
@@ -203,7 +206,7 @@ def validate_control_points(control_points, num_pieces, name="control_points",
     for i, v in enumerate(values):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name}[{i}] = {v!r} is outside [0, 1]")
-    xs, ys = _end_points(values)
+    xs, ys = control_point_coordinates(values)
     for j in range(1, len(xs)):
         if not xs[j] > xs[j - 1]:
             raise ValueError(
@@ -237,7 +240,7 @@ def _piece_coefficients(control_points):
     and ``y_lo = y_{2k}``. This tuple layout is also the input of the C++ kernels
     (``segloss_d2/csrc``).
     """
-    xs, ys = _end_points([float(v) for v in control_points])
+    xs, ys = control_point_coordinates(control_points)
     pieces = []
     for k in range((len(xs) - 1) // 2):
         x0, xc, x2 = xs[2 * k : 2 * k + 3]

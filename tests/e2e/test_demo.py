@@ -23,8 +23,11 @@ def test_demo_runs_every_stage(tmp_path):
                  "searched_surfaces.png", "results.md", "search_bf1/best_params.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"cross_entropy", "searched BF1"}
+    assert set(results) == {"cross_entropy", "naive BF1 (unsearched)", "searched BF1"}
     for row in results.values():
         for key in ("mIoU", "fwIoU", "BIoU", "BF1", "mACC", "pACC"):
             assert 0.0 <= row[key] <= 100.0
     assert "| loss" in proc.stdout and "BF1 (target)" in proc.stdout
+    assert "reward of the search mean mu" in proc.stdout and "seed-to-seed std" in proc.stdout
+    noise = json.loads((out / "search_bf1" / "reward_noise.json").read_text())
+    assert sorted(noise) == ["2", "3", "4"]  # the identity candidate with 3 other proxy seeds
