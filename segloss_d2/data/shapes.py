@@ -72,6 +72,9 @@ DEFAULT_IMAGE_SIZE = (96, 128)
 SPLITS = {
     "segloss_shapes_train": ("train", 400, 0),
     "segloss_shapes_val": ("val", 100, 1),
+    # Other scenes of the same world, the toy's "ImageNet": pretraining of the search proxies'
+    # and the retrained models' initial weights (segloss_d2.pretrain), never evaluated on.
+    "segloss_shapes_pretrain": ("pretrain", 400, 2),
 }
 """Registered dataset name -> (split directory, number of images, seed)."""
 

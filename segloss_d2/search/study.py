@@ -38,7 +38,7 @@ from .ppo import PPOController
 from .state import META
 
 __all__ = ["StudyPlan", "PLANS", "SearchStudy", "spearman", "mean_std", "UNSEARCHED",
-           "PRESET_OF_TARGET", "EVAL_KEY", "rewards_across_seeds", "best_so_far"]
+           "PRESET_OF_TARGET", "EVAL_KEY", "METHODS", "rewards_across_seeds", "best_so_far"]
 
 UNSEARCHED = ("cross_entropy", "naive", "preset")
 """The losses every searched one is compared with: CE, the identity curves, the released preset."""
@@ -46,6 +46,13 @@ UNSEARCHED = ("cross_entropy", "naive", "preset")
 PRESET_OF_TARGET = {"mIoU": "voc_miou", "FWIoU": "voc_fwiou", "BIoU": "voc_biou",
                     "BF1": "voc_bf1", "mAcc": "voc_macc", "gAcc": "voc_gacc"}
 """The released (VOC-searched) parameters of each target: the transfer baseline."""
+
+METHODS = {
+    "ppo": (),
+    "ppo_joint": ("SEARCH.RATIO", "joint"),
+    "random": ("SEARCH.METHOD", "random"),
+}
+"""Search method of the study -> its config overrides (``ppo``: the search config as it is)."""
 
 EVAL_KEY = {"mIoU": "mIoU", "FWIoU": "fwIoU", "BIoU": "BIoU", "BF1": "BF1", "mAcc": "mACC",
             "gAcc": "pACC"}
@@ -72,6 +79,12 @@ class StudyPlan:
         noise_thetas (int): candidates of the noise measurement (the identity + random ones).
         search_config, train_config (str): config files of the searches and of the retraining.
         search_opts (tuple): extra KEY, VALUE overrides of every search config.
+        pretrain_iters (int): 0 = proxies and retrained models start from random weights; else
+            from the train config's model pretrained with cross-entropy for that many
+            iterations on segloss_shapes_pretrain (:func:`segloss_d2.pretrain.pretrained_weights`,
+            the toy's ImageNet); the noise phase then also measures the from-scratch proxy.
+        methods (tuple of str): the search methods compared, keys of :data:`METHODS`; the first
+            is the one of the constraint ablation and the fidelity check.
     """
 
     name: str
@@ -91,6 +104,8 @@ class StudyPlan:
     search_config: str = ""
     train_config: str = ""
     search_opts: Tuple = ()
+    pretrain_iters: int = 0
+    methods: Tuple[str, ...] = ("ppo", "random")
 
     def with_configs(self, search_config: str, train_config: str) -> "StudyPlan":
         """A copy with the two config files set."""
@@ -108,11 +123,19 @@ class StudyPlan:
         for name in ("search_seeds", "train_seeds", "noise_seeds"):
             if not getattr(self, name):
                 raise ValueError(f"StudyPlan.{name} must not be empty")
+        if (isinstance(self.pretrain_iters, bool) or not isinstance(self.pretrain_iters, int)
+                or self.pretrain_iters < 0):
+            raise ValueError(f"StudyPlan.pretrain_iters must be an int >= 0, got "
+                             f"{self.pretrain_iters!r}")
         for name in ("iterations", "samples_per_iter", "proxy_iters", "holdout_size",
                      "retrain_iters", "noise_thetas"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"StudyPlan.{name} must be an int >= 1, got {value!r}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if not self.methods or bad:
+            raise ValueError(f"StudyPlan.methods must be among {sorted(METHODS)}, got "
+                             f"{self.methods}")
         if self.samples_per_iter < 2:
             raise ValueError("StudyPlan.samples_per_iter must be >= 2 (PPO spends one on mu)")
         for name in ("search_config", "train_config"):
@@ -121,20 +144,22 @@ class StudyPlan:
 
 
 PLANS = {
-    # What a reviewer runs: every phase, on small budgets (about 15 minutes on 2 CPU cores).
+    # What a reviewer runs: every phase on small budgets (about 13 minutes on 2 CPU cores).
     "quick": StudyPlan(
         name="quick", targets=("BF1", "mIoU"), search_seeds=(1, 2), train_seeds=(1, 2),
-        iterations=3, samples_per_iter=6, proxy_iters=80, holdout_size=40, retrain_iters=150,
-        ablation_target="BF1", ablation_seeds=(1,), fidelity_candidates=8,
-        noise_seeds=(1, 2, 3),
+        iterations=3, samples_per_iter=6, proxy_iters=60, holdout_size=40, retrain_iters=200,
+        ablation_target="mIoU", ablation_seeds=(1,), fidelity_candidates=8,
+        noise_seeds=(1, 2, 3), search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300,
     ),
-    # The study of docs/search_study.md: the demo's search budget (4 x 8 proxies of 100
-    # iterations), 3 search seeds x 3 training seeds (about 80 minutes on 2 CPU cores).
+    # The study of docs/search_study.md: 4 x 8 proxies of 100 iterations fine-tuned from the
+    # pretrained weights, 3 search seeds x 3 training seeds, PPO with the reference's and the
+    # paper's ratio (about 80 minutes on 2 CPU cores).
     "full": StudyPlan(
         name="full", targets=("BF1", "mIoU"), search_seeds=(1, 2, 3), train_seeds=(1, 2, 3),
-        iterations=4, samples_per_iter=8, proxy_iters=100, holdout_size=40, retrain_iters=600,
-        ablation_target="BF1", ablation_seeds=(1, 2, 3), fidelity_candidates=8,
-        noise_seeds=(1, 2, 3, 4, 5, 6),
+        iterations=4, samples_per_iter=8, proxy_iters=100, holdout_size=40, retrain_iters=400,
+        ablation_target="mIoU", ablation_seeds=(1, 2), fidelity_candidates=8,
+        noise_seeds=(1, 2, 3, 4, 5), search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300,
+        methods=("ppo", "ppo_joint", "random"),
     ),
 }
 
@@ -220,8 +245,18 @@ class SearchStudy:
             self._timings_path) else {}
 
     # ------------------------------------------------------------------ configs
-    def search_cfg(self, target: str, seed: int, method: str = "ppo", constraints: str = "all"):
-        """The frozen config of one search of the study."""
+    def weights(self) -> str:
+        """``MODEL.WEIGHTS`` of proxies and retrained models ("" = random initialization)."""
+        if not self.plan.pretrain_iters:
+            return ""
+        from ..pretrain import pretrained_weights
+
+        return pretrained_weights(self.plan.train_config, self.plan.pretrain_iters)
+
+    def search_cfg(self, target: str, seed: int, method: str = "ppo", constraints: str = "all",
+                   scratch: bool = False):
+        """The frozen config of one search of the study (``scratch``: the search config's own
+        proxy, from random weights, whatever the plan says)."""
         from ..engine import get_segloss_cfg
 
         p = self.plan
@@ -229,10 +264,11 @@ class SearchStudy:
         cfg.merge_from_file(p.search_config)
         out = self.search_dir(target, seed, method, constraints)
         cfg.merge_from_list([
-            "SEARCH.TARGET_METRIC", target, "SEARCH.SEED", seed, "SEARCH.METHOD", method,
+            "SEARCH.TARGET_METRIC", target, "SEARCH.SEED", seed,
             "SEARCH.CONSTRAINTS", constraints, "SEARCH.ITERATIONS", p.iterations,
             "SEARCH.SAMPLES_PER_ITER", p.samples_per_iter, "SEARCH.PROXY.MAX_ITER", p.proxy_iters,
-            "SEARCH.HOLDOUT.SIZE", p.holdout_size, *p.search_opts,
+            "SEARCH.HOLDOUT.SIZE", p.holdout_size, *METHODS[method],
+            *(() if scratch else (*p.search_opts, "MODEL.WEIGHTS", self.weights())),
             "OUTPUT_DIR", out, "SEARCH.OUTPUT_DIR", out,
         ])
         cfg.freeze()
@@ -298,7 +334,7 @@ class SearchStudy:
         cfg = get_segloss_cfg()
         cfg.merge_from_file(self.plan.train_config)
         cfg.merge_from_list(["SOLVER.MAX_ITER", self.plan.retrain_iters, "SEED", train_seed,
-                             "OUTPUT_DIR", out, *loss_opts])
+                             "MODEL.WEIGHTS", self.weights(), "OUTPUT_DIR", out, *loss_opts])
         cfg.freeze()
         try:
             _, results = train_and_evaluate(cfg)
@@ -312,15 +348,16 @@ class SearchStudy:
                  f"{results.get(key, math.nan):.2f}")
         return results
 
-    def reward_noise(self, target: str) -> Dict:
+    def reward_noise(self, target: str, scratch: bool = False) -> Dict:
         """Rewards of ``noise_thetas`` candidates (row 0: the identity curves) under every proxy
-        seed, on the hold-out split of the first search seed."""
+        seed, on the hold-out split of the first search seed (``scratch``: with the from-scratch
+        proxy of the search config)."""
         from .runner import build_controller
 
         p = self.plan
-        path = os.path.join(self.out, "noise", f"{target}.json")
+        path = os.path.join(self.out, "noise", f"{target}{'_scratch' if scratch else ''}.json")
         cached = _read_json(path) if os.path.exists(path) else {"rewards": {}}
-        cfg = self.search_cfg(target, p.search_seeds[0])
+        cfg = self.search_cfg(target, p.search_seeds[0], scratch=scratch)
         controller = build_controller(cfg)
         thetas = PPOController(controller.dim, controller.mu.tolist(),
                                sigma=float(cfg.SEARCH.SIGMA), seed=0).sample(p.noise_thetas)
@@ -333,7 +370,8 @@ class SearchStudy:
             cached["thetas"] = thetas.tolist()
             _write_json(path, cached)
             self._timed("noise", time.perf_counter() - start)
-            self.log(f"[study] noise {target} proxy seed {seed}: {[round(r, 4) for r in rewards]}")
+            self.log(f"[study] noise {target}{' (scratch proxy)' if scratch else ''} proxy seed "
+                     f"{seed}: {[round(r, 4) for r in rewards]}")
         return cached
 
     def fidelity(self, target: str, trials: List[Dict], train_seed: int) -> List[Dict]:
@@ -369,12 +407,14 @@ class SearchStudy:
         """Run every phase (reusing finished work); returns the collected results."""
         p = self.plan
         start = time.perf_counter()
-        results = {"plan": dataclasses.asdict(p), "noise": {}, "searches": {}, "retrain": {},
-                   "ablation": {}, "fidelity": {}}
+        results = {"plan": dataclasses.asdict(p), "noise": {}, "noise_scratch": {},
+                   "searches": {}, "retrain": {}, "ablation": {}, "fidelity": {}}
         for target in p.targets:
             results["noise"][target] = self.reward_noise(target)
+            if p.pretrain_iters:
+                results["noise_scratch"][target] = self.reward_noise(target, scratch=True)
         for target in p.targets:
-            for method in ("ppo", "random"):
+            for method in p.methods:
                 for seed in p.search_seeds:
                     results["searches"][f"{target}/{method}/{seed}"] = self.search(
                         target, seed, method)["trials"]
@@ -382,13 +422,13 @@ class SearchStudy:
             for constraints in ("all", "no_truth_table", "no_monotonic", "none"):
                 for seed in p.ablation_seeds:
                     results["ablation"][f"{constraints}/{seed}"] = self.search(
-                        p.ablation_target, seed, "ppo", constraints)["trials"]
+                        p.ablation_target, seed, p.methods[0], constraints)["trials"]
         for target in p.targets:
             rows = results["retrain"][target] = {}
             for loss in UNSEARCHED:
                 rows[loss] = [self.retrain(target, loss, ts, self.loss_opts(target, loss))
                               for ts in p.train_seeds]
-            for method in ("ppo", "random"):
+            for method in p.methods:
                 rows[method] = []
                 for seed in p.search_seeds:
                     best = self.search_dir(target, seed, method) + "/best_params.json"
@@ -397,7 +437,7 @@ class SearchStudy:
                                      for ts in p.train_seeds]
         if p.fidelity_candidates:
             target = p.targets[0]
-            trials = results["searches"][f"{target}/ppo/{p.search_seeds[0]}"]
+            trials = results["searches"][f"{target}/{p.methods[0]}/{p.search_seeds[0]}"]
             results["fidelity"][target] = self.fidelity(target, trials, p.train_seeds[0])
         results["timings"] = dict(self.timings)
         results["timings"]["wall (this run)"] = time.perf_counter() - start

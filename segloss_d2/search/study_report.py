@@ -14,10 +14,15 @@ from .study import EVAL_KEY, UNSEARCHED, best_so_far, mean_std, spearman
 __all__ = ["write_report", "iteration_curves"]
 
 _TABLE_METRICS = ("mIoU", "fwIoU", "BIoU", "BF1", "mACC", "pACC")
-_LABELS = {"ppo": "PPO search (paper)", "random": "random search", "cross_entropy":
+_LABELS = {"ppo": "PPO search (reference: per-dim ratio)", "ppo_joint":
+           "PPO, joint ratio (paper formula)", "random": "random search", "cross_entropy":
            "cross-entropy", "naive": "naive (identity curves)", "preset": "released VOC preset"}
-_COLORS = {"ppo": "tab:blue", "random": "tab:orange", "all": "tab:blue",
+_COLORS = {"ppo": "tab:blue", "ppo_joint": "tab:green", "random": "tab:orange", "all": "tab:blue",
            "no_truth_table": "tab:red", "no_monotonic": "tab:purple", "none": "tab:gray"}
+
+
+def _color(method, i):
+    return _COLORS.get(method, f"C{i + 2}")
 
 
 def _fmt(mean, std, digits=2):
@@ -69,12 +74,12 @@ def _plot_reward_curves(results, target, path, noise_std):
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, title in ((axes[0], "mean", "batch mean reward (all candidates)"),
                            (axes[1], "best", "best reward so far")):
-        for method in ("ppo", "random"):
+        for i, method in enumerate(plan["methods"]):
             runs = _curves(results["searches"], f"{target}/{method}/", plan["iterations"])
-            _band(ax, x, runs, key, _COLORS[method], _LABELS[method])
-        if key == "mean":
-            runs = _curves(results["searches"], f"{target}/ppo/", plan["iterations"])
-            _band(ax, x, runs, "mu", "tab:green", "PPO: reward of the mean mu", "--")
+            _band(ax, x, runs, key, _color(method, i), _LABELS.get(method, method))
+            if key == "mean" and method != "random":
+                _band(ax, x, runs, "mu", _color(method, i),
+                      f"{_LABELS.get(method, method)}: reward of the mean mu", "--")
         ax.set(title=title, xlabel="search iteration")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"hold-out {target} of the proxy (0-1)")
@@ -166,27 +171,27 @@ def write_report(results: Dict, out_dir: str) -> str:
                   f"| loss | {key} (target, mean ± std) | n | "
                   + " | ".join(m for m in _TABLE_METRICS) + " |",
                   "|---|---|---|" + "---|" * len(_TABLE_METRICS)]
-        for loss in ("ppo", "random") + UNSEARCHED:
+        for loss in tuple(plan["methods"]) + UNSEARCHED:
             runs = [r for r in rows.get(loss, []) if "diverged" not in r]
             m, s = mean_std([r[key] for r in runs])
             means = [mean_std([r[k] for r in runs])[0] for k in _TABLE_METRICS]
-            lines.append(f"| {_LABELS[loss]} | {_fmt(m, s)} | {len(runs)}"
+            lines.append(f"| {_LABELS.get(loss, loss)} | {_fmt(m, s)} | {len(runs)}"
                          f"{'' if len(runs) == len(rows.get(loss, [])) else ' (+diverged)'} | "
                          + " | ".join(f"{v:.2f}" for v in means) + " |")
         lines.append("")
         lines += [f"Search side ({target}, proxy reward 0-1, mean ± std over search seeds):", "",
                   "| method | best sampled reward | batch mean, first iteration | batch mean, "
                   "last iteration | reward of mu, first → last |", "|---|---|---|---|---|"]
-        for method in ("ppo", "random"):
+        for method in plan["methods"]:
             runs = _curves(results["searches"], f"{target}/{method}/", plan["iterations"])
             best = mean_std([r["best"][-1] for r in runs])
             first = mean_std([r["mean"][0] for r in runs])
             last = mean_std([r["mean"][-1] for r in runs])
-            mu = ("—" if method != "ppo" else
+            mu = ("—" if method == "random" else
                   f"{_fmt(*mean_std([r['mu'][0] for r in runs]), 4)} → "
                   f"{_fmt(*mean_std([r['mu'][-1] for r in runs]), 4)}")
-            lines.append(f"| {_LABELS[method]} | {_fmt(*best, 4)} | {_fmt(*first, 4)} | "
-                         f"{_fmt(*last, 4)} | {mu} |")
+            lines.append(f"| {_LABELS.get(method, method)} | {_fmt(*best, 4)} | "
+                         f"{_fmt(*first, 4)} | {_fmt(*last, 4)} | {mu} |")
         lines.append("")
         png = f"reward_curves_{target}.png"
         _plot_reward_curves(results, target, os.path.join(out_dir, png),

@@ -39,7 +39,7 @@ def test_constants_consistent():
     assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in SHAPES_COLORS)
     assert SHAPES_CLASSES[0] == "background" and IGNORE_LABEL >= len(SHAPES_CLASSES)
     assert set(THIN_CLASSES) < set(range(1, len(SHAPES_CLASSES)))
-    assert set(SPLITS) == {"segloss_shapes_train", "segloss_shapes_val"}
+    assert set(SPLITS) == {"segloss_shapes_train", "segloss_shapes_val", "segloss_shapes_pretrain"}
     seeds = [seed for _, _, seed in SPLITS.values()]
     assert len(set(seeds)) == len(seeds), "train and val must not be the same scenes"
 

@@ -25,7 +25,8 @@ TINY = ["--set", "targets", "BF1", "--set", "search_seeds", "1", "--set", "train
         "--set", "iterations", "2", "--set", "samples_per_iter", "3", "--set", "proxy_iters", "3",
         "--set", "retrain_iters", "4", "--set", "noise_seeds", "1,2", "--set", "noise_thetas",
         "2", "--set", "fidelity_candidates", "3", "--set", "holdout_size", "6",
-        "--set", "ablation_seeds", "1"]
+        "--set", "ablation_seeds", "1", "--set", "ablation_target", "BF1",
+        "--set", "pretrain_iters", "2"]
 
 
 def test_spearman_and_mean_std():
@@ -81,7 +82,7 @@ def test_study_smoke_run_and_resume(tmp_path):
     first = _run(out, "--report-dir", str(tmp_path / "report"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = open(os.path.join(out, "search_study.md")).read()
-    for section in ("## Reward noise", "## BF1: retrained from scratch", "PPO search (paper)",
+    for section in ("## Reward noise", "## BF1: retrained from scratch", "PPO search (reference",
                     "random search", "naive (identity curves)", "cross-entropy",
                     "released VOC preset", "## Constraint ablation", "## Proxy fidelity"):
         assert section in report, section
