@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """`make demo`: the whole idea on the embedded synthetic dataset, on CPU, in minutes.
 
-1. search a surrogate for a boundary objective with a tiny DeepLabV3+ proxy (PPO,
+0. pretrain the tiny DeepLabV3+ with cross-entropy on segloss_shapes_pretrain (other scenes; the
+   toy's ImageNet, cached after the first run): proxies and retrained models start from it;
+1. search a surrogate for a boundary objective with proxies fine-tuned from those weights (PPO,
    docs/method.md §4), and measure the seed-to-seed noise of one candidate's reward, to tell
    learning from luck;
 2. retrain the tiny model with cross-entropy, with the unsearched surrogate (``naive``: identity
@@ -27,6 +29,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from segloss_d2.compare import comparison_table, plot_predictions, train_and_evaluate  # noqa: E402
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
+from segloss_d2.pretrain import pretrained_weights  # noqa: E402
 from segloss_d2.search.plots import plot_reward_curve  # noqa: E402
 from segloss_d2.search.runner import SearchRunner  # noqa: E402
 from segloss_d2.search.state import META  # noqa: E402
@@ -48,15 +51,34 @@ def parse_args():
     p.add_argument("--retrain-iters", type=int, default=600)
     p.add_argument("--noise-seeds", type=int, default=3,
                    help="extra proxy seeds of the identity candidate (reward noise)")
+    p.add_argument("--pretrain-iters", type=int, default=300,
+                   help="cross-entropy iterations of the pretrained initial weights")
+    p.add_argument("--scratch", action="store_true",
+                   help="proxies and retrained models from random weights (proxy lr 0.5), as "
+                        "before the pretrained weights; the search then learns nothing reliable "
+                        "(docs/search_study.md)")
     p.add_argument("--fresh", action="store_true", help="delete earlier demo outputs first")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE pairs overriding the search config, e.g. SEARCH.ITERATIONS 2")
     return p.parse_args()
 
 
-def search(args, out):
+def initial_weights(args):
+    """("", None) from scratch, else (the pretrained weights, the train config's lr)."""
+    if args.scratch:
+        return "", None
+    cfg = get_segloss_cfg()
+    cfg.merge_from_file(TRAIN_CONFIG)
+    print(f"[demo] 0/3 pretrained weights ({args.pretrain_iters} cross-entropy iterations on "
+          "segloss_shapes_pretrain, cached)", flush=True)
+    return pretrained_weights(TRAIN_CONFIG, args.pretrain_iters), cfg.SOLVER.BASE_LR
+
+
+def search(args, out, weights, lr):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(SEARCH_CONFIGS[args.target])
+    if weights:  # fine-tuned proxies train at the retraining's lr
+        cfg.merge_from_list(["MODEL.WEIGHTS", weights, "SOLVER.BASE_LR", lr])
     cfg.merge_from_list(args.opts)
     cfg.OUTPUT_DIR = cfg.SEARCH.OUTPUT_DIR = os.path.join(out, f"search_{args.target}")
     cfg.freeze()
@@ -107,10 +129,10 @@ def learning_summary(trials, noise_std):
             f"reward {noise_std:.4f}: {verdict}")
 
 
-def retrain(args, out, name, *opts):
+def retrain(args, out, weights, name, *opts):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(TRAIN_CONFIG)
-    cfg.merge_from_list(["SOLVER.MAX_ITER", args.retrain_iters,
+    cfg.merge_from_list(["SOLVER.MAX_ITER", args.retrain_iters, "MODEL.WEIGHTS", weights,
                          "OUTPUT_DIR", os.path.join(out, name), *opts])
     cfg.freeze()
     print(f"[demo] 2/3 retrain with {name} ({cfg.SOLVER.MAX_ITER} iterations)", flush=True)
@@ -128,7 +150,8 @@ def main():
         setup_logger(os.path.join(out, "log.txt"), name=name, abbrev_name=abbrev)
     start = time.perf_counter()
 
-    search_cfg, trials = search(args, out)
+    weights, lr = initial_weights(args)
+    search_cfg, trials = search(args, out, weights, lr)
     target = search_cfg.SEARCH.TARGET_METRIC
     best = os.path.join(search_cfg.OUTPUT_DIR, "best_params.json")
     params = load_params(best)
@@ -144,13 +167,13 @@ def main():
     plot_reward_curve(trials, os.path.join(out, "reward_curve.png"), target,
                       noise_std=noise_std)
 
-    ce_cfg, ce_model, ce = retrain(args, out, "cross_entropy",
+    ce_cfg, ce_model, ce = retrain(args, out, weights, "cross_entropy",
                                    "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy")
     _, naive_model, naive = retrain(
-        args, out, "naive", "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
+        args, out, weights, "naive", "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
         "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS", parse_target_metrics(target))
-    _, sr_model, sr = retrain(args, out, "searched", "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
-                              "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", best)
+    _, sr_model, sr = retrain(args, out, weights, "searched", "MODEL.SEM_SEG_HEAD.LOSS_TYPE",
+                              "searched", "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", best)
 
     print("[demo] 3/3 results on segloss_shapes_val (percent)", flush=True)
     rows = [("cross_entropy", ce), (f"naive {target} (unsearched)", naive),

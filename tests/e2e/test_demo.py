@@ -15,6 +15,7 @@ def test_demo_runs_every_stage(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "tools/demo.py", "--output-dir", str(out), "--retrain-iters", "3",
+         "--pretrain-iters", "2",
          "SEARCH.ITERATIONS", "1", "SEARCH.SAMPLES_PER_ITER", "2", "SEARCH.PROXY.MAX_ITER", "3",
          "SEARCH.HOLDOUT.SIZE", "8"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
