@@ -5,7 +5,7 @@ EXTRAS ?= dev,ray
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench study clean
 
 install:
 	SEGLOSS_EXTRAS=$(EXTRAS) bash tools/install.sh
@@ -18,6 +18,12 @@ test: install
 
 lint: install
 	$(PY) -m ruff check .
+
+# The search-quality study (docs/search_study.md): --quick ~15 min on 2 CPU cores;
+# `make study STUDY_ARGS=` runs the full study (~80 min).
+STUDY_ARGS ?= --quick
+study: install
+	$(PY) benchmarks/study_search.py $(STUDY_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_loss.py

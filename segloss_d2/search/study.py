@@ -157,7 +157,7 @@ PLANS = {
     "full": StudyPlan(
         name="full", targets=("BF1", "mIoU"), search_seeds=(1, 2, 3), train_seeds=(1, 2, 3),
         iterations=4, samples_per_iter=8, proxy_iters=100, holdout_size=40, retrain_iters=400,
-        ablation_target="mIoU", ablation_seeds=(1, 2), fidelity_candidates=8,
+        ablation_target="mIoU", ablation_seeds=(1,), fidelity_candidates=8,
         noise_seeds=(1, 2, 3, 4, 5), search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300,
         methods=("ppo", "ppo_joint", "random"),
     ),
@@ -208,6 +208,11 @@ def rewards_across_seeds(cfg, thetas, seeds: Sequence[int]) -> Dict[int, List[fl
             for seed in seeds}
 
 
+def _comparable(plan_dict: Dict) -> Dict:
+    """A plan as compared on resume: config files by name (a study may move with its checkout)."""
+    return {k: os.path.basename(v) if k.endswith("_config") else v for k, v in plan_dict.items()}
+
+
 def _read_json(path: str):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -236,7 +241,8 @@ class SearchStudy:
         os.makedirs(output_dir, exist_ok=True)
         plan_path = os.path.join(output_dir, "plan.json")
         plan_dict = json.loads(json.dumps(dataclasses.asdict(plan)))
-        if os.path.exists(plan_path) and _read_json(plan_path) != plan_dict:
+        if os.path.exists(plan_path) and _comparable(_read_json(plan_path)) != _comparable(
+                plan_dict):
             raise ValueError(f"{output_dir} holds a study with another plan ({plan_path}); "
                              "choose another --output-dir or delete it")
         _write_json(plan_path, plan_dict)

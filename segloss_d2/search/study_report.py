@@ -33,14 +33,18 @@ def _fmt(mean, std, digits=2):
 
 def iteration_curves(trials: List[Dict], iterations: int) -> Dict[str, List[float]]:
     """Per iteration of one search: ``mean`` (batch mean reward), ``mu`` (reward of sample 0: the
-    mean itself under PPO's baseline "mu", meaningless for random search) and ``best`` so far."""
-    mean, mu = [], []
+    mean itself under PPO's baseline "mu", meaningless for random search), ``best`` so far and
+    ``mu_step`` (largest change of one coordinate of mu from the previous iteration; nan at 0)."""
+    mean, mu, thetas = [], [], []
     for it in range(iterations):
         batch = [t for t in trials if t["iteration"] == it]
         mean.append(float(np.mean([t["reward"] for t in batch])) if batch else math.nan)
         first = [t for t in batch if t["index"] == 0]
         mu.append(first[0]["reward"] if first else math.nan)
-    return {"mean": mean, "mu": mu, "best": best_so_far(trials, iterations)}
+        thetas.append(np.asarray(first[0]["theta"]) if first else None)
+    steps = [math.nan] + [float(np.abs(b - a).max()) if a is not None and b is not None
+                          else math.nan for a, b in zip(thetas[:-1], thetas[1:])]
+    return {"mean": mean, "mu": mu, "best": best_so_far(trials, iterations), "mu_step": steps}
 
 
 def _curves(searches: Dict[str, List[Dict]], prefix: str, iterations: int):
@@ -181,7 +185,8 @@ def write_report(results: Dict, out_dir: str) -> str:
         lines.append("")
         lines += [f"Search side ({target}, proxy reward 0-1, mean ± std over search seeds):", "",
                   "| method | best sampled reward | batch mean, first iteration | batch mean, "
-                  "last iteration | reward of mu, first → last |", "|---|---|---|---|---|"]
+                  "last iteration | reward of mu, first → last | largest step of one coordinate "
+                  "of mu per iteration |", "|---|---|---|---|---|---|"]
         for method in plan["methods"]:
             runs = _curves(results["searches"], f"{target}/{method}/", plan["iterations"])
             best = mean_std([r["best"][-1] for r in runs])
@@ -190,8 +195,10 @@ def write_report(results: Dict, out_dir: str) -> str:
             mu = ("—" if method == "random" else
                   f"{_fmt(*mean_std([r['mu'][0] for r in runs]), 4)} → "
                   f"{_fmt(*mean_std([r['mu'][-1] for r in runs]), 4)}")
+            step = ("—" if method == "random" else
+                    _fmt(*mean_std([s for r in runs for s in r["mu_step"][1:]]), 3))
             lines.append(f"| {_LABELS.get(method, method)} | {_fmt(*best, 4)} | "
-                         f"{_fmt(*first, 4)} | {_fmt(*last, 4)} | {mu} |")
+                         f"{_fmt(*first, 4)} | {_fmt(*last, 4)} | {mu} | {step} |")
         lines.append("")
         png = f"reward_curves_{target}.png"
         _plot_reward_curves(results, target, os.path.join(out_dir, png),

@@ -146,7 +146,7 @@ def test_class_names_and_metric_subset():
 
 
 # --------------------------------------------------------------------------------------------
-# brute force: per-pixel python loops over the definitions of spec §1.3-1.4
+# brute force: per-pixel python loops over the definitions of docs/method.md §1.3-1.4
 
 
 def _window(h, w, y, x, r):

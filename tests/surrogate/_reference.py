@@ -1,4 +1,5 @@
-"""Straightforward re-implementation of the reference formulas (spec §3.1, §2.3), for tests only.
+"""Straightforward re-implementation of the reference formulas (docs/method.md §3.1, §2.3),
+for tests only.
 
 Deliberately naive and independent of segloss_d2: one-hot products, one pass per Bézier piece on a
 clamped copy of x selected with torch.where, the (a - sqrt(.)) / (2a - 1) root, explicit 1.0

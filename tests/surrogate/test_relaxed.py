@@ -125,7 +125,7 @@ def test_ignored_pixels_get_zero_gradient_except_bf1(preset):
     ignored = (labels == 255).unsqueeze(1).expand_as(logits)
     assert logits.grad[~ignored].abs().max() > 0
     if preset == "voc_bf1":
-        # the reference applies no valid mask to the predicted boundaries (spec §2.3)
+        # the reference applies no valid mask to the predicted boundaries (docs/method.md §2.3)
         return
     assert logits.grad[ignored].abs().max() == 0
 

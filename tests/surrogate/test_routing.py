@@ -106,8 +106,9 @@ def bf1_of_probs(p, labels, curves, tol, drop_bg, pad_with_one=False):
     """The reference BF1 (``_reference.surrogate``) on probabilities instead of logits.
 
     The erosion's windows are cut at the border (max_pool2d's own padding, never picked) unless
-    ``pad_with_one``: then p is padded with 1.0 first, as the reference code does (spec §1.3), and
-    a window whose minimum ties with the pad sends its gradient to the pad, where it is lost.
+    ``pad_with_one``: then p is padded with 1.0 first, as the reference code does
+    (docs/method.md §1.3), and a window whose minimum ties with the pad sends its gradient to the
+    pad, where it is lost.
     """
     y, _ = one_hot(labels, p.shape[1])
     gt_edge = _edge(y.to(p.dtype))
