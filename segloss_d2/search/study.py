@@ -152,14 +152,13 @@ PLANS = {
         noise_seeds=(1, 2, 3), search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300,
     ),
     # The study of docs/search_study.md: 4 x 8 proxies of 100 iterations fine-tuned from the
-    # pretrained weights, 3 search seeds x 3 training seeds, PPO with the reference's and the
-    # paper's ratio (about 80 minutes on 2 CPU cores).
+    # pretrained weights, 3 search seeds x 3 training seeds (about 70 minutes on 2 CPU cores;
+    # add the paper's joint PPO ratio with --set methods ppo,ppo_joint,random).
     "full": StudyPlan(
         name="full", targets=("BF1", "mIoU"), search_seeds=(1, 2, 3), train_seeds=(1, 2, 3),
         iterations=4, samples_per_iter=8, proxy_iters=100, holdout_size=40, retrain_iters=400,
         ablation_target="mIoU", ablation_seeds=(1,), fidelity_candidates=8,
         noise_seeds=(1, 2, 3, 4, 5), search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300,
-        methods=("ppo", "ppo_joint", "random"),
     ),
 }
 

@@ -82,7 +82,7 @@ def test_study_smoke_run_and_resume(tmp_path):
     first = _run(out, "--report-dir", str(tmp_path / "report"))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = open(os.path.join(out, "search_study.md")).read()
-    for section in ("## Reward noise", "## BF1: retrained from scratch", "PPO search (reference",
+    for section in ("## Reward noise", "## BF1: final training", "PPO search (reference",
                     "random search", "naive (identity curves)", "cross-entropy",
                     "released VOC preset", "## Constraint ablation", "## Proxy fidelity"):
         assert section in report, section
