@@ -84,7 +84,7 @@ def _plot_reward_curves(results, target, path, noise_std):
             if key == "mean" and method != "random":
                 _band(ax, x, runs, "mu", _color(method, i),
                       f"{_LABELS.get(method, method)}: reward of the mean mu", "--")
-        ax.set(title=title, xlabel="search iteration")
+        ax.set(title=title, xlabel="search iteration", xticks=x)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"hold-out {target} of the proxy (0-1)")
     axes[0].legend(fontsize=8)
@@ -110,6 +110,7 @@ def _plot_ablation(results, target, path):
                 ylabel=f"hold-out {target} of the proxy (0-1)")
     axes[1].set(title="best reward so far", xlabel="search iteration")
     for ax in axes:
+        ax.set_xticks(x)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{target}: constraint ablation (PPO), {len(plan['ablation_seeds'])} seed(s)",
