@@ -411,7 +411,6 @@ class SearchStudy:
     def run(self) -> Dict:
         """Run every phase (reusing finished work); returns the collected results."""
         p = self.plan
-        start = time.perf_counter()
         results = {"plan": dataclasses.asdict(p), "noise": {}, "noise_scratch": {},
                    "searches": {}, "retrain": {}, "ablation": {}, "fidelity": {}}
         for target in p.targets:
@@ -445,7 +444,6 @@ class SearchStudy:
             trials = results["searches"][f"{target}/{p.methods[0]}/{p.search_seeds[0]}"]
             results["fidelity"][target] = self.fidelity(target, trials, p.train_seeds[0])
         results["timings"] = dict(self.timings)
-        results["timings"]["wall (this run)"] = time.perf_counter() - start
         return results
 
 

@@ -249,6 +249,7 @@ def write_report(results: Dict, out_dir: str) -> str:
 
     lines += ["## Wall time (2-core CPU)", "", "| phase | minutes |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in results["timings"].items()]
+    lines.append(f"| total | {sum(results['timings'].values()) / 60:.1f} |")
     path = os.path.join(out_dir, "search_study.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
