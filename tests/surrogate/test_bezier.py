@@ -35,6 +35,19 @@ TABLE = {
 }
 
 
+def _assert_matches_reference(x, cp, gen):
+    """bezier_curve equals the naive reference at float64 ``x``, in value and gradient; returns
+    the reference values."""
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ga, gb = bezier_curve(xa, cp), reference_bezier(xb, cp)
+    torch.testing.assert_close(ga, gb, atol=1e-12, rtol=1e-10)
+    w = torch.rand(x.shape, generator=gen, dtype=torch.float64)
+    (ga * w).sum().backward()
+    (gb * w).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-8, rtol=1e-7)
+    return gb
+
+
 def _random_curve(gen, n):
     return theta_to_control_points(torch.rand(4 * n - 2, generator=gen, dtype=torch.float64), n)
 
@@ -74,13 +87,7 @@ def test_matches_per_piece_reference_value_and_gradient(n):
     x = torch.rand(5000, generator=gen, dtype=torch.float64)
     x = torch.cat([x, torch.tensor([0.0, 1.0], dtype=torch.float64),
                    torch.tensor(cp[0::2], dtype=torch.float64)])  # piece ends included
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ga, gb = bezier_curve(xa, cp), reference_bezier(xb, cp)
-    torch.testing.assert_close(ga, gb, atol=1e-12, rtol=1e-10)
-    w = torch.rand(x.shape, generator=gen, dtype=torch.float64)
-    (ga * w).sum().backward()
-    (gb * w).sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-8, rtol=1e-7)
+    _assert_matches_reference(x, cp, gen)
 
 
 def test_float32_matches_float64_and_half_is_computed_in_float32():
@@ -224,13 +231,7 @@ def test_constrained_curves_match_reference_value_and_gradient(constraints, n):
     _, cps = _random_constrained(gen, n, constraints, count=5)
     for cp in cps.tolist():
         x = torch.cat([torch.rand(2000, generator=gen, dtype=torch.float64), ENDS])
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ga, gb = bezier_curve(xa, cp), reference_bezier(xb, cp)
-        torch.testing.assert_close(ga, gb, atol=1e-12, rtol=1e-10)
-        w = torch.rand(x.shape, generator=gen, dtype=torch.float64)
-        (ga * w).sum().backward()
-        (gb * w).sum().backward()
-        torch.testing.assert_close(xa.grad, xb.grad, atol=1e-8, rtol=1e-7)
+        gb = _assert_matches_reference(x, cp, gen)
         g32 = bezier_curve(x[:-2].float(), cp)  # float32 too (the training dtype)
         torch.testing.assert_close(g32.double(), gb[:-2].detach(), atol=1e-3, rtol=0)
 
