@@ -50,6 +50,11 @@ def add_segloss_config(cfg):
     # Average mIoU/BIoU/mAcc surrogates over classes present in the mini-batch only, instead of all
     # classes as the reference does (a deviation, off by default).
     head.SURROGATE.PRESENT_CLASSES_ONLY = False
+    # Statistics scope of the surrogates (docs/method.md §2.5): "local" = per-class sums over the
+    # per-process mini-batch (the reference); "global" = those sums all-reduced over all processes
+    # (DDP) inside the forward pass, so loss and gradients equal one process holding the global
+    # batch; "image" = every surrogate per image, then averaged over the images.
+    head.SURROGATE.STATS = "local"
 
     cfg.TEST.SEGLOSS = CN()
     # Metrics reported by SegLossEvaluator (subset of mIoU, fwIoU, mACC, pACC, BIoU, BF1,

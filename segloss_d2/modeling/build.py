@@ -22,6 +22,7 @@ from ..config import LOSS_TYPES
 from ..losses import LOSSES
 from ..surrogate.loss import SurrogateLoss
 from ..surrogate.params import SurrogateParams, identity_params, load_params
+from ..surrogate.stats import check_stats
 
 __all__ = ["build_sem_seg_loss", "build_surrogate_loss", "build_surrogate_params"]
 
@@ -79,7 +80,8 @@ def build_surrogate_params(cfg) -> SurrogateParams:
 
 def build_surrogate_loss(cfg, params: SurrogateParams) -> SurrogateLoss:
     """SurrogateLoss of ``params`` with the head's classes, ignore value and loss weight and the
-    ``SURROGATE`` tolerance / background / class-averaging options (also used by the search)."""
+    ``SURROGATE`` tolerance / background / class-averaging / statistics-scope options (also used
+    by the search)."""
     head = cfg.MODEL.SEM_SEG_HEAD
     sur = head.SURROGATE
     return SurrogateLoss(
@@ -90,6 +92,7 @@ def build_surrogate_loss(cfg, params: SurrogateParams) -> SurrogateLoss:
         drop_background=sur.DROP_BACKGROUND,
         present_classes_only=sur.PRESENT_CLASSES_ONLY,
         loss_weight=head.LOSS_WEIGHT,
+        stats=check_stats(sur.STATS, "MODEL.SEM_SEG_HEAD.SURROGATE.STATS"),
     )
 
 

@@ -15,6 +15,7 @@ from .relaxed import (
     relaxed_macc,
     relaxed_miou,
 )
+from .stats import check_stats, reducer
 
 __all__ = ["SurrogateLoss"]
 
@@ -32,7 +33,27 @@ class SurrogateLoss(nn.Module):
             change mIoU/FWIoU/mAcc/gAcc (nor the BIoU mean, which stays over all C classes).
         present_classes_only (bool): average mIoU/BIoU/mAcc over the classes present in the batch's
             ground truth instead of all C classes (a deviation from the reference, off by default).
+            "The batch" is the one of the statistics scope: the global batch under ``global``,
+            each image under ``image``.
         loss_weight (float): overall factor.
+        stats (str): statistics scope (docs/method.md §2.5), one of
+            :data:`~segloss_d2.surrogate.stats.STATS_SCOPES`:
+
+            - ``"local"`` (default, the reference): per-class sums over this process's mini-batch;
+            - ``"global"``: the per-class label counts and soft sums (intersections, unions, BF1's
+              boundary sums) are all-reduced over the default ``torch.distributed`` group in the
+              forward pass, so every process gets the loss of one process holding the
+              concatenated global batch; present classes, BF1's classes and empty means are
+              decided on the global batch. Backward all-reduces (sums) the gradients of those
+              sums: each process's logits get W times the one-process gradient of its slice
+              (W = world size), which DDP's gradient averaging turns into exactly the
+              one-process gradient of the parameters. Same as ``local`` without an initialized
+              process group or with one process. Every process must call the loss in step
+              (it holds collectives).
+            - ``"image"``: every surrogate is computed on each image alone (its own present
+              classes, boundaries and empty means), then averaged over the images where it is
+              defined (an image where it is undefined, e.g. BF1 without a ground-truth boundary,
+              is left out of that metric's mean; no image: the term is skipped).
 
     The control points are configuration, not state: plain Python floats (``control_points``,
     per metric a list of flat curves), so ``state_dict`` is empty (a checkpoint never overrides
@@ -43,7 +64,7 @@ class SurrogateLoss(nn.Module):
     """
 
     def __init__(self, params, num_classes, ignore_value=255, tolerance=5, drop_background=False,
-                 present_classes_only=False, loss_weight=1.0):
+                 present_classes_only=False, loss_weight=1.0, stats="local"):
         super().__init__()
         if not isinstance(params, SurrogateParams):
             raise TypeError(f"params must be a SurrogateParams (see load_params), got "
@@ -65,6 +86,7 @@ class SurrogateLoss(nn.Module):
         self.drop_background = bool(drop_background)
         self.present_classes_only = bool(present_classes_only)
         self.loss_weight = float(loss_weight)
+        self.stats = check_stats(stats, "SurrogateLoss stats (statistics scope)")
         self.metrics = list(params.metrics)
         self.weights = list(params.weights)
         self.num_pieces = list(params.num_pieces)
@@ -76,7 +98,7 @@ class SurrogateLoss(nn.Module):
         return (f"{self.loss_weight:g} * [{terms}], num_classes={self.num_classes}, "
                 f"ignore_value={self.ignore_value}, tolerance={self.tolerance}, "
                 f"drop_background={self.drop_background}, "
-                f"present_classes_only={self.present_classes_only}")
+                f"present_classes_only={self.present_classes_only}, stats={self.stats}")
 
     def _surrogate(self, metric, curves, probs, labels, info):
         if metric == "mIoU":
@@ -99,11 +121,26 @@ class SurrogateLoss(nn.Module):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
             probs = torch.softmax(logits.to(dtype), dim=1)
-            info = LabelInfo(labels, self.num_classes)
+            if self.stats == "image":
+                return self._per_image(probs, labels), probs
+            info = LabelInfo(labels, self.num_classes, reducer(self.stats))
             out = {}
             for metric, curves in zip(self.metrics, self.control_points):
                 out[metric] = self._surrogate(metric, curves, probs, labels, info)
         return out, probs
+
+    def _per_image(self, probs, labels):
+        """``image`` statistics: every surrogate on each image alone, then the mean over the
+        images where it is defined (None where it is defined on none)."""
+        values = {metric: [] for metric in self.metrics}
+        # one split: its backward concatenates the per-image gradients in one pass
+        for probs_i, labels_i in zip(probs.split(1), labels.split(1)):
+            info = LabelInfo(labels_i, self.num_classes)
+            for metric, curves in zip(self.metrics, self.control_points):
+                value = self._surrogate(metric, curves, probs_i, labels_i, info)
+                if value is not None:
+                    values[metric].append(value)
+        return {metric: torch.stack(v).mean() if v else None for metric, v in values.items()}
 
     def forward(self, logits, labels):
         """Loss ``loss_weight * Σ_k w_k (1 - surrogate_k)``; undefined terms contribute 0."""

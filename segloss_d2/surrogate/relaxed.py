@@ -6,6 +6,7 @@ docs/method.md §2.3. Conventions shared by every function here:
 - ``labels``: (N, H, W) int64; values outside [0, C) (e.g. the ignore value 255) are void: an
   all-zero one-hot row, excluded from region statistics.
 - Statistics are per class over the whole mini-batch (N, H, W), not per image; eps = 1e-8.
+  ``LabelInfo.reducer`` extends them to the global batch of all processes (:mod:`.stats`).
 - Each curve argument is one curve's flat control points (see :mod:`.bezier`).
 - Each function returns the surrogate metric as a 0-dim tensor (higher is better), or ``None``
   when it is undefined for this batch (an empty mean: FWIoU without valid pixels, BF1 without any
@@ -38,6 +39,7 @@ from .bezier import (
     no_double_backward,
     workspace,
 )
+from .stats import LOCAL
 
 __all__ = [
     "LabelInfo",
@@ -85,11 +87,15 @@ class LabelInfo:
     Args:
         labels (Tensor): (N, H, W) int64.
         num_classes (int): C.
+        reducer (Reducer): the statistics scope across processes (:mod:`.stats`, docs/method.md
+            §2.5): :meth:`counts` and the relaxed metrics' soft sums go through it; default
+            :data:`~.stats.LOCAL` (this process's batch).
     """
 
-    def __init__(self, labels, num_classes):
+    def __init__(self, labels, num_classes, reducer=LOCAL):
         self.labels = labels = labels.contiguous()  # flat views in the backward passes
         self.num_classes = num_classes
+        self.reducer = reducer
         self.valid = (labels >= 0) & (labels < num_classes)
         self.safe = torch.where(self.valid, labels, 0)
 
@@ -109,9 +115,11 @@ class LabelInfo:
         return differs & self.valid
 
     def counts(self, mask):
-        """(C,) float per-class number of ground-truth pixels inside ``mask`` (N, H, W) bool."""
+        """(C,) float per-class number of ground-truth pixels inside ``mask`` (N, H, W) bool,
+        summed by :attr:`reducer` (over all processes under ``global`` statistics)."""
         weights = mask.reshape(-1).to(torch.float64)  # exact integer counts
-        return torch.bincount(self.safe.reshape(-1), weights, minlength=self.num_classes).float()
+        counts = torch.bincount(self.safe.reshape(-1), weights, minlength=self.num_classes)
+        return self.reducer.counts(counts).float()
 
     def trimap(self, tolerance, drop_background):
         """(N, H, W) bool BIoU band: dilated ground-truth boundaries (without class 0 if asked)."""
@@ -273,6 +281,7 @@ def _intersection_union(probs, info, and_cp, or_cp, mask):
     with torch.autocast(device_type=probs.device.type, enabled=False):
         sums = _RegionSums.apply(probs.reshape(n, c, h * w).contiguous(), info.safe, weight,
                                  and_pieces, or_pieces, present)
+    sums = info.reducer.sums(*sums)  # statistics scope (docs/method.md §2.5)
     if or_cp is None:
         return sums[0], None, counts
     inter, g_sum, g_lab = sums
@@ -672,6 +681,7 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
         index = _window_argmax(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
         n_fg, match_fg, soft_dilated = _BoundaryMatch.apply(soft_edges, gt_dilated, index)
     match_gt = probs.new_zeros(k).index_add(0, c_idx, soft_dilated)
+    n_fg, match_fg, match_gt = info.reducer.sums(n_fg, match_fg, match_gt)  # docs/method.md §2.5
 
     precision = match_fg / (n_fg + EPS)
     recall = match_gt / (n_gt[keep] + EPS)

@@ -50,6 +50,14 @@ def test_searched_presets_and_combinations():
 
 
 
+def test_surrogate_stats_reaches_the_loss():
+    assert tiny_cfg().MODEL.SEM_SEG_HEAD.SURROGATE.STATS == "local"
+    for stats in ("local", "global", "image"):
+        loss = build_sem_seg_loss(tiny_cfg("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
+                                           "MODEL.SEM_SEG_HEAD.SURROGATE.STATS", stats))
+        assert loss.stats == stats
+
+
 def test_searched_params_of_a_constraint_ablation_combine_with_a_preset(tmp_path):
     """A params file with non-default curve constraints (4n-number curves) keeps them when
     combined with another file in SURROGATE.PARAMS."""
@@ -83,6 +91,8 @@ def test_searched_params_of_a_constraint_ablation_combine_with_a_preset(tmp_path
           "voc_miou", "MODEL.SEM_SEG_HEAD.SURROGATE.WEIGHTS", "[1.0, 2.0]"], "one weight per"),
         (["MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched", "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS",
           "no_such_preset"], "no_such_preset"),
+        (["MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive", "MODEL.SEM_SEG_HEAD.SURROGATE.STATS", "batch"],
+         r"SURROGATE.STATS must be one of \['local', 'global', 'image'\], got 'batch'"),
     ],
 )
 def test_bad_config_fails_when_the_model_is_built(opts, match):
