@@ -18,7 +18,8 @@ from detectron2.projects.deeplab import add_deeplab_config  # noqa: E402
 @pytest.mark.parametrize(
     "module",
     ["detectron2.config", "detectron2.data", "detectron2.modeling", "detectron2.engine",
-     "detectron2.evaluation", "detectron2.projects.deeplab", "detectron2.data.transforms"],
+     "detectron2.evaluation", "detectron2.projects.deeplab", "detectron2.data.transforms",
+     "detectron2.projects.point_rend"],
 )
 def test_imports(module):
     importlib.import_module(module)

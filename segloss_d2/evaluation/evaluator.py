@@ -52,9 +52,16 @@ def load_sem_seg_gt(path: str) -> np.ndarray:
 
 
 class SegLossEvaluator(DatasetEvaluator):
-    """Evaluates mIoU, fwIoU, mACC, pACC (detectron2's names and definitions) plus BIoU, BF1
-    (Auto Seg-Loss, docs/method.md §1.2-1.4) and Boundary IoU, all accumulated over the dataset,
-    in percent.
+    """Evaluates mIoU, fwIoU, mACC, pACC (detectron2's names) plus BIoU, BF1 (Auto Seg-Loss,
+    docs/method.md §1.2-1.4) and Boundary IoU, all accumulated over the dataset, in percent.
+
+    mIoU convention (docs/method.md §1.4): a class predicted but absent from the ground truth has
+    IoU 0 (``IoU-<class>`` 0) and counts in the mean, as in detectron2 v0.6's ``SemSegEvaluator``,
+    cityscapesScripts and MMSegmentation. detectron2's upstream main leaves every class without GT
+    pixels out of its mIoU, which is then the mean of our ``IoU-<class>`` over the classes whose
+    ``ACC-<class>`` is not NaN. fwIoU, mACC, pACC and the IoU/ACC of classes present in the GT agree
+    with both versions; main's extra ``BoundaryIoU-<class>`` keys (boundaries of the label map) are
+    not the Boundary IoU reported here (per-class bands, docs/method.md §1.4).
 
     Results: ``OrderedDict({"sem_seg": {"mIoU": .., "fwIoU": .., "mACC": .., "pACC": .., "BIoU": ..,
     "BF1": .., "BoundaryIoU": .., "IoU-<class>": .., "ACC-<class>": .., "BIoU-<class>": ..,

@@ -59,6 +59,37 @@ def dataset(tmp_path):
     MetadataCatalog.remove(name)
 
 
+def _absent_classes_count_in_d2_miou(tmp_path):
+    """How the installed detectron2's SemSegEvaluator averages mIoU, detected by behaviour.
+
+    One 2x2 image of class 0 with one pixel predicted as class 1 (absent from the GT):
+    v0.6 (like cityscapesScripts, MMSegmentation and SegMetrics) counts class 1 as IoU 0, mIoU
+    (3/4 + 0) / 2 = 37.5; upstream main leaves classes absent from the GT out, mIoU 75.
+    Returns True for the first convention, False for the second.
+    """
+    path = str(tmp_path / "probe_gt.png")
+    Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(path)
+    name = f"segloss_probe_{uuid.uuid4().hex}"
+    record = {"file_name": "probe.jpg", "sem_seg_file_name": path, "height": 2, "width": 2}
+    DatasetCatalog.register(name, lambda: [record])
+    MetadataCatalog.get(name).set(stuff_classes=["a", "b"], ignore_label=IGNORE)
+    try:
+        logits = torch.zeros(2, 2, 2)
+        logits[0] = 1.0
+        logits[1, 0, 0] = 2.0
+        miou = _run(SemSegEvaluator(name, distributed=False), [record],
+                    [{"sem_seg": logits}])["sem_seg"]["mIoU"]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    if miou == pytest.approx(37.5):
+        return True
+    if miou == pytest.approx(75.0):
+        return False
+    raise AssertionError(f"detectron2's SemSegEvaluator gave mIoU {miou} on the probe; expected "
+                         "37.5 (absent classes count as IoU 0) or 75 (absent classes left out)")
+
+
 def _run(evaluator, records, outputs):
     evaluator.reset()
     evaluator.process(records[:1], outputs[:1])  # one image, then a batch of two
@@ -69,20 +100,33 @@ def _run(evaluator, records, outputs):
 # detectron2's own SemSegEvaluator converts tensors with np.array(..., dtype=int)
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_matches_sem_seg_evaluator(dataset, tmp_path, caplog):
+    """Same numbers as detectron2's SemSegEvaluator under its mIoU convention, detected by
+    behaviour (v0.6 and upstream main differ); keys only detectron2 reports (main's
+    ``BoundaryIoU-*``, another definition than ours) are not compared."""
     name, records, outputs = dataset
     caplog.set_level(logging.INFO)
+    absent_count = _absent_classes_count_in_d2_miou(tmp_path)
     ours = _run(SegLossEvaluator(name, output_dir=str(tmp_path / "out")), records, outputs)
     theirs = _run(SemSegEvaluator(name, distributed=False), records, outputs)
     ours, theirs = ours["sem_seg"], theirs["sem_seg"]
-    for key in ["mIoU", "fwIoU", "mACC", "pACC"]:
+    for key in ["fwIoU", "mACC", "pACC"]:
         assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
     for cls in CLASSES[:3]:
         for key in [f"IoU-{cls}", f"ACC-{cls}"]:
             assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
-    # "tree" is predicted but never in GT: both count IoU 0 in mIoU; detectron2 prints NaN for it,
-    # SegMetrics its IoU, 0 (so that mIoU is the NaN-mean of the per-class values)
+    # "tree" is predicted but never in GT: SegMetrics counts IoU 0 for it in mIoU, as v0.6 does
+    # (v0.6 prints NaN for it, SegMetrics 0, so that mIoU is the NaN-mean of the per-class values);
+    # main leaves it out of mIoU (and prints NaN)
     assert math.isnan(ours["ACC-tree"]) and math.isnan(theirs["ACC-tree"])
     assert ours["IoU-tree"] == 0.0 and math.isnan(theirs["IoU-tree"])
+    in_gt = [c for c in CLASSES if not math.isnan(ours[f"ACC-{c}"])]
+    assert in_gt == CLASSES[:3]
+    if absent_count:
+        assert ours["mIoU"] == pytest.approx(theirs["mIoU"], rel=1e-12)
+    else:
+        assert ours["mIoU"] != pytest.approx(theirs["mIoU"])  # the case differs
+        gt_only = np.mean([ours[f"IoU-{c}"] for c in in_gt])
+        assert gt_only == pytest.approx(theirs["mIoU"], rel=1e-12)
 
     # the boundary metrics are SegMetrics' on the same label maps
     direct = SegMetrics(len(CLASSES), ignore_value=IGNORE, class_names=CLASSES)

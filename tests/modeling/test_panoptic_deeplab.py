@@ -1,6 +1,7 @@
 """PanopticDeepLabSemSegLossHead: Panoptic-DeepLab trains with every LOSS_TYPE on CPU and evaluates;
 what its per-pixel weights do for each loss (weighted_sem_seg_loss)."""
 import math
+import sys
 import uuid
 
 import cv2
@@ -177,6 +178,20 @@ def test_top_k_keys_must_agree(meta_name):
                        "MODEL.SEM_SEG_HEAD.LOSS_TOP_K", "0.3")
     with pytest.raises(ValueError, match="LOSS_TOP_K 0.3 .* HARD_PIXEL_TOP_K 0.2"):
         build_model(cfg)
+
+
+def test_project_imports_with_or_without_panopticapi():
+    """The project's __init__ imports panopticapi (for its dataset mapper only): without it the
+    project still imports, the mapper's rgb2id names what is missing, no stand-in is left."""
+    assert pdl.PanopticDeepLab is not None and pdl.add_panoptic_deeplab_config is not None
+    try:
+        import panopticapi  # noqa: F401
+    except ModuleNotFoundError:
+        assert "panopticapi" not in sys.modules and "panopticapi.utils" not in sys.modules
+        with pytest.raises(ModuleNotFoundError, match="install panopticapi"):
+            pdl.dataset_mapper.rgb2id(np.zeros((2, 2, 3), dtype=np.uint8))
+    else:
+        assert pdl.dataset_mapper.rgb2id(np.ones((1, 1, 3), dtype=np.uint8))[0, 0] == 65793
 
 
 # ---- weighted_sem_seg_loss on random tensors ----
