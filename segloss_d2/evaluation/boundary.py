@@ -12,7 +12,7 @@ window holds a different label, and it can only ever be a boundary pixel of its 
 import cv2
 import numpy as np
 
-__all__ = ["compact_dtype", "label_boundary", "dilate_mask", "boxes_of_labels"]
+__all__ = ["compact_dtype", "effective_radius", "label_boundary", "dilate_mask", "boxes_of_labels"]
 
 
 def compact_dtype(num_labels):
@@ -24,6 +24,28 @@ def compact_dtype(num_labels):
         return np.uint16
     limit = np.iinfo(np.uint16).max - 1
     raise ValueError(f"at most {limit} labels are supported, got {num_labels}")
+
+
+def effective_radius(radius, height, width, extra=0):
+    """The smallest radius that gives the same square-window result as ``radius`` on an image.
+
+    A window of radius r cut at the border covers the whole of an axis of length L once
+    r >= L - 1, so every radius from ``max(height, width) - 1`` on gives the same erosion and
+    dilation (the same rule as the surrogates' window operations, docs/method.md §1.3). The
+    morphology below clamps to it, so work and memory stay bounded by the image size (OpenCV
+    would otherwise allocate a (2r+1)^2 kernel). ``extra`` widens the bound for windows that
+    must also reach past the border (``label_boundary(..., border_is_boundary=True)``).
+
+    Args:
+        radius (int): r >= 0.
+        height, width (int): image size.
+        extra (int): pixels added to the bound.
+    """
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)):
+        raise TypeError(f"radius must be an int >= 0 (pixels), got {radius!r}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0 (pixels), got {radius}")
+    return int(min(radius, max(height, width, 1) - 1 + extra))
 
 
 def _square(radius):
@@ -45,7 +67,9 @@ def label_boundary(labels, radius=1, border_is_boundary=False):
     Returns:
         np.ndarray: (H, W) bool map. The boundary of class ``c`` is ``result & (labels == c)``.
     """
-    kernel = _square(radius)
+    # past max(H, W) every window (cut or not) reaches all of the image and, with
+    # border_is_boundary, the outside: nothing changes (see effective_radius)
+    kernel = _square(effective_radius(radius, *labels.shape[:2], extra=1))
     sentinel = int(np.iinfo(labels.dtype).max)
     # the sentinel is larger than every label, so it never lowers the window minimum
     low = cv2.erode(labels, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=sentinel)
@@ -62,11 +86,13 @@ def dilate_mask(mask, radius):
 
     Args:
         mask (np.ndarray): (H, W) bool or uint8 map.
-        radius (int): >= 0; 0 returns the mask unchanged.
+        radius (int): >= 0; 0 returns the mask unchanged. Clamped to max(H, W) - 1
+            (:func:`effective_radius`), which gives the same map.
 
     Returns:
         np.ndarray: (H, W) uint8 map, non-zero inside the dilation.
     """
+    radius = effective_radius(radius, *mask.shape[:2])
     mask = mask.view(np.uint8) if mask.dtype == bool else mask
     if radius == 0:
         return mask

@@ -61,6 +61,12 @@ class SurrogateLoss(nn.Module):
     on the device of the inputs. Inputs: logits (N, C, H, W) float at label resolution (computed
     in float32, also under autocast), labels (N, H, W) int64 in [0, C) ∪ {ignore_value}.
     Output: a 0-dim float32 tensor.
+
+    Undefined terms (docs/method.md §2.3): a metric that counts no pixel of the batch (mIoU, FWIoU,
+    mAcc, gAcc: no valid pixel; BIoU: no valid pixel inside the trimap; BF1: no ground-truth
+    boundary of a kept class) has no value, and its term contributes 0 with zero gradient. So a
+    batch whose every pixel is ignored gives a loss of exactly 0 with zero gradient for every
+    metric, on every device and path: there is nothing to learn from it.
     """
 
     def __init__(self, params, num_classes, ignore_value=255, tolerance=5, drop_background=False,

@@ -9,9 +9,13 @@ docs/method.md §2.3. Conventions shared by every function here:
   ``LabelInfo.reducer`` extends them to the global batch of all processes (:mod:`.stats`).
 - Each curve argument is one curve's flat control points (see :mod:`.bezier`).
 - Each function returns the surrogate metric as a 0-dim tensor (higher is better), or ``None``
-  when it is undefined for this batch (an empty mean: FWIoU without valid pixels, BF1 without any
-  ground-truth boundary, "present classes only" without present classes); the loss then skips the
-  term (contributes 0, never NaN).
+  when it is undefined for this batch because the metric counts no pixel of it: mIoU, FWIoU, mAcc
+  and gAcc without a valid pixel, BIoU without a valid pixel inside the trimap, BF1 without a
+  (kept) ground-truth boundary. The loss then skips the term: it contributes 0 with zero gradient,
+  never NaN (docs/method.md §2.3).
+- ``tolerance`` (BIoU, BF1) is an int >= 0; every radius from max(H, W) - 1 on gives the same
+  values and gradients, and the window operations clamp it there (:func:`effective_radius`), so
+  work and memory are bounded by the image size.
 
 Instead of the reference's one-hot products these functions use label-indexed gathers, which are
 mathematically identical: ``Σ_i g(p_ic) y_ic`` is a sum of ``g(p_{i,label_i})`` per label, and
@@ -25,6 +29,7 @@ soft boundary and its backward, the window maxima) runs in the fused C++ kernels
 ``segloss_d2._C`` (see :mod:`.kernels`); the torch code below is the same computation, used on
 other devices and as the fallback.
 """
+import numbers
 from functools import cached_property
 
 import torch
@@ -55,28 +60,66 @@ __all__ = [
 EPS = 1e-8
 
 
+def check_radius(radius, name="tolerance"):
+    """``radius`` as a Python int after checking it is an integer >= 0 (pixels); else raise.
+
+    Raises:
+        TypeError for a non-integer (bools and floats included), ValueError for a negative value.
+    """
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0 (pixels), got {radius!r} "
+                        f"({type(radius).__name__})")
+    if radius < 0:
+        raise ValueError(f"{name} must be an int >= 0 (pixels), got {radius}")
+    return int(radius)
+
+
+def effective_radius(radius, *lengths):
+    """The radius that square-window operations cut at the image border need, at most.
+
+    A window of radius r around a pixel of an axis of length L covers the whole axis once
+    r >= L - 1, so every radius from ``max(lengths) - 1`` on gives the same dilation, window
+    maximum and window argmax (value and gradient routing): the window operations below clamp
+    the radius to this bound, so their work and memory stay bounded by the image size whatever
+    the tolerance (docs/method.md §1.3).
+
+    Args:
+        radius (int): r >= 0.
+        lengths (int): the side lengths of the window's axes (e.g. H, W).
+    """
+    return min(check_radius(radius, "radius"), max(max(lengths, default=1) - 1, 0))
+
+
 def dilate_bool(mask, radius):
     """Square (Chebyshev) dilation of a bool map over its last two dims, windows cut at the border.
 
     Equal to ``max_pool2d(mask, 2 r + 1, stride=1, padding=r)`` on {0, 1} values, computed
-    separably with log-many shifted ORs.
+    separably with log-many shifted ORs; the radius of each axis is clamped to its length - 1
+    (see :func:`effective_radius`), so any radius costs at most what the image size needs.
+
+    Each pass widens windows of radius ``covered`` to ``covered + shift`` (shift <= 2 covered + 1)
+    by OR-ing the windows ``shift`` pixels away. A window centred outside the axis is read at the
+    nearest end instead (its part inside the axis is contained in the end's window, and that one
+    in the widened window), so windows near the border stay complete.
 
     Args:
         mask (Tensor): bool, shape (..., H, W).
         radius (int): r >= 0.
     """
+    radius = check_radius(radius, "radius")
     out = mask
     for dim in (-1, -2):
         length, covered = out.shape[dim], 0
-        while covered < radius:
-            shift = min(2 * covered + 1, radius - covered)
-            if shift < length:
-                new = out.clone()
-                new.narrow(dim, shift, length - shift).logical_or_(
-                    out.narrow(dim, 0, length - shift))
-                new.narrow(dim, 0, length - shift).logical_or_(
-                    out.narrow(dim, shift, length - shift))
-                out = new
+        axis_radius = effective_radius(radius, length)  # so every shift below is < length
+        while covered < axis_radius:
+            shift = min(2 * covered + 1, axis_radius - covered)
+            rest = length - shift
+            new = out.clone()
+            new.narrow(dim, shift, rest).logical_or_(out.narrow(dim, 0, rest))
+            new.narrow(dim, 0, shift).logical_or_(out.narrow(dim, 0, 1))
+            new.narrow(dim, 0, rest).logical_or_(out.narrow(dim, shift, rest))
+            new.narrow(dim, rest, shift).logical_or_(out.narrow(dim, length - 1, 1))
+            out = new
             covered += shift
     return out
 
@@ -289,16 +332,17 @@ def _intersection_union(probs, info, and_cp, or_cp, mask):
 
 
 def _class_mean(values, counts, present_classes_only):
-    if not present_classes_only:
-        return values.mean()
+    """Mean of the per-class ``values`` over all classes (or the present ones); None (undefined)
+    when no pixel was counted (``counts`` (C,) all zero: e.g. every pixel ignored)."""
     present = counts > 0
     if not bool(present.any()):
         return None
-    return values[present].mean()
+    return values[present].mean() if present_classes_only else values.mean()
 
 
 def relaxed_miou(probs, labels, and_cp, or_cp, present_classes_only=False, info=None):
-    """mIoU~ = (1/C) Σ_c I_c / U_c over the valid pixels (absent classes add 0 to the mean)."""
+    """mIoU~ = (1/C) Σ_c I_c / U_c over the valid pixels (absent classes add 0 to the mean);
+    None without valid pixels."""
     info = info or LabelInfo(labels, probs.shape[1])
     inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, info.valid)
     return _class_mean(inter / union, counts, present_classes_only)
@@ -320,8 +364,10 @@ def relaxed_biou(probs, labels, and_cp, or_cp, tolerance=5, drop_background=Fals
 
     The trimap is the union over classes (without class 0 if ``drop_background``) of the
     ground-truth boundaries dilated by a (2 tolerance + 1)^2 square; exact, no gradient. The mean is
-    over all C classes (background included) unless ``present_classes_only``.
+    over all C classes (background included) unless ``present_classes_only``. None when no valid
+    pixel lies inside the trimap (e.g. no ground-truth boundary, or every pixel ignored).
     """
+    tolerance = check_radius(tolerance)
     info = info or LabelInfo(labels, probs.shape[1])
     mask = info.valid & info.trimap(tolerance, drop_background)
     inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, mask)
@@ -329,17 +375,20 @@ def relaxed_biou(probs, labels, and_cp, or_cp, tolerance=5, drop_background=Fals
 
 
 def relaxed_macc(probs, labels, and_cp, present_classes_only=False, info=None):
-    """mAcc~ = (1/C) Σ_c Σ g_A(p_c) y_c / (Σ y_c + eps)."""
+    """mAcc~ = (1/C) Σ_c Σ g_A(p_c) y_c / (Σ y_c + eps); None without valid pixels."""
     info = info or LabelInfo(labels, probs.shape[1])
     inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
     return _class_mean(inter / (counts + EPS), counts, present_classes_only)
 
 
 def relaxed_gacc(probs, labels, and_cp, info=None):
-    """gAcc~ = Σ_c Σ g_A(p_c) y_c / (Σ_c Σ y_c + eps)."""
+    """gAcc~ = Σ_c Σ g_A(p_c) y_c / (Σ_c Σ y_c + eps); None without valid pixels."""
     info = info or LabelInfo(labels, probs.shape[1])
     inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
-    return inter.sum() / (counts.sum() + EPS)
+    total = counts.sum()
+    if not bool(total > 0):
+        return None
+    return inter.sum() / (total + EPS)
 
 
 def _min3(x, out, dim):
@@ -497,8 +546,10 @@ def _row_window_max(values, radius):
     """max over ``values[n, c, h, w - r : w + r + 1]`` (cut at the border), like ``values``.
 
     A chunk of planes at a time (:func:`_plane_chunks`): pad the rows with -inf, then running
-    maxima of doubling span (log2(2r+1) passes); on CPU the same in C++, row by row.
+    maxima of doubling span (log2(2r+1) passes); on CPU the same in C++, row by row. The radius is
+    clamped to W - 1 (:func:`effective_radius`).
     """
+    radius = effective_radius(radius, values.shape[-1])
     if kernels.use_kernels(values):
         return torch.ops.segloss_d2.row_window_max(values.contiguous(), radius)
     result = torch.empty_like(values)
@@ -526,12 +577,14 @@ def _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
 
     On CPU, when the positions are sparse (M (2r+1)^2 <= values.numel(), e.g. boundary pixels),
     a C++ kernel scans each window directly instead (same index: the first maximum in row-major
-    order), which needs no dense row maxima.
+    order), which needs no dense row maxima. The radius is clamped to max(H, W) - 1
+    (:func:`effective_radius`: a larger one changes neither the maximum nor its index).
 
     Returns:
         (M,) int64 tensor.
     """
     _, c, h, w = values.shape
+    radius = effective_radius(radius, h, w)
     if kernels.use_kernels(values) and n_idx.numel() * (2 * radius + 1) ** 2 <= values.numel():
         return torch.ops.segloss_d2.window_argmax(
             values.detach().contiguous(), n_idx.contiguous(), c_idx.contiguous(),
@@ -651,6 +704,7 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     class qualifies.
     """
     n, c, h, w = probs.shape
+    tolerance = check_radius(tolerance)
     info = info or LabelInfo(labels, c)
     edges = info.boundary
     n_gt = info.counts(edges).to(probs.dtype)

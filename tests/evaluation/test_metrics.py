@@ -394,3 +394,24 @@ def test_bad_input():
 def test_bad_settings(kwargs, error, match):
     with pytest.raises(error, match=match):
         SegMetrics(**kwargs)
+
+
+def test_huge_tolerance_equals_the_image_bound():
+    """Every tolerance from max(H, W) - 1 on gives the same BIoU and BF1 (the morphology clamps
+    it there, instead of OpenCV failing to allocate a (2 tol + 1)^2 kernel), and max(H, W) - 2
+    does not: class 1 is one pixel in a corner, predicted also in the opposite corner."""
+    h, w = 9, 12
+    gt = np.zeros((h, w), np.int64)
+    gt[0, 0] = 1
+    pred = gt.copy()
+    pred[-1, -1] = 1
+    bound = max(h, w) - 1
+    results = {}
+    for tol in (bound - 1, bound, bound + 1, 10**6, 10**12):
+        m = SegMetrics(2, tolerance=tol, drop_background=True, metrics=["BIoU", "BF1"])
+        m.update(pred, gt)
+        results[tol] = m.compute()
+    for tol in (bound + 1, 10**6, 10**12):
+        assert results[tol] == results[bound], tol
+    assert results[bound - 1]["BIoU"] != results[bound]["BIoU"]
+    assert results[bound - 1]["BF1"] != results[bound]["BF1"]

@@ -4,6 +4,11 @@ for tests only.
 Deliberately naive and independent of segloss_d2: one-hot products, one pass per Bézier piece on a
 clamped copy of x selected with torch.where, the (a - sqrt(.)) / (2a - 1) root, explicit 1.0
 padding for the erosion and full 2-D max pooling for dilations.
+
+One deliberate difference from the reference code: where a metric counts no pixel of the batch
+(mIoU/FWIoU/mAcc/gAcc without a valid pixel, BIoU without a valid pixel in the trimap, BF1 without
+a ground-truth boundary) the value is NaN, "undefined", as segloss_d2 defines it (docs/method.md
+§2.3; the reference code gives 0 there, i.e. a loss of w with zero gradient).
 """
 import torch
 import torch.nn.functional as F
@@ -71,6 +76,9 @@ def surrogate(metric, logits, labels, cps, tol=5, drop_bg=False):
     p = torch.softmax(logits, dim=1)
     y, valid = one_hot(labels, c)
     y = y.to(p.dtype)
+    nan = torch.full((), float("nan"), dtype=p.dtype)
+    if metric != "BF1" and not bool(valid.any()):
+        return nan
     if metric in ("mIoU", "FWIoU"):
         inter, union = _iou_terms(p, y, valid, cps)
         if metric == "mIoU":
@@ -81,6 +89,8 @@ def surrogate(metric, logits, labels, cps, tol=5, drop_bg=False):
     if metric == "BIoU":
         dil = _dilate(_edge(y), tol)
         trimap = (dil[:, 1:] if drop_bg else dil).max(dim=1).values > 0.5
+        if not bool((valid & trimap).any()):
+            return nan
         inter, union = _iou_terms(p, y, valid & trimap, cps)
         return (inter / union).mean()
     if metric in ("mAcc", "gAcc"):

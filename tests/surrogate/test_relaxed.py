@@ -4,9 +4,15 @@ import torch
 
 from segloss_d2.surrogate.loss import SurrogateLoss
 from segloss_d2.surrogate.params import identity_params, list_presets, load_params
-from segloss_d2.surrogate.relaxed import dilate_bool
+from segloss_d2.surrogate.relaxed import (
+    check_radius,
+    dilate_bool,
+    effective_radius,
+    relaxed_bf1,
+    relaxed_biou,
+)
 
-from .test_loss import C, blob_labels, random_logits
+from .test_loss import C, _value_and_grad, blob_labels, random_logits
 
 TOL = 2
 
@@ -162,12 +168,51 @@ def test_absent_classes_and_present_classes_only():
     assert all_c["mIoU"].item() == pytest.approx(present["mIoU"].item() * 3 / C, rel=1e-12)
 
 
-def test_everything_ignored_gives_finite_loss():
-    labels = torch.full((1, 8, 8), 255, dtype=torch.long)
-    logits = torch.randn(1, C, 8, 8, requires_grad=True)
-    for preset in list_presets():
-        value = SurrogateLoss(load_params(preset), C)(logits, labels)
-        assert torch.isfinite(value)
+def _all_metrics_params():
+    """One SurrogateParams with all six metrics (their presets' curves), weights 1..6."""
+    from segloss_d2.surrogate.params import SurrogateParams
+
+    presets = [load_params(p) for p in sorted(list_presets())]
+    return SurrogateParams(
+        metrics=[p.metrics[0] for p in presets],
+        weights=[float(i + 1) for i in range(len(presets))],
+        num_pieces=[p.num_pieces[0] for p in presets], thetas=[None] * len(presets),
+        control_points=[p.control_points[0] for p in presets])
+
+
+@pytest.mark.parametrize("drop_bg", [False, True])
+@pytest.mark.parametrize("preset", sorted(list_presets()) + ["all_six"])
+def test_everything_ignored_gives_zero_loss_and_zero_gradient(preset, drop_bg):
+    """docs/method.md §2.3: a batch without a valid pixel has no metric value; every term is
+    skipped, so the loss is exactly 0 with zero gradient, for every metric, on both paths."""
+    params = _all_metrics_params() if preset == "all_six" else load_params(preset)
+    loss = SurrogateLoss(params, C, drop_background=drop_bg, present_classes_only=drop_bg,
+                         loss_weight=0.7)
+    labels = torch.full((2, 9, 8), 255, dtype=torch.long)
+    for dtype in (torch.float32, torch.float64):
+        logits = (3 * torch.randn(2, C, 9, 8, dtype=dtype)).requires_grad_()
+        values, _ = loss.surrogates(logits, labels)
+        assert all(v is None for v in values.values()), values
+        value = loss(logits, labels)
+        value.backward()
+        assert value.dtype == dtype and value.item() == 0.0
+        assert logits.grad is not None and not logits.grad.any()
+    # one valid pixel is enough for every metric to be defined again (next to void, the pixel is
+    # a ground-truth boundary pixel, docs/method.md §1.3)
+    labels[0, 4, 4] = 2
+    values, _ = loss.surrogates(torch.randn(2, C, 9, 8), labels)
+    assert all(v is not None for v in values.values()), values
+
+
+def test_biou_without_valid_pixel_in_the_band_is_skipped():
+    labels = torch.full((2, 7, 6), 3, dtype=torch.long)  # one class: no boundary, empty band
+    loss = SurrogateLoss(load_params("voc_biou"), C)
+    logits = torch.randn(2, C, 7, 6, requires_grad=True)
+    value = loss(logits, labels)
+    value.backward()
+    assert value.item() == 0.0 and not logits.grad.any()
+    labels[1, :, :2] = 1  # a boundary: the band has valid pixels, BIoU~ is defined
+    assert loss.surrogates(logits, labels)[0]["BIoU"] is not None
 
 
 def test_weighted_sum_of_metrics_is_one_loss():
@@ -190,3 +235,78 @@ def test_dilate_bool_equals_max_pool(radius):
     mask = torch.rand(2, 3, 17, 23) > 0.93
     expected = torch.nn.functional.max_pool2d(mask.float(), 2 * radius + 1, 1, radius) > 0
     assert torch.equal(dilate_bool(mask, radius), expected)
+
+
+def _window_or(mask, radius):
+    """Brute force: OR over the (2r+1)^2 window cut at the border, for (N, H, W) bool."""
+    n, h, w = mask.shape
+    out = torch.zeros_like(mask)
+    for i in range(h):
+        for j in range(w):
+            block = mask[:, max(0, i - radius): i + radius + 1, max(0, j - radius): j + radius + 1]
+            out[:, i, j] = block.flatten(1).any(1)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (6, 1), (3, 5), (9, 11), (16, 16)])
+def test_dilate_bool_for_every_radius_up_to_past_the_image(shape):
+    # regression: radii 4, 7, 8 (and any radius >= the side) once lost pixels near the border
+    gen = torch.Generator().manual_seed(sum(shape))
+    mask = torch.rand((3,) + shape, generator=gen) < 0.1
+    mask[0, 0, 0] = mask[1, -1, -1] = True
+    for radius in list(range(0, max(shape) + 3)) + [31, 10**6]:
+        assert torch.equal(dilate_bool(mask, radius), _window_or(mask, radius)), radius
+
+
+def test_radius_helpers():
+    assert effective_radius(5, 16, 16) == 5
+    assert effective_radius(15, 16, 16) == 15
+    assert effective_radius(10**6, 16, 9) == 15
+    assert effective_radius(10**6, 1, 1) == 0
+    assert effective_radius(np.int64(3), 16) == 3
+    assert check_radius(np.int32(4)) == 4 and type(check_radius(np.int32(4))) is int
+    for bad in (2.0, "5", None, True):
+        with pytest.raises(TypeError, match=r"tolerance must be an int >= 0 \(pixels\)"):
+            check_radius(bad)
+    with pytest.raises(ValueError, match="tolerance must be an int >= 0 .*got -1"):
+        check_radius(-1)
+    with pytest.raises(ValueError, match="radius must be an int >= 0 .*got -2"):
+        dilate_bool(torch.zeros(1, 3, 3, dtype=torch.bool), -2)
+
+
+def test_relaxed_functions_validate_the_tolerance():
+    probs = torch.softmax(torch.randn(1, C, 6, 6), 1)
+    labels = blob_labels(n=1, h=6, w=6, cell=2)
+    bf1, biou = load_params("voc_bf1").control_points[0], load_params("voc_biou").control_points[0]
+    with pytest.raises(ValueError, match="tolerance must be an int >= 0 .*got -1"):
+        relaxed_bf1(probs, labels, bf1, tolerance=-1)
+    with pytest.raises(TypeError, match="tolerance must be an int"):
+        relaxed_biou(probs, labels, *biou, tolerance=2.5)
+
+
+def _corner_labels(n=2, h=9, w=11):
+    """Class 1 on the top-left pixel only, class 0 elsewhere: class 1's boundary is that pixel, so
+    its dilation reaches the opposite corner at radius max(H, W) - 1 and not before."""
+    labels = torch.zeros(n, h, w, dtype=torch.long)
+    labels[:, 0, 0] = 1
+    labels[1, 4:, 6:] = 2
+    return labels
+
+
+@pytest.mark.parametrize("preset, drop_bg", [("voc_bf1", False), ("voc_bf1", True),
+                                             ("voc_biou", True)])
+def test_huge_tolerance_equals_the_image_bound(preset, drop_bg):
+    """Every tolerance from max(H, W) - 1 on gives the same value and gradient (the window
+    operations clamp it there), and max(H, W) - 2 does not: the bound is exact."""
+    labels = _corner_labels()
+    h, w = labels.shape[-2:]
+    bound = max(h, w) - 1
+    logits = random_logits(labels, dtype=torch.float64)
+    results = {}
+    for tol in (bound - 1, bound, bound + 1, 10**6, 10**12):
+        loss = SurrogateLoss(load_params(preset), C, tolerance=tol, drop_background=drop_bg)
+        results[tol] = _value_and_grad(lambda x, loss=loss: loss(x, labels), logits)
+    for tol in (bound + 1, 10**6, 10**12):
+        assert torch.equal(results[tol][0], results[bound][0]), tol
+        assert torch.equal(results[tol][1], results[bound][1]), tol
+    assert not torch.equal(results[bound - 1][0], results[bound][0])
