@@ -30,7 +30,14 @@ __all__ = [
 ]
 
 if importlib.util.find_spec("detectron2") is not None:
-    from .datasets import register_all_segloss_datasets, register_shapes, register_voc_sem_seg
+    from .datasets import (
+        CorruptFileError,
+        register_all_segloss_datasets,
+        register_shapes,
+        register_voc_sem_seg,
+    )
+    from .mapper import SemSegDatasetMapper
 
     register_all_segloss_datasets()
-    __all__ += ["register_all_segloss_datasets", "register_shapes", "register_voc_sem_seg"]
+    __all__ += ["CorruptFileError", "SemSegDatasetMapper", "register_all_segloss_datasets",
+                "register_shapes", "register_voc_sem_seg"]

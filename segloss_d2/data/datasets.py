@@ -21,7 +21,10 @@ index PNGs (``SegmentationClassRaw``/``SegmentationClassAugRaw`` next to the ori
 at them.
 
 A dataset whose files are missing raises ``FileNotFoundError`` naming the dataset, the expected
-path, ``DETECTRON2_DATASETS`` and the expected layout, before any loading starts.
+path, ``DETECTRON2_DATASETS`` and the expected layout, before any loading starts. A file that
+cannot be decoded (truncated or corrupt) raises :class:`CorruptFileError` naming the dataset and
+the file, where it is read: in the VOC palette conversion here, and while training or evaluating in
+:class:`~segloss_d2.data.mapper.SemSegDatasetMapper`.
 """
 import hashlib
 import logging
@@ -29,6 +32,7 @@ import os
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from .shapes import (
@@ -42,6 +46,7 @@ from .shapes import (
 )
 
 __all__ = [
+    "CorruptFileError",
     "VOC_CLASSES",
     "VOC_SPLITS",
     "voc_palette",
@@ -138,6 +143,41 @@ def _missing(dataset_name, path, what, layout, registered_by="segloss_d2"):
     )
 
 
+class CorruptFileError(OSError):
+    """An image or label file of a dataset that cannot be read or decoded (e.g. truncated).
+
+    An ``OSError`` (what PIL raises for such files), with the dataset, the file and the original
+    exception (also chained as ``__cause__``) in the message and as attributes.
+
+    Args:
+        dataset (str): dataset name (or a description of the candidates).
+        path (str): the file.
+        kind (str): what the file is, e.g. "image" or "label".
+        error (BaseException): the original exception.
+    """
+
+    def __init__(self, dataset, path, kind, error):
+        self.dataset, self.path, self.kind, self.error = dataset, os.path.abspath(path), kind, error
+        if isinstance(error, FileNotFoundError):
+            hint = "The file is missing: restore it, or remove its id from the dataset."
+        else:
+            hint = ("The file is probably truncated or corrupt (e.g. an interrupted download or "
+                    "copy): restore it from the dataset's original archive, or remove its id from "
+                    "the dataset.")
+        super().__init__(f"Dataset '{dataset}': cannot read {kind} file '{self.path}' "
+                         f"({type(error).__name__}: {error}). {hint}")
+
+    def __reduce__(self):  # picklable (data loader workers send it to the main process)
+        return type(self), (self.dataset, self.path, self.kind, self.error)
+
+
+def decode_image_file(path):
+    """Open ``path`` with PIL and decode all of its pixels (what a reader will do); raise the
+    reader's exception if that fails (a truncated or corrupt file), else return None."""
+    with PathManager.open(path, "rb") as f, Image.open(f) as image:
+        image.load()
+
+
 # ---------------------------------------------------------------- PASCAL VOC 2012 (+ SBD)
 
 
@@ -172,13 +212,24 @@ def _usable_dir(path):
     return os.access(path, os.W_OK | os.X_OK)
 
 
-def _index_label_dir(label_dir, ids):
+def _read_label(dataset_name, path, mode_only=False):
+    """The label ids of ``path`` (or its PIL mode if ``mode_only``), a CorruptFileError naming the
+    dataset and the file if it cannot be decoded."""
+    try:
+        if mode_only:
+            with Image.open(path) as image:
+                return image.mode
+        return _read_label_ids(path)
+    except (OSError, SyntaxError, EOFError) as e:  # PIL's errors for truncated/corrupt files
+        raise CorruptFileError(dataset_name, path, "label", e) from e
+
+
+def _index_label_dir(label_dir, ids, dataset_name):
     """Directory of single-channel index PNGs for ``ids``: ``label_dir`` itself if its first label
     is not a palette image, else a converted copy (created or refreshed here, atomically per file).
     """
-    with Image.open(os.path.join(label_dir, ids[0] + ".png")) as first:
-        if first.mode != "P":
-            return label_dir
+    if _read_label(dataset_name, os.path.join(label_dir, ids[0] + ".png"), mode_only=True) != "P":
+        return label_dir
     label_dir = os.path.normpath(os.path.abspath(label_dir))
     key = hashlib.sha1(os.path.realpath(label_dir).encode()).hexdigest()[:12]
     raw_name = os.path.basename(label_dir) + "Raw"
@@ -197,8 +248,8 @@ def _index_label_dir(label_dir, ids):
         for image_id in todo:
             dst = os.path.join(out_dir, image_id + ".png")
             tmp = f"{dst}.tmp-{os.getpid()}"
-            Image.fromarray(_read_label_ids(os.path.join(label_dir, image_id + ".png"))).save(
-                tmp, format="PNG")
+            ids_map = _read_label(dataset_name, os.path.join(label_dir, image_id + ".png"))
+            Image.fromarray(ids_map).save(tmp, format="PNG")
             os.replace(tmp, dst)
         return out_dir
     raise PermissionError(f"Cannot write index PNGs converted from the palette labels in "
@@ -242,7 +293,7 @@ def load_voc_sem_seg(voc_dir, split, dataset_name=None):
             path = os.path.join(directory, absent[0] + ext)
             what = f"{what} file (first of {len(absent)} missing of the {len(ids)} listed)"
             raise _missing(name, path, what, _VOC_LAYOUT)
-    index_dir = _index_label_dir(label_dir, ids)
+    index_dir = _index_label_dir(label_dir, ids, name)
     return [
         {"file_name": os.path.join(image_dir, i + ".jpg"),
          "sem_seg_file_name": os.path.join(index_dir, i + ".png"), "image_id": i}

@@ -27,22 +27,32 @@ _PER_CLASS_COLUMNS = ("IoU", "ACC", "BIoU", "BF1", "BoundaryIoU")
 RESULTS_FILE = "sem_seg_segloss_evaluation.json"
 
 
-def load_sem_seg_gt(path: str) -> np.ndarray:
+def load_sem_seg_gt(path: str, dataset_name=None) -> np.ndarray:
     """Read a semantic-segmentation GT file as detectron2's ``SemSegEvaluator`` does: the stored
     pixel values, i.e. the palette indices of a "P" PNG (not its luminance) or the values of an
     "L"/"I" PNG.
 
     Args:
         path (str): a label image, opened through detectron2's PathManager.
+        dataset_name (str or None): named in the error messages.
 
     Returns:
         ndarray: (H, W) int64 class ids (and the void label).
 
     Raises:
+        OSError: the file cannot be read or decoded (e.g. truncated); the message names the file
+            and the dataset, the reader's exception is chained.
         ValueError: the image has more than one channel (e.g. an RGB color-coded label file).
     """
-    with PathManager.open(path, "rb") as f:
-        gt = np.array(Image.open(f), dtype=np.int64)
+    try:
+        with PathManager.open(path, "rb") as f:
+            gt = np.array(Image.open(f), dtype=np.int64)
+    except (OSError, SyntaxError, EOFError) as e:  # PIL's errors for truncated/corrupt files
+        where = f"Dataset '{dataset_name}': " if dataset_name else ""
+        raise OSError(
+            f"{where}cannot read GT file '{path}' ({type(e).__name__}: {e}); it is probably "
+            f"missing, truncated or corrupt: restore it from the dataset's original archive"
+        ) from e
     if gt.ndim != 2:
         raise ValueError(
             f"GT file {path} must be a single-channel label image (PNG mode L, P or I), got an "
@@ -142,7 +152,7 @@ class SegLossEvaluator(DatasetEvaluator):
         for input, output in zip(inputs, outputs):
             pred = output["sem_seg"].argmax(dim=0).cpu()
             gt_file = self._input_file_to_gt_file[input["file_name"]]
-            gt = load_sem_seg_gt(gt_file)
+            gt = load_sem_seg_gt(gt_file, self._dataset_name)
             try:
                 self._metrics.update(pred, gt)
             except ValueError as e:

@@ -435,3 +435,24 @@ def test_register_shapes_under_a_root(tmp_path, names):
     assert all((d["height"], d["width"]) == (32, 40) for d in dicts)
     assert _mapped_labels(dicts[2]).shape == (32, 40)
     assert MetadataCatalog.get(name).stuff_classes == list(SHAPES_CLASSES)
+
+
+@pytest.mark.parametrize("position", [0, 1])  # the first label (mode probe) or a later one
+def test_voc_truncated_palette_label_is_named(voc_tree, names, position):
+    from segloss_d2.data import CorruptFileError
+
+    root, _ = voc_tree
+    path = root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{VOC_VAL_IDS[position]}.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    name = names("test_voc_truncated")
+    register_voc_sem_seg(name, str(root), "val")
+    with pytest.raises(CorruptFileError) as info:
+        DatasetCatalog.get(name)
+    message = str(info.value)
+    assert f"Dataset '{name}': cannot read label file '{path}'" in message, message
+    assert "truncated" in message and isinstance(info.value.__cause__, OSError)
+    # the conversion resumes once the file is restored
+    _write_palette_png(str(path), _random_labels(np.random.default_rng(5), (12, 9),
+                                                 len(VOC_CLASSES)))
+    assert len(DatasetCatalog.get(name)) == len(VOC_VAL_IDS)

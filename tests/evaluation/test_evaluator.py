@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import os
+import re
 import uuid
 
 import numpy as np
@@ -213,3 +214,22 @@ def test_load_sem_seg_gt_reads_palette_indices(tmp_path):
     Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb.png must be a single-channel.*\(2, 4, 3\)"):
         load_sem_seg_gt(str(tmp_path / "rgb.png"))
+
+
+def test_truncated_gt_file_is_named(dataset):
+    """A truncated label PNG fails with an OSError naming the file and the dataset (PIL's own
+    error, chained, names neither)."""
+    name, records, outputs = dataset
+    path = records[1]["sem_seg_file_name"]
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(OSError, match=re.escape(f"Dataset '{name}': cannot read GT file '{path}'")
+                       ) as info:
+        load_sem_seg_gt(path, name)
+    assert isinstance(info.value.__cause__, OSError)
+    evaluator = SegLossEvaluator(name)
+    evaluator.reset()
+    evaluator.process(records[:1], outputs[:1])
+    with pytest.raises(OSError, match=f"Dataset '{name}'.*{re.escape(path)}.*truncated"):
+        evaluator.process(records[1:2], outputs[1:2])
