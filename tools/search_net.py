@@ -3,15 +3,20 @@
 
     tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml
     tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml --resume
+    tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml --overwrite
     tools/search_net.py --config-file configs/voc_miou.yaml SEARCH.BACKEND ray \
         SEARCH.RAY.ADDRESS auto SEARCH.RAY.GPUS_PER_TRIAL 1 SEARCH.MODELS_PER_WORKER 4
 
 Results in SEARCH.OUTPUT_DIR (or OUTPUT_DIR): best_params.json (use it with
 ``MODEL.SEM_SEG_HEAD.LOSS_TYPE searched MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS <path>``),
 final_mu_params.json, trials.jsonl, controller.pt, TensorBoard scalars, reward_curve.png and the
-searched curves. ``--resume`` continues an interrupted search and re-runs only unfinished trials.
-The search runs in one process (``local`` backend) or on Ray: detectron2's launcher options
-``--num-gpus`` / ``--num-machines`` must stay 1 (the search exits with an error otherwise).
+searched curves. ``--resume`` continues an interrupted search and re-runs only unfinished trials;
+``--overwrite`` deletes the search found in the directory (its state and results) and starts
+over. One process at a time may use a directory (a second one is refused). The search runs in
+one process (``local`` backend) or on Ray: detectron2's launcher options ``--num-gpus`` /
+``--num-machines`` must stay 1 (the search exits with an error otherwise). Exit status 1 with
+one ``search_net.py: error:`` line for every refusal, an unwritable directory, and a search in
+which every trial diverged.
 """
 import sys
 
@@ -19,7 +24,8 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils.logger import setup_logger
 
 from segloss_d2.engine import get_segloss_cfg
-from segloss_d2.search.runner import SearchRunner, search_output_dir
+from segloss_d2.search.runner import SearchFailedError, SearchRunner, search_output_dir
+from segloss_d2.search.state import SearchLockedError
 
 
 def setup_cfg(args):
@@ -48,13 +54,32 @@ def main(args):
     except (KeyError, ValueError, AssertionError) as e:  # yacs asserts on unknown keys
         sys.exit(f"search_net.py: error: bad config {args.config_file} {args.opts}: {e}")
     try:
-        runner = SearchRunner(cfg, resume=args.resume, config_file=args.config_file)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
+        runner = SearchRunner(cfg, resume=args.resume, config_file=args.config_file,
+                              overwrite=args.overwrite)
+    except (ValueError, OSError, ImportError, SearchLockedError) as e:
+        # OSError covers FileExistsError / FileNotFoundError (state, data, MODEL.WEIGHTS) and an
+        # output directory that cannot be created or written.
         sys.exit(f"search_net.py: error: {e}")
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, name="segloss_d2")
-    return runner.run()
+    try:
+        default_setup(cfg, args)
+        setup_logger(cfg.OUTPUT_DIR, name="segloss_d2")
+        return runner.run()
+    except SearchFailedError as e:
+        sys.exit(f"search_net.py: error: {e}")
+    except OSError as e:
+        runner.close()
+        sys.exit(f"search_net.py: error: {e}. Every trial logged so far is kept: fix the cause "
+                 "(e.g. free disk space) and continue with --resume.")
+
+
+def argument_parser():
+    """detectron2's default parser plus ``--overwrite``."""
+    parser = default_argument_parser()
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the search in the output directory (its state and results) "
+                             "and start over")
+    return parser
 
 
 if __name__ == "__main__":
-    main(default_argument_parser().parse_args())
+    main(argument_parser().parse_args())

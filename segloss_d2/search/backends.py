@@ -8,8 +8,10 @@
   cluster; tasks whose worker died are retried ``SEARCH.RAY.MAX_RETRIES`` times. Needs the ``ray``
   extra (``pip install segloss_d2[ray]``).
 
-Both report every trial as soon as its group finishes. A candidate's result does not depend on the
-backend or on K (same seed, initial weights and data order for every candidate).
+Both report every trial as soon as its group finishes. A candidate's result does not depend on K
+(same seed, initial weights and data order for every candidate); it depends at round-off on the
+number of threads that trained it, which each result records as ``threads`` (the Ray workers use
+``SEARCH.RAY.CPUS_PER_TRIAL`` threads, the local backend this process's).
 """
 import logging
 import os
@@ -24,6 +26,12 @@ __all__ = ["BACKENDS", "LocalBackend", "RayBackend", "build_backend", "import_ra
 
 BACKENDS = ("local", "ray")
 logger = logging.getLogger(__name__)
+
+
+def _with_threads(results):
+    """Record the torch thread count that trained each candidate (it changes the round-off)."""
+    threads = torch.get_num_threads()
+    return [dict(result, threads=threads) for result in results]
 
 
 def _groups(indices: List[int], thetas: torch.Tensor, size: int):
@@ -42,8 +50,8 @@ class LocalBackend:
     def __call__(self, iteration: int, indices: List[int], thetas: torch.Tensor,
                  on_trial_done: Callable) -> None:
         for group, group_thetas in _groups(indices, thetas, self.models_per_worker):
-            results = train_candidates(self.cfg, group_thetas, self.train_dicts,
-                                       self.reward_dicts)
+            results = _with_threads(train_candidates(self.cfg, group_thetas, self.train_dicts,
+                                                     self.reward_dicts))
             for index, result in zip(group, results):
                 on_trial_done(index, result)
 
@@ -59,8 +67,8 @@ def _ray_train_group(cfg_yaml: str, thetas: List[List[float]]):
 
     cfg = CfgNode.load_cfg(cfg_yaml)
     train_dicts, reward_dicts = search_datasets(cfg)
-    return train_candidates(cfg, torch.tensor(thetas, dtype=torch.float32), train_dicts,
-                            reward_dicts)
+    return _with_threads(train_candidates(cfg, torch.tensor(thetas, dtype=torch.float32),
+                                          train_dicts, reward_dicts))
 
 
 def import_ray():

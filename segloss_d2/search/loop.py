@@ -81,7 +81,7 @@ class _Progress:
             f"[search] iter {record['iteration'] + 1}/{self.iterations} "
             f"trial {record['index'] + 1}/{self.samples_per_iter} "
             f"reward {record['reward']:.4f} ({record['status']}) | "
-            f"best {best['reward'] if best else float('nan'):.4f} | "
+            f"best {format(best['reward'], '.4f') if best else '- (none ok yet)'} | "
             f"{n_done}/{self.total} trials | ETA {_format_seconds(eta)}"
         )
 

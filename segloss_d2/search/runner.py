@@ -6,8 +6,11 @@
     runner = SearchRunner(cfg, resume=False, config_file="configs/shapes/search_tiny_bf1.yaml")
     result = runner.run()       # SearchResult(best_trial, final_mu)
 
-Everything that can be wrong (SEARCH values, datasets, a corrupt or foreign state directory on
-resume, an existing search without resume) raises in the constructor, before anything is written.
+Everything that can be wrong (SEARCH values, datasets, unreachable ``MODEL.WEIGHTS``, a directory
+held by another process, a corrupt or foreign state directory on resume, an existing search
+without resume or overwrite) raises in the constructor, before anything is written. The state
+holds the directory's lock from the constructor until :meth:`SearchRunner.run` returns (or
+:meth:`SearchRunner.close`).
 
 Outputs in ``SEARCH.OUTPUT_DIR`` (or ``OUTPUT_DIR``): ``meta.json``, ``trials.jsonl`` and
 ``controller.pt`` (:class:`SearchState`), TensorBoard event files (``reward/trial``,
@@ -15,14 +18,18 @@ Outputs in ``SEARCH.OUTPUT_DIR`` (or ``OUTPUT_DIR``): ``meta.json``, ``trials.js
 ``final_mu_params.json`` (loadable with ``LOSS_TYPE searched`` + ``SURROGATE.PARAMS <path>``),
 ``reward_curve.png``, ``best_curves.png`` and ``final_mu_curves.png``.
 """
+import glob
 import inspect
 import logging
 import os
+import socket
 from numbers import Real
 from typing import Any, Dict, Optional
 
+import torch
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
+from ..checkpoint import check_model_weights
 from ..modeling.heads import DeepLabV3PlusSegLossHead, SemSegFPNSegLossHead
 from ..surrogate.params import save_params
 from .backends import BACKENDS, build_backend, import_ray
@@ -37,6 +44,7 @@ from .trial import (
     search_dim,
     search_num_pieces,
     theta_to_params,
+    validate_proxy_training,
 )
 
 __all__ = [
@@ -45,10 +53,20 @@ __all__ = [
     "search_fingerprint_config",
     "build_controller",
     "write_search_results",
+    "search_runtime",
+    "SearchFailedError",
     "SearchRunner",
 ]
 
 logger = logging.getLogger(__name__)
+
+# What a search writes besides its SearchState files; ``overwrite`` deletes exactly these.
+RESULT_FILES = ("best_params.json", "final_mu_params.json", "best_curves.png",
+                "final_mu_curves.png", "reward_curve.png", "events.out.tfevents.*")
+
+
+class SearchFailedError(RuntimeError):
+    """The search finished without a single successful trial."""
 
 # Keys that do not change a search's results: how it is run and where it writes. Everything else
 # (target, data, proxy model and schedule, controller, seed, DATALOADER.NUM_WORKERS, which changes
@@ -148,6 +166,7 @@ def validate_search_config(cfg) -> None:
         raise ValueError("SEARCH.SAMPLES_PER_ITER must be >= 2 with SEARCH.BASELINE 'mu' (sample 0 "
                          "is the mean itself, the baseline)")
     _check_head_takes_loss_fn(cfg)
+    validate_proxy_training(cfg)  # SEARCH.TRAINER, SOLVER.AMP.ENABLED vs MODEL.DEVICE
 
 
 def search_output_dir(cfg) -> str:
@@ -228,26 +247,48 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
     return paths
 
 
-class _TensorBoard:
-    """Scalars per finished iteration (``on_iteration_end`` of run_search)."""
+def search_runtime(cfg) -> Dict[str, Any]:
+    """What runs the search and can change its numbers at round-off (recorded in the search
+    state; a resume with another runtime is warned about): backend, device, torch threads
+    (local) or CPUs per Ray task (Ray workers use that many threads), host, torch version."""
+    runtime = {"backend": cfg.SEARCH.BACKEND, "device": cfg.MODEL.DEVICE,
+               "torch": torch.__version__}
+    if cfg.SEARCH.BACKEND == "ray":
+        runtime["cpus_per_trial"] = float(cfg.SEARCH.RAY.CPUS_PER_TRIAL)
+        runtime["ray_address"] = cfg.SEARCH.RAY.ADDRESS
+    else:
+        runtime["threads"] = torch.get_num_threads()
+        runtime["host"] = socket.gethostname()
+    return runtime
 
-    def __init__(self, log_dir: str):
+
+def _remove_results(out: str) -> None:
+    for pattern in RESULT_FILES:
+        for path in glob.glob(os.path.join(glob.escape(out), pattern)):
+            os.remove(path)
+
+
+class _TensorBoard:
+    """Scalars per finished iteration (``on_iteration_end`` of run_search). Running values
+    (``reward/best``) come from the whole trial log, so they continue across a resume."""
+
+    def __init__(self, log_dir: str, state: SearchState):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=log_dir)
-        self.best = float("-inf")
+        self.state = state
 
     def __call__(self, t: int, stats: Dict[str, Any], records) -> None:
         w, m = self.writer, len(records)
         for r in records:
             w.add_scalar("reward/trial", r["reward"], t * m + r["index"])
-            if r["status"] == "ok":
-                self.best = max(self.best, r["reward"])
         w.add_scalar("reward/mean", stats["reward_mean"], t)
         w.add_scalar("reward/max", stats["reward_max"], t)
         w.add_scalar("reward/baseline", stats["baseline"], t)
-        if self.best > float("-inf"):
-            w.add_scalar("reward/best", self.best, t)
+        ok = [r["reward"] for r in self.state.all_trials()
+              if r["status"] == "ok" and r["iteration"] <= t]
+        if ok:
+            w.add_scalar("reward/best", max(ok), t)
         for d, v in enumerate(stats["mu"]):
             w.add_scalar(f"mu/{d}", v, t + 1)
         w.flush()
@@ -265,21 +306,32 @@ class SearchRunner:
             trials) instead of starting a new one.
         config_file (str): recorded in the results' provenance.
         log (callable): receives the per-trial and per-iteration lines (default: logger.info).
+        overwrite (bool): start a new search even if the output directory holds one, deleting
+            that search's state and results (:data:`RESULT_FILES`); other files are kept.
 
     Raises:
         ValueError: bad SEARCH values, unregistered/empty datasets, a hold-out larger than the
-            dataset, or (resume) a corrupt directory or one that belongs to another config.
-        FileExistsError: a new search in a directory that already holds one.
-        FileNotFoundError: resume without state, or missing dataset files.
+            dataset, ``resume`` together with ``overwrite``, or (resume) a corrupt directory or
+            one that belongs to another config.
+        SearchLockedError: another process holds the output directory.
+        FileExistsError: a new search in a directory that already holds one (without
+            ``overwrite``).
+        FileNotFoundError: resume without state, missing dataset files, or ``MODEL.WEIGHTS``
+            that cannot be read (:class:`~segloss_d2.checkpoint.WeightsUnavailableError`).
+        OSError: the output directory cannot be created or written.
     """
 
     def __init__(self, cfg, resume: bool = False, config_file: str = "",
-                 log: Optional[Any] = None):
+                 log: Optional[Any] = None, overwrite: bool = False):
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: --resume continues the "
+                             "search in the directory, --overwrite deletes it and starts over")
         validate_search_config(cfg)
         if cfg.SEARCH.BACKEND == "ray":
             import_ray()  # a clear ImportError now rather than after the state is created
         self.controller = build_controller(cfg)
         search_datasets(cfg)  # fail before writing anything if the data is missing or too small
+        check_model_weights(cfg.MODEL.WEIGHTS)  # (downloads it once, as every trial loads it)
         self.cfg = cfg
         self.config_file = config_file
         self.log = log or logger.info
@@ -287,30 +339,61 @@ class SearchRunner:
         if not out:
             raise ValueError("SEARCH.OUTPUT_DIR and OUTPUT_DIR are both empty")
         fingerprint_cfg = search_fingerprint_config(cfg)
+        runtime = search_runtime(cfg)
         if resume:
-            self.state = SearchState.resume(out, fingerprint_cfg)
+            self.state = SearchState.resume(out, fingerprint_cfg, runtime=runtime)
+            for change in self.state.runtime_changes:
+                self.log(f"[search] warning: resumed with another {change}; results will "
+                         "differ from an uninterrupted run's at round-off")
         else:
-            self.state = SearchState.create(out, fingerprint_cfg)
+            self.state = SearchState.create(out, fingerprint_cfg, overwrite=overwrite,
+                                            runtime=runtime)
+            if overwrite:
+                _remove_results(out)
+
+    def close(self) -> None:
+        """Release the output directory (done by :meth:`run`; idempotent)."""
+        self.state.close()
 
     def run(self) -> SearchResult:
-        """Run (or finish) the search, then write the results; returns the SearchResult."""
+        """Run (or finish) the search, then write the results; returns the SearchResult.
+
+        Raises:
+            SearchFailedError: no trial succeeded (every one diverged); only the reward curve is
+                written then, no params file.
+        """
         cfg = self.cfg
-        backend = build_backend(cfg)
-        board = _TensorBoard(self.state.output_dir)
         try:
-            result = run_search(
-                self.controller, self.state, backend, cfg.SEARCH.ITERATIONS,
-                cfg.SEARCH.SAMPLES_PER_ITER, log=self.log, on_iteration_end=board,
-            )
+            backend = build_backend(cfg)
+            board = _TensorBoard(self.state.output_dir, self.state)
+            try:
+                result = run_search(
+                    self.controller, self.state, backend, cfg.SEARCH.ITERATIONS,
+                    cfg.SEARCH.SAMPLES_PER_ITER, log=self.log, on_iteration_end=board,
+                )
+            finally:
+                board.close()
+                backend.close()
+            best = result.best_trial
+            if best is None:
+                from .plots import plot_reward_curve
+
+                path = os.path.join(self.state.output_dir, "reward_curve.png")
+                trials = self.state.all_trials()
+                plot_reward_curve(trials, path, cfg.SEARCH.TARGET_METRIC,
+                                  title="every trial diverged")
+                raise SearchFailedError(
+                    f"every one of the {len(trials)} trials diverged (non-finite loss, weights "
+                    f"or reward; see trials.jsonl in {self.state.output_dir}), so the search "
+                    "learned nothing and no params file was written. Check the proxy's "
+                    "SOLVER.BASE_LR and MODEL.WEIGHTS and the data, then start over "
+                    "(--overwrite)."
+                )
+            paths = write_search_results(cfg, self.state, result, self.config_file)
         finally:
-            board.close()
-            backend.close()
-        paths = write_search_results(cfg, self.state, result, self.config_file)
-        best = result.best_trial
-        self.log(
-            f"[search] done: best reward {best['reward']:.4f} (iteration {best['iteration'] + 1}, "
-            f"index {best['index']})" if best else "[search] done: no trial succeeded"
-        )
+            self.close()
+        self.log(f"[search] done: best reward {best['reward']:.4f} (iteration "
+                 f"{best['iteration'] + 1}, index {best['index']})")
         for name, path in paths.items():
             self.log(f"[search] {name}: {path}")
         return result

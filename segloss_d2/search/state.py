@@ -1,11 +1,14 @@
-"""Durable, resumable state of a search in one output directory (issue 6, item 5).
+"""Durable, resumable state of a search in one output directory.
 
 Files (only these are owned; anything else in the directory, e.g. detectron2's ``log.txt`` and
 ``config.yaml``, is ignored)::
 
-    meta.json       {"format_version", "fingerprint", "config"}; written once by create()
+    meta.json       {"format_version", "fingerprint", "config", "runs"}; written by create(),
+                    replaced atomically by each resume() to append its entry to "runs"
+                    ({"started", "trials_before", "runtime"}: what ran the search when)
     trials.jsonl    append-only, one JSON record per finished trial, fsync'd per record
     controller.pt   latest controller checkpoint, replaced atomically (temp file + os.replace)
+    search.lock     exists while a process holds the directory (:mod:`.lock`)
 
 A trial record is a JSON object with at least::
 
@@ -17,23 +20,45 @@ and possibly more JSON-able keys added by the caller. The controller checkpoint 
 
     format_version, fingerprint, iteration (int: completed controller updates),
     controller (PPOController.state_dict()), samples (float32 (M, D) Tensor of iteration
-    ``iteration``, or None when that iteration has not been sampled yet)
+    ``iteration``, or None when that iteration has not been sampled yet),
+    samples_per_iter (int M, or None before the first sample)
 
-A kill at any moment loses at most the trials in flight: a torn last line of ``trials.jsonl`` is
-dropped on resume, and ``controller.pt`` is either the old or the new checkpoint. ``resume`` checks
-everything (fingerprint, readable files, trials consistent with the checkpoint) before it writes
-anything, and raises on the first problem. Only one process may write a directory at a time.
+A kill at any moment loses at most the trials in flight: a torn last line of ``trials.jsonl``
+(necessarily a trial of the iteration in progress, since an iteration is checkpointed as complete
+only after all its lines are on disk) is dropped on resume with a warning, and ``controller.pt``
+is either the old or the new checkpoint. ``resume`` checks everything before it writes anything
+and raises on the first problem: fingerprint, readable files, trials consistent with the
+checkpoint, and every completed iteration holding all its ``M`` trials (a trial of a completed
+iteration cannot be re-created, so a damaged or missing line there is refused, never dropped).
+
+Only one process may hold a directory: ``create`` and ``resume`` take an exclusive lock
+(:class:`~segloss_d2.search.lock.DirectoryLock`) before reading anything and :meth:`close` (or
+the end of a ``with`` block) releases it; a second process is refused at once with
+:class:`~segloss_d2.search.lock.SearchLockedError` naming the holder.
+
+The numbers of a search are reproducible on one machine, backend and thread count, not across
+them (float round-off differs and the controller amplifies it). The caller passes a ``runtime``
+dict describing what runs the search (backend, threads, device, ...); ``resume`` logs a warning
+naming what changed, and ``meta.json``'s ``runs`` keeps the history.
 """
+import datetime
 import hashlib
 import json
+import logging
 import math
 import os
+import weakref
 from numbers import Real
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-__all__ = ["SearchState", "config_fingerprint", "validate_record", "STATUSES"]
+from .lock import DirectoryLock, SearchLockedError
+
+__all__ = ["SearchState", "SearchLockedError", "config_fingerprint", "config_differences",
+           "validate_record", "STATUSES"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -51,6 +76,23 @@ def config_fingerprint(config: Mapping[str, Any]) -> str:
         raise TypeError(f"config must be a mapping, got {type(config).__name__}")
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def config_differences(saved: Any, current: Any, prefix: str = "") -> List[str]:
+    """The leaf keys where two JSON-like configs differ, as ``"A.B.C: saved -> current"`` lines
+    (dotted paths as in a detectron2 config; a key missing on one side shows as ``<absent>``)."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved or key not in current:
+                a = saved.get(key, "<absent>")
+                b = current.get(key, "<absent>")
+                out.append(f"{path}: {a!r} -> {b!r}")
+            else:
+                out.extend(config_differences(saved[key], current[key], path))
+        return out
+    return [] if saved == current else [f"{prefix or '<config>'}: {saved!r} -> {current!r}"]
 
 
 def _json_default(obj):
@@ -104,68 +146,122 @@ def validate_record(record: Mapping[str, Any]) -> None:
 class SearchState:
     """Trial log and controller checkpoints of one search in ``output_dir``.
 
-    Do not construct directly: use :meth:`create` for a new search or :meth:`resume` to continue.
+    Do not construct directly: use :meth:`create` for a new search or :meth:`resume` to continue,
+    and :meth:`close` it (or use it as a context manager) to release the directory's lock.
     The fingerprint is :func:`config_fingerprint` of the search config the caller passes, which
     should hold everything that determines the search's results (target metric, data, proxy
     schedule, controller hyper-parameters, seed, iterations, samples per iteration, ...) and
     nothing that does not (backend, number of workers, output paths).
     """
 
-    def __init__(self, output_dir: str, fingerprint: str, trials: List[Dict], checkpoint):
+    def __init__(self, output_dir: str, fingerprint: str, trials: List[Dict], checkpoint,
+                 lock: DirectoryLock, runtime_changes: Optional[List[str]] = None):
         self.output_dir = output_dir
         self.fingerprint = fingerprint
         self._trials = trials
         self._done = {(r["iteration"], r["index"]) for r in trials}
         self._checkpoint = checkpoint
+        self._lock = lock
+        self._release = weakref.finalize(self, lock.release)  # also when garbage collected
+        #: Lines "key: before -> now" of the runtime that changed since the search started
+        #: (empty for a new search or an unchanged runtime).
+        self.runtime_changes = list(runtime_changes or [])
 
     def _path(self, name: str) -> str:
         return os.path.join(self.output_dir, name)
 
+    def close(self) -> None:
+        """Release the directory's lock (idempotent). The state must not be written afterwards."""
+        self._release()
+
+    def __enter__(self) -> "SearchState":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._lock.released:
+            raise RuntimeError(f"the search state of {self.output_dir} was closed")
+
     # ------------------------------------------------------------------ opening
+    @staticmethod
+    def _run_entry(trials_before: int, runtime: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        return {"started": datetime.datetime.now().isoformat(timespec="seconds"),
+                "trials_before": trials_before,
+                "runtime": json.loads(json.dumps(dict(runtime or {}), default=str))}
+
     @classmethod
     def create(
-        cls, output_dir: str, config: Mapping[str, Any], overwrite: bool = False
+        cls, output_dir: str, config: Mapping[str, Any], overwrite: bool = False,
+        runtime: Optional[Mapping[str, Any]] = None,
     ) -> "SearchState":
         """Start a new search in ``output_dir`` (created if missing).
 
-        Raises FileExistsError if the directory already holds search state (``meta.json``,
-        ``trials.jsonl`` or ``controller.pt``) and ``overwrite`` is False; nothing is touched then.
-        With ``overwrite=True`` those files (only those) are deleted first.
+        Args:
+            output_dir (str): the search directory.
+            config (dict): JSON-able search config; its fingerprint is checked on resume.
+            overwrite (bool): delete the search state files found in ``output_dir`` (only those)
+                instead of refusing to start.
+            runtime (dict, optional): JSON-able description of what runs the search (backend,
+                threads, device, ...), recorded in ``meta.json`` and compared on resume.
+
+        Raises:
+            SearchLockedError: another process holds the directory.
+            FileExistsError: the directory already holds search state (``meta.json``,
+                ``trials.jsonl`` or ``controller.pt``) and ``overwrite`` is False; nothing is
+                touched then.
         """
         fingerprint = config_fingerprint(config)
         os.makedirs(output_dir, exist_ok=True)
-        ours = [n for n in (META, TRIALS, CONTROLLER, CONTROLLER + ".tmp", META + ".tmp")
-                if os.path.exists(os.path.join(output_dir, n))]
-        if ours and not overwrite:
-            raise FileExistsError(
-                f"{output_dir} already holds search state ({', '.join(ours)}); resume it "
-                "(tools/search_net.py --resume), choose another output directory, or delete "
-                "those files (SearchState.create(..., overwrite=True)) to start over"
+        lock = DirectoryLock(output_dir)
+        try:
+            ours = [n for n in (META, TRIALS, CONTROLLER, CONTROLLER + ".tmp", META + ".tmp")
+                    if os.path.exists(os.path.join(output_dir, n))]
+            if ours and not overwrite:
+                raise FileExistsError(
+                    f"{output_dir} already holds search state ({', '.join(ours)}); resume it "
+                    "(tools/search_net.py --resume), start over in it (tools/search_net.py "
+                    "--overwrite deletes that search's state and results), or choose another "
+                    "output directory"
+                )
+            for name in ours:
+                os.remove(os.path.join(output_dir, name))
+            meta = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint,
+                    "config": json.loads(json.dumps(config)),
+                    "runs": [cls._run_entry(0, runtime)]}
+            _atomic_write(os.path.join(output_dir, TRIALS), lambda f: None)
+            _atomic_write(
+                os.path.join(output_dir, META),
+                lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")),
             )
-        for name in ours:
-            os.remove(os.path.join(output_dir, name))
-        meta = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint,
-                "config": json.loads(json.dumps(config))}
-        _atomic_write(os.path.join(output_dir, TRIALS), lambda f: None)
-        _atomic_write(
-            os.path.join(output_dir, META),
-            lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")),
-        )
-        return cls(output_dir, fingerprint, [], None)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(output_dir, fingerprint, [], None, lock)
 
     @classmethod
-    def resume(cls, output_dir: str, config: Mapping[str, Any]) -> "SearchState":
+    def resume(cls, output_dir: str, config: Mapping[str, Any],
+               runtime: Optional[Mapping[str, Any]] = None) -> "SearchState":
         """Open the search in ``output_dir`` to continue it.
+
+        Args:
+            output_dir, config, runtime: as for :meth:`create`. A ``runtime`` that differs from
+                the one of the search's first run is logged as a warning (the numbers will not
+                equal an uninterrupted run's) and listed in :attr:`runtime_changes`.
 
         Raises:
             FileNotFoundError: no ``meta.json`` in ``output_dir`` (nothing to resume).
+            SearchLockedError: another process holds the directory.
             ValueError: the directory belongs to a search with another config (the message lists
-                the differing keys), or a file is corrupt or inconsistent (unreadable meta or
-                checkpoint, a bad trial line other than a torn last one, trials that do not match
-                the checkpoint). Nothing is written in these cases.
+                the differing keys with both values), or a file is corrupt or inconsistent
+                (unreadable meta or checkpoint, a bad trial line other than a torn last line of
+                the iteration in progress, trials that do not match the checkpoint, a completed
+                iteration missing trials). Nothing is written in these cases.
 
-        The only repair done (after all checks passed) is cutting a torn last line off
-        ``trials.jsonl``.
+        The only repairs done (after all checks passed) are cutting a torn last line off
+        ``trials.jsonl`` (with a warning: that trial runs again) or ending a complete last record
+        with its missing newline, and appending this run to ``meta.json``'s ``runs``.
         """
         fingerprint = config_fingerprint(config)
         meta_path = os.path.join(output_dir, META)
@@ -173,6 +269,17 @@ class SearchState:
             raise FileNotFoundError(
                 f"cannot resume: {output_dir} holds no search state ({META} not found)"
             )
+        lock = DirectoryLock(output_dir)
+        try:
+            state = cls._open(output_dir, config, fingerprint, runtime, lock)
+        except BaseException:
+            lock.release()
+            raise
+        return state
+
+    @classmethod
+    def _open(cls, output_dir, config, fingerprint, runtime, lock) -> "SearchState":
+        meta_path = os.path.join(output_dir, META)
         try:
             with open(meta_path, encoding="utf-8") as f:
                 meta = json.load(f)
@@ -180,43 +287,93 @@ class SearchState:
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"cannot resume: {meta_path} is corrupt ({e})") from e
         if saved_fp != fingerprint:
-            saved, current = meta.get("config") or {}, json.loads(json.dumps(config))
-            keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            diff = config_differences(meta.get("config") or {}, json.loads(json.dumps(config)))
             raise ValueError(
                 f"cannot resume: {output_dir} belongs to another search (config fingerprint "
-                f"{saved_fp[:12]} != {fingerprint[:12]}; differing keys: {keys}). "
-                "Use the original config or another output directory."
+                f"{saved_fp[:12]} != {fingerprint[:12]}; differing keys, saved -> now: "
+                f"{'; '.join(diff) or 'none (the saved config is damaged)'}). Use the original "
+                "config, another output directory, or start over in this one "
+                "(tools/search_net.py --overwrite)."
             )
-        trials, valid_bytes, size = cls._read_trials(os.path.join(output_dir, TRIALS))
+        trials_path = os.path.join(output_dir, TRIALS)
+        trials, tail = cls._read_trials(trials_path)
         checkpoint = cls._read_checkpoint(os.path.join(output_dir, CONTROLLER), fingerprint)
-        cls._check_consistent(output_dir, trials, checkpoint)
-        if valid_bytes != size:
-            os.truncate(os.path.join(output_dir, TRIALS), valid_bytes)
-        return cls(output_dir, fingerprint, trials, checkpoint)
+        cls._check_consistent(output_dir, trials, checkpoint, tail)
+        runs = meta.get("runs") if isinstance(meta.get("runs"), list) else []
+        entry = cls._run_entry(len(trials), runtime)
+        changes = []
+        if runs and isinstance(runs[0], Mapping) and runtime is not None:
+            changes = config_differences(runs[0].get("runtime") or {}, entry["runtime"])
+        # All checks passed: repair and record.
+        if tail.kind == "torn":
+            logger.warning(
+                "%s: dropped its torn last line (%d bytes, a trial interrupted while it was "
+                "logged); that trial runs again", trials_path, tail.size)
+            os.truncate(trials_path, tail.offset)
+        elif tail.kind == "unterminated":
+            with open(trials_path, "ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        if changes:
+            logger.warning(
+                "resuming %s with another runtime than the one it started with (%s): the "
+                "trials from now on will not be bit-identical to an uninterrupted run's (float "
+                "round-off differs and the controller amplifies it). Resume with the original "
+                "backend and thread count to reproduce it.", output_dir, "; ".join(changes))
+        meta["runs"] = runs + [entry]
+        _atomic_write(meta_path, lambda f: f.write(
+            json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")))
+        return cls(output_dir, fingerprint, trials, checkpoint, lock, changes)
 
-    @staticmethod
-    def _read_trials(path: str):
-        """Parse trials.jsonl; returns (records, bytes of complete lines kept, file size)."""
+    class _Tail:
+        """What follows the last newline of trials.jsonl: nothing ("clean"), a complete record
+        without its newline ("unterminated", kept) or a torn line ("torn", dropped)."""
+
+        def __init__(self, kind: str, offset: int, size: int, line: int, record=None,
+                     error: str = ""):
+            self.kind, self.offset, self.size, self.line = kind, offset, size, line
+            self.record, self.error = record, error
+
+    @classmethod
+    def _read_trials(cls, path: str):
+        """Parse trials.jsonl; returns (records, _Tail)."""
         if not os.path.isfile(path):
             raise ValueError(f"cannot resume: {path} is missing")
         with open(path, "rb") as f:
             data = f.read()
         lines = data.split(b"\n")
         # The last element is b"" if the file ends with a newline, else a torn line.
-        torn = lines.pop()
+        last = lines.pop()
         records, seen = [], set()
-        for number, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line.decode("utf-8"))
-                validate_record(record)
-            except ValueError as e:
-                raise ValueError(f"cannot resume: {path} line {number} is corrupt ({e})") from e
+
+        def parse(number, line):
+            record = json.loads(line.decode("utf-8"))
+            validate_record(record)
             key = (record["iteration"], record["index"])
             if key in seen:
                 raise ValueError(f"cannot resume: {path} line {number} repeats trial {key}")
             seen.add(key)
-            records.append(record)
-        return records, len(data) - len(torn), len(data)
+            return record
+
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(parse(number, line))
+            except ValueError as e:
+                if str(e).startswith("cannot resume"):
+                    raise
+                raise ValueError(f"cannot resume: {path} line {number} is corrupt ({e})") from e
+        offset, number = len(data) - len(last), len(lines) + 1
+        if not last:
+            return records, cls._Tail("clean", offset, 0, number)
+        try:
+            record = parse(number, last)
+        except ValueError as e:
+            if str(e).startswith("cannot resume"):
+                raise
+            return records, cls._Tail("torn", offset, len(last), number, error=str(e))
+        records.append(record)
+        return records, cls._Tail("unterminated", offset, len(last), number, record)
 
     @staticmethod
     def _read_checkpoint(path: str, fingerprint: str):
@@ -234,7 +391,7 @@ class SearchState:
         return ckpt
 
     @staticmethod
-    def _check_consistent(output_dir, trials, ckpt) -> None:
+    def _check_consistent(output_dir, trials, ckpt, tail) -> None:
         if ckpt is None:
             if trials:
                 raise ValueError(
@@ -258,6 +415,29 @@ class SearchState:
                     f"cannot resume: theta of trial (iteration {it}, index {r['index']}) differs "
                     f"from the sample saved in {CONTROLLER}"
                 )
+        # Every completed iteration (< it) was checkpointed as such only after all its M trials
+        # were on disk, so a missing one is damage, not an interruption.
+        m = ckpt.get("samples_per_iter")
+        if m is None:  # checkpoints written before samples_per_iter was recorded
+            m = len(samples) if samples is not None else 1 + max(
+                (r["index"] for r in trials if r["iteration"] < it), default=-1)
+        logged = {(r["iteration"], r["index"]) for r in trials}
+        missing = [(t, i) for t in range(it) for i in range(m) if (t, i) not in logged]
+        extra = sorted(k for k in logged if k[0] < it and k[1] >= m)
+        if missing or extra:
+            damaged = ""
+            if tail.kind == "torn":
+                damaged = (f"; its last line {tail.line} ({tail.size} bytes) is damaged "
+                           f"({tail.error})")
+            what = (f"lacks trials {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+                    if missing else f"holds trials {extra[:10]} beyond {m} per iteration")
+            raise ValueError(
+                f"cannot resume: {os.path.join(output_dir, TRIALS)} {what} (iteration, index) "
+                f"of completed iterations{damaged}. The candidates of a completed iteration are "
+                "no longer stored, so its trials cannot be re-run and dropping them would change "
+                "the result. Restore the file from a backup, or start over "
+                "(tools/search_net.py --overwrite)."
+            )
 
     # ------------------------------------------------------------------ trials
     def append_trial(self, record: Mapping[str, Any]) -> None:
@@ -267,6 +447,7 @@ class SearchState:
         TypeError for values that are not JSON-able (numpy/torch numbers are converted). Nothing is
         written then.
         """
+        self._check_open()
         validate_record(record)
         key = (record["iteration"], record["index"])
         if key in self._done:
@@ -309,6 +490,7 @@ class SearchState:
             samples (Tensor or None): ``(M, D)`` candidates of ``iteration``, saved before any of
                 its trials runs, or None right after an update (next iteration not sampled yet).
         """
+        self._check_open()
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
             raise ValueError(f"iteration must be an int >= 0, got {iteration!r}")
         if self._checkpoint is not None and iteration < self._checkpoint["iteration"]:
@@ -320,12 +502,15 @@ class SearchState:
             if not isinstance(samples, torch.Tensor) or samples.dim() != 2:
                 raise ValueError(f"samples must be a (M, D) tensor or None, got {samples!r}")
             samples = samples.detach().to("cpu").clone()
+        samples_per_iter = (samples.shape[0] if samples is not None else
+                            (self._checkpoint or {}).get("samples_per_iter"))
         ckpt = {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
             "iteration": iteration,
             "controller": controller_state,
             "samples": samples,
+            "samples_per_iter": samples_per_iter,
         }
         _atomic_write(self._path(CONTROLLER), lambda f: torch.save(ckpt, f))
         self._checkpoint = ckpt

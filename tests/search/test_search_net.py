@@ -7,8 +7,6 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from detectron2.engine import default_argument_parser  # noqa: E402
-
 from ._tiny import REPO, TINY_OPTS, TINY_SEARCH_CONFIG  # noqa: E402
 
 
@@ -24,7 +22,8 @@ def _main(out, *extra, resume=False, flags=()):
     argv = ["--config-file", TINY_SEARCH_CONFIG] + (["--resume"] if resume else []) + list(flags)
     opts = TINY_OPTS + ["SEARCH.ITERATIONS", 1, "SEARCH.SAMPLES_PER_ITER", 2,
                         "SEARCH.PROXY.MAX_ITER", 2, "OUTPUT_DIR", str(out)] + list(extra)
-    return _tool().main(default_argument_parser().parse_args(argv + [str(v) for v in opts]))
+    tool = _tool()
+    return tool.main(tool.argument_parser().parse_args(argv + [str(v) for v in opts]))
 
 
 def _snapshot(directory):

@@ -129,6 +129,7 @@ def test_torn_last_line_is_dropped_on_resume(started):
 def test_save_controller_is_atomic_and_monotone(started):
     directory, samples = started
     state = SearchState.resume(str(directory), CONFIG)
+    state.append_trial(_record(0, 1, samples[1].tolist()))  # iteration 0 complete
     controller = PPOController(2, 0.5, seed=0)
     state.save_controller(1, controller.state_dict(), None)
     assert not (directory / "controller.pt.tmp").exists()
@@ -151,6 +152,7 @@ def test_overwrite_discards_only_search_files(started):
     (directory / "log.txt").write_text("detectron2 log")
     state = SearchState.create(str(directory), CONFIG, overwrite=True)
     assert state.all_trials() == [] and state.load_controller() is None
+    state.close()
     assert sorted(os.listdir(directory)) == ["log.txt", "meta.json", "trials.jsonl"]
 
 
