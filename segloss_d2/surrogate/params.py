@@ -50,6 +50,10 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+THETA_MATCH_ATOL = 1e-6
+"""How far stored control points may be from those their stored θ maps to (absolute, per number):
+wide enough for control points written with float32 or ~7 significant digits, far below any
+difference that changes a curve visibly."""
 _CURVES = {"mIoU": 2, "FWIoU": 2, "BIoU": 2, "BF1": 4, "mAcc": 1, "gAcc": 1}
 METRICS = tuple(_CURVES)
 _PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
@@ -85,12 +89,16 @@ class SurrogateParams:
 
     Attributes:
         metrics (list[str]): metric names among :data:`METRICS`, no duplicates.
-        weights (list[float]): one finite weight per metric (the loss is Σ w_k (1 - surrogate_k)).
+        weights (list[float]): one finite weight >= 0 per metric, not all 0 (the loss is
+            Σ w_k (1 - surrogate_k); a negative weight would train against metric k, and all
+            zeros give a loss that is identically 0).
         num_pieces (list[int]): pieces per curve, one per metric.
         thetas (list): per metric, None or a list of ``curves_per_metric`` lists of 4n-2 search
             variables in [0, 1] (None for the released presets, which only exist as control points).
         control_points (list): per metric, a list of ``curves_per_metric`` validated lists of
-            4n-2 control-point coordinates (what the loss evaluates).
+            4n-2 control-point coordinates (what the loss evaluates). Where θ is given, the control
+            points must be what θ maps to (:func:`~.bezier.theta_to_control_points`) within
+            :data:`THETA_MATCH_ATOL`, so a file never holds two different curves.
         reward (float or None): the search reward that selected these parameters, if any.
         provenance (dict): where the numbers come from (free-form, JSON-serializable).
         constraints (list[str] or None): curve constraints per metric (see the module
@@ -126,8 +134,13 @@ class SurrogateParams:
                 raise ValueError(f"{source}: {name} must be a list with one entry per metric "
                                  f"({k}), got {value!r}")
         for i, w in enumerate(self.weights):
-            if not _is_finite_number(w):
-                raise ValueError(f"{source}: weights[{i}] must be a finite number, got {w!r}")
+            if not _is_finite_number(w) or w < 0:
+                raise ValueError(f"{source}: weights[{i}] ({self.metrics[i]}) must be a finite "
+                                 f"number >= 0, got {w!r}")
+        if not any(w > 0 for w in self.weights):
+            terms = dict(zip(self.metrics, self.weights))
+            raise ValueError(f"{source}: weights are all 0 ({terms}): the loss would be "
+                             f"identically 0; give at least one term a positive weight")
         self.weights = [float(w) for w in self.weights]
         thetas, control_points = [], []
         for i, metric in enumerate(self.metrics):
@@ -162,6 +175,8 @@ class SurrogateParams:
                         raise ValueError(f"{source}: thetas[{i}][{j}] ({metric}) must be "
                                          f"{length} numbers in [0, 1], got {curve}")
                     checked.append([float(v) for v in curve])
+                _check_theta_matches(checked, control_points[-1], n, constraints,
+                                     f"{source}: terms[{i}] ({metric})")
                 th = checked
             thetas.append(th)
         self.thetas, self.control_points = thetas, control_points
@@ -253,6 +268,20 @@ class SurrogateParams:
         params.provenance = data.get("provenance") or {}
         params.validate(source)
         return params
+
+
+def _check_theta_matches(thetas, control_points, num_pieces, constraints, where):
+    """Raise ValueError unless each curve's θ maps to its control points (THETA_MATCH_ATOL)."""
+    for j, (theta, cp) in enumerate(zip(thetas, control_points)):
+        mapped = theta_to_control_points(theta, num_pieces, constraints=constraints).tolist()
+        worst = max(range(len(cp)), key=lambda q: abs(mapped[q] - cp[q]))
+        if abs(mapped[worst] - cp[worst]) > THETA_MATCH_ATOL:
+            raise ValueError(
+                f"{where}: theta[{j}] and control_points[{j}] describe different curves: theta "
+                f"maps to control point {worst} = {mapped[worst]!r}, the file stores "
+                f"{cp[worst]!r} (|difference| {abs(mapped[worst] - cp[worst]):.3g} > "
+                f"{THETA_MATCH_ATOL:g}); theta maps to {mapped}. Regenerate the file, or set "
+                f"theta to null to keep only the control points")
 
 
 def _is_finite_number(value):

@@ -209,3 +209,61 @@ def test_theta_length_follows_constraints():
     params.thetas[0][0] = params.thetas[0][0][:6]
     with pytest.raises(ValueError, match=r"thetas\[0\]\[0\] \(mAcc\) must be 8 numbers"):
         params.validate()
+
+
+@pytest.mark.parametrize("constraints", CONSTRAINTS)
+def test_theta_must_describe_the_stored_control_points(tmp_path, constraints):
+    params = _random_params(constraints, seed=3)
+    data = params.to_dict()
+    # written with ~7 significant digits (float32, or another tool): still the same curves
+    rounded = json.loads(json.dumps(data))
+    for term in rounded["terms"]:
+        term["control_points"] = [[float(f"{v:.7g}") for v in cp] for cp in term["control_points"]]
+    load_params(_write(tmp_path, rounded))
+    # one control point of the BF1 term's third curve moved: θ and control points disagree
+    data["terms"][1]["control_points"][2][0] += 1e-3
+    path = _write(tmp_path, data)
+    with pytest.raises(ValueError, match=r"terms\[1\] \(BF1\): theta\[2\] and control_points\[2\] "
+                                         r"describe different curves: .*control point 0.*"
+                                         r"\|difference\| 0\.001 > 1e-06") as info:
+        load_params(path)
+    assert path in str(info.value) and "theta to null" in str(info.value)
+    data["terms"][1]["theta"] = None  # control points alone are fine
+    assert load_params(_write(tmp_path, data)).thetas[1] is None
+    # the same check on construction
+    with pytest.raises(ValueError, match=r"SurrogateParams: terms\[0\] \(mIoU\): theta\[1\]"):
+        SurrogateParams(metrics=["mIoU"], weights=[1.0], num_pieces=[2],
+                        thetas=[params.thetas[0]],
+                        control_points=[[params.control_points[0][0]] * 2],  # curve 0 twice
+                        constraints=[constraints])
+
+
+@pytest.mark.parametrize("weights, match", [
+    ([-0.5, 1.0], r"weights\[0\] \(mIoU\) must be a finite number >= 0, got -0\.5"),
+    ([1.0, float("inf")], r"weights\[1\] \(BF1\) must be a finite number >= 0, got inf"),
+    ([0.0, 0.0], r"weights are all 0 \(\{'mIoU': 0\.0, 'BF1': 0\.0\}\): the loss would be "
+                 r"identically 0"),
+])
+def test_weights_must_be_nonnegative_and_not_all_zero(tmp_path, weights, match):
+    data = _random_params("all", metrics=("mIoU", "BF1")).to_dict()
+    for term, w in zip(data["terms"], weights):
+        term["weight"] = w
+    path = _write(tmp_path, json.loads(json.dumps(data).replace("Infinity", "1e999")))
+    with pytest.raises(ValueError, match=match) as info:
+        load_params(path)
+    assert path in str(info.value)
+    data["terms"][0]["weight"], data["terms"][1]["weight"] = 0.0, 2.0  # one zero weight is fine
+    assert load_params(_write(tmp_path, data)).weights == [0.0, 2.0]
+
+
+def test_every_shipped_params_file_loads():
+    import glob
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    files = [f for pattern in ("segloss_d2/**/*.json", "configs/**/*.json", "docs/**/*.json")
+             for f in glob.glob(os.path.join(root, pattern), recursive=True)
+             if '"terms"' in open(f, encoding="utf-8").read()]
+    assert len(files) >= len(list_presets())
+    for f in files:
+        load_params(f)
