@@ -154,9 +154,16 @@ class CorruptFileError(OSError):
         path (str): the file.
         kind (str): what the file is, e.g. "image" or "label".
         error (BaseException): the original exception.
+
+    ``CorruptFileError(message)`` (one argument) keeps a finished message: a DataLoader worker's
+    exception is re-raised in the main process that way, so the type survives workers.
     """
 
-    def __init__(self, dataset, path, kind, error):
+    def __init__(self, dataset, path=None, kind=None, error=None):
+        if path is None:  # a finished message (re-raised from a DataLoader worker)
+            self.dataset = self.path = self.kind = self.error = None
+            super().__init__(dataset)
+            return
         self.dataset, self.path, self.kind, self.error = dataset, os.path.abspath(path), kind, error
         if isinstance(error, FileNotFoundError):
             hint = "The file is missing: restore it, or remove its id from the dataset."
@@ -167,7 +174,9 @@ class CorruptFileError(OSError):
         super().__init__(f"Dataset '{dataset}': cannot read {kind} file '{self.path}' "
                          f"({type(error).__name__}: {error}). {hint}")
 
-    def __reduce__(self):  # picklable (data loader workers send it to the main process)
+    def __reduce__(self):  # picklable with its fields
+        if self.path is None:
+            return type(self), self.args
         return type(self), (self.dataset, self.path, self.kind, self.error)
 
 

@@ -121,3 +121,17 @@ def test_from_config(tmp_path):
     assert list(mapper.augmentations.augs) == []  # the argument next to cfg wins
     test = SemSegDatasetMapper(cfg, is_train=False)
     assert test.dataset_names == tuple(cfg.DATASETS.TEST) and not test.is_train
+
+
+def test_error_keeps_type_and_names_the_file_through_loader_workers(tmp_path):
+    from detectron2.data import build_detection_test_loader
+
+    record = _files(tmp_path)
+    _truncate(record["file_name"])
+    loader = build_detection_test_loader(dataset=[record], mapper=_mapper(is_train=False),
+                                         num_workers=1)
+    with pytest.raises(CorruptFileError) as info:
+        next(iter(loader))
+    message = str(info.value)
+    assert "DataLoader worker" in message  # re-raised in this process, from the worker's
+    assert f"Dataset '{DATASET}': cannot read image file '{record['file_name']}'" in message
