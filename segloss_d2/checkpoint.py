@@ -11,7 +11,8 @@ import os
 
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["WeightsUnavailableError", "check_model_weights", "weights_url"]
+__all__ = ["WeightsUnavailableError", "check_model_weights", "check_weights_to_load",
+           "weights_url"]
 
 
 class WeightsUnavailableError(FileNotFoundError):
@@ -55,11 +56,20 @@ def check_model_weights(weights: str, key: str = "MODEL.WEIGHTS") -> str:
         problem = f"{type(e).__name__}: {e}"
     if not problem:
         return local
-    source = f" (downloaded from {url})" if url else ""
+    source = f" (from {url})" if url else ""
     fetch = (f"download it once where there is network (e.g. `wget {url}`) and pass the local "
              f"path, {key} /path/to/{os.path.basename(url)}" if url else
              f"pass the path of an existing checkpoint, {key} /path/to/model.pth")
     raise WeightsUnavailableError(
-        f"{key} {weights!r}{source} cannot be read: {problem}. Nothing was trained or written. "
+        f"{key} {weights!r}{source} cannot be read: {problem}. Stopped before training. "
         f"Ways out: {fetch}; or train from random initialization with {key} \"\"."
     )
+
+
+def check_weights_to_load(cfg, resume: bool = False) -> None:
+    """Check what ``DetectionCheckpointer(...).resume_or_load(cfg.MODEL.WEIGHTS, resume)`` will
+    load: nothing to check when resuming from a checkpoint in ``cfg.OUTPUT_DIR`` (its
+    ``last_checkpoint`` exists), else ``MODEL.WEIGHTS`` (:func:`check_model_weights`)."""
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    check_model_weights(cfg.MODEL.WEIGHTS)

@@ -7,10 +7,15 @@
     tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 
 Multi-GPU / multi-machine: detectron2's usual --num-gpus / --num-machines / --dist-url.
+``MODEL.WEIGHTS`` that cannot be read (a missing file, or a download while offline) stops the run
+before anything is built, with one ``train_net.py: error:`` paragraph and exit status 1.
 """
+import sys
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 
+from segloss_d2.checkpoint import WeightsUnavailableError, check_weights_to_load
 from segloss_d2.engine import SegLossTrainer, get_segloss_cfg
 
 
@@ -25,6 +30,10 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    try:
+        check_weights_to_load(cfg, resume=args.resume)
+    except WeightsUnavailableError as e:
+        sys.exit(f"train_net.py: error: {e}")
     if args.eval_only:
         model = SegLossTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
