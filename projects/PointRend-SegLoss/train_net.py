@@ -36,7 +36,7 @@ def build_sem_seg_train_aug(cfg):
 
 
 class Trainer(DefaultTrainer):
-    """PointRend's trainer for semantic segmentation, as in detectron2/projects/PointRend/train_net.py."""
+    """PointRend's semantic segmentation trainer (detectron2/projects/PointRend/train_net.py)."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
