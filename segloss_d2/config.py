@@ -116,6 +116,12 @@ def add_search_config(cfg):
     # Training iterations of each proxy network (paper: 1000; the proxy's SOLVER keys apply).
     cfg.SEARCH.PROXY.MAX_ITER = 1000
 
+    # Dotted path of the detectron2 DefaultTrainer subclass whose build_model, build_optimizer,
+    # build_lr_scheduler and build_train_loader classmethods make every proxy (docs/method.md §4.4):
+    # a project's own Trainer (its model, mapper, augmentations, optimizer) drives the search
+    # unchanged. SOLVER.AMP.ENABLED and SOLVER.CLIP_GRADIENTS apply as in detectron2's trainers.
+    cfg.SEARCH.TRAINER = "segloss_d2.engine.SegLossTrainer"
+
     cfg.SEARCH.HOLDOUT = CN()
     # Images held out of DATASETS.TRAIN (fixed by SEARCH.SEED) as the reward set (paper: 1500 VOC /
     # 500 Cityscapes); the proxies train on the rest.

@@ -12,25 +12,39 @@ The K models start from the same initial weights (built once from ``SEARCH.SEED`
 mini-batches in the same order (one data pipeline) and each has its own optimizer, LR schedule and
 RNG stream (seeded alike), so a candidate's result does not depend on K or on its neighbours:
 reward differences come from the loss only.
+
+Model, optimizer, LR schedule and training loader come from the ``build_model``,
+``build_optimizer``, ``build_lr_scheduler`` and ``build_train_loader`` classmethods of the
+detectron2 ``DefaultTrainer`` subclass named by ``SEARCH.TRAINER`` (:func:`search_trainer`), so a
+project's own Trainer drives the search unchanged: ``build_model`` once per group (the template the
+K candidates copy), ``build_optimizer`` and ``build_lr_scheduler`` once per candidate,
+``build_train_loader`` once per group (its batches feed all K models). The trainer sees a frozen
+proxy config (:func:`proxy_cfg`) whose ``DATASETS.TRAIN`` is a temporarily registered dataset of
+the proxies' training images and whose ``SEED`` is the trial seed. ``SOLVER.AMP.ENABLED`` trains
+under ``torch.autocast`` (float16) with a ``GradScaler`` per candidate, as detectron2's
+``AMPTrainer`` does, and like it needs CUDA; ``SOLVER.CLIP_GRADIENTS`` acts through the optimizer
+(detectron2's ``build_optimizer`` wraps it with ``maybe_add_gradient_clipping``).
 """
+import contextlib
 import copy
+import importlib
+import inspect
+import itertools
 import logging
 import math
+import os
 import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetMapper, build_detection_train_loader
-from detectron2.data.samplers import TrainingSampler
-from detectron2.modeling import build_model
-from detectron2.projects.deeplab import build_lr_scheduler
-from detectron2.solver import build_optimizer
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from ..engine import build_sem_seg_train_aug
 from ..evaluation.evaluator import load_sem_seg_gt
 from ..evaluation.metrics import SegMetrics
 from ..modeling.build import build_surrogate_loss
@@ -46,6 +60,8 @@ __all__ = [
     "initial_mu",
     "theta_to_params",
     "reward_from_metrics",
+    "search_trainer",
+    "validate_proxy_training",
     "proxy_cfg",
     "train_candidates",
 ]
@@ -136,18 +152,144 @@ def reward_from_metrics(metrics: Dict[str, float], targets: Sequence[str]) -> fl
     return float(np.mean([metrics[REWARD_KEYS[t]] for t in targets])) / 100.0
 
 
-def proxy_cfg(cfg):
+_TRAINER_EXAMPLE = "segloss_d2.engine.SegLossTrainer"
+
+
+def _import_dotted(path: str):
+    """The object at a dotted path ``package.module.Name`` (or ``module.Outer.Inner``): the
+    longest importable module prefix, then attributes. ImportError/AttributeError if absent."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            # only "this prefix is not a module" moves on; a module that fails inside is reported
+            if e.name is not None and module_name.startswith(e.name):
+                continue
+            raise
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"no importable module in {path!r}")
+
+
+def search_trainer(cfg):
+    """The ``DefaultTrainer`` subclass named by ``SEARCH.TRAINER`` (a dotted path).
+
+    Raises:
+        ValueError: naming the value, if it is not a dotted path, cannot be imported, or is not a
+            subclass of detectron2's ``DefaultTrainer``.
+    """
+    path = cfg.SEARCH.TRAINER
+    expected = (f"the dotted path of a detectron2 DefaultTrainer subclass, e.g. "
+                f"{_TRAINER_EXAMPLE!r}")
+    if not isinstance(path, str) or "." not in path.strip(".") or any(
+            not p.isidentifier() for p in path.split(".")):
+        raise ValueError(f"SEARCH.TRAINER must be {expected}, got {path!r}")
+    try:
+        obj = _import_dotted(path)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"SEARCH.TRAINER {path!r} cannot be imported ({type(e).__name__}: {e}); expected "
+            f"{expected}"
+        ) from e
+    if not (inspect.isclass(obj) and issubclass(obj, DefaultTrainer)):
+        raise ValueError(
+            f"SEARCH.TRAINER {path!r} is {obj!r}, not a subclass of "
+            f"detectron2.engine.DefaultTrainer; expected {expected}"
+        )
+    return obj
+
+
+def validate_proxy_training(cfg) -> None:
+    """Check what the proxies' training needs beyond the SEARCH numbers: ``SEARCH.TRAINER``
+    (:func:`search_trainer`) and ``SOLVER.AMP.ENABLED``, which needs ``MODEL.DEVICE`` cuda (like
+    detectron2's ``AMPTrainer``, which refuses to run without CUDA). Raises ValueError."""
+    search_trainer(cfg)
+    _check_amp_device(cfg, str(cfg.MODEL.DEVICE))
+
+
+def _check_amp_device(cfg, device: str) -> None:
+    if cfg.SOLVER.AMP.ENABLED and not device.startswith("cuda"):
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED is True but the proxies run on {device!r}: mixed precision "
+            "training needs MODEL.DEVICE cuda (detectron2's AMPTrainer is CUDA-only; on CPU "
+            "torch.autocast would train in bfloat16, a different recipe); set "
+            "SOLVER.AMP.ENABLED False or MODEL.DEVICE cuda"
+        )
+
+
+def proxy_cfg(cfg, seed: Optional[int] = None, train_dataset: Optional[str] = None):
     """A frozen copy of ``cfg`` for proxy training: ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``.
 
     The model is built with the plain cross-entropy head loss; each candidate then gets its own
-    ``sem_seg_head.loss_fn``.
+    ``sem_seg_head.loss_fn``. With ``seed``, ``SEED`` is set to it (detectron2's training sampler
+    seeds the data order with it); with ``train_dataset``, ``DATASETS.TRAIN = (train_dataset,)``
+    (the registered proxy training images the trainer's ``build_train_loader`` loads).
     """
     cfg = cfg.clone()
     cfg.defrost()
     cfg.SOLVER.MAX_ITER = int(cfg.SEARCH.PROXY.MAX_ITER)
     cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE = "cross_entropy"
+    if seed is not None:
+        cfg.SEED = int(seed)
+    if train_dataset is not None:
+        cfg.DATASETS.TRAIN = (train_dataset,)
     cfg.freeze()
     return cfg
+
+
+_PROXY_DATASETS = itertools.count()
+
+
+@contextlib.contextmanager
+def _proxy_train_dataset(source: str, dicts: Sequence[Dict]):
+    """Register ``dicts`` as a dataset (with the metadata of ``source``, so a mapper that reads
+    ``MetadataCatalog.get(cfg.DATASETS.TRAIN[0])`` finds it); yields its name, removes it after."""
+    name = f"{source}__search_proxy_train_{os.getpid()}_{next(_PROXY_DATASETS)}"
+    DatasetCatalog.register(name, lambda: list(dicts))
+    try:
+        metadata = MetadataCatalog.get(source).as_dict() if source in MetadataCatalog else {}
+        metadata.pop("name", None)
+        MetadataCatalog.get(name).set(**metadata)
+        yield name
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+@contextlib.contextmanager
+def _shared_random_seed(seed: int):
+    """Samplers built inside draw ``seed`` as their "shared random seed".
+
+    detectron2 main builds the default ``TrainingSampler`` with ``seed=cfg.SEED``; v0.6 builds it
+    without a seed, so it draws one from ``comm.shared_random_seed()``. Returning the trial seed
+    there gives both versions the same, seeded data order."""
+    original = comm.shared_random_seed
+    comm.shared_random_seed = lambda: int(seed)
+    try:
+        yield
+    finally:
+        comm.shared_random_seed = original
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """``DefaultTrainer.build_model`` logs the whole model at INFO: once per group is noise."""
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _grad_scaler():
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()  # torch < 2.3
 
 
 class _DivergenceGuard(torch.nn.Module):
@@ -176,13 +318,15 @@ def _seeded_cuda_rng_state(device: torch.device, seed: int) -> torch.Tensor:
 class _Candidate:
     """One proxy model with its optimizer, LR schedule and private RNG stream."""
 
-    def __init__(self, cfg, template, theta, seed):
+    def __init__(self, cfg, trainer, template, theta, seed):
         self.params = theta_to_params(cfg, theta)
         self.model = copy.deepcopy(template)
         self.model.sem_seg_head.loss_fn = _DivergenceGuard(build_surrogate_loss(cfg, self.params))
         self.model.train()
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.optimizer = trainer.build_optimizer(cfg, self.model)
+        self.scheduler = trainer.build_lr_scheduler(cfg, self.optimizer)
+        # SOLVER.AMP.ENABLED: detectron2's AMPTrainer step (float16 autocast, one GradScaler)
+        self.scaler = _grad_scaler() if cfg.SOLVER.AMP.ENABLED else None
         self.device = next(self.model.parameters()).device
         gen = torch.Generator().manual_seed(seed)
         self.cpu_rng = gen.get_state()
@@ -199,16 +343,23 @@ class _Candidate:
             if cuda:
                 torch.cuda.set_rng_state(self.cuda_rng, self.device)
             try:
-                loss_dict = self.model(batch)
-                losses = sum(loss_dict.values())
+                amp = self.scaler is not None
+                with torch.autocast("cuda") if amp else contextlib.nullcontext():
+                    loss_dict = self.model(batch)
+                    losses = sum(loss_dict.values())
                 if not torch.isfinite(losses).all():
                     raise FloatingPointError(
                         f"loss became non-finite at iteration {iteration}: "
                         f"{ {k: float(v.detach()) for k, v in loss_dict.items()} }"
                     )
                 self.optimizer.zero_grad()
-                losses.backward()
-                self.optimizer.step()
+                if amp:
+                    self.scaler.scale(losses).backward()
+                    self.scaler.step(self.optimizer)  # unscales first: clipping sees true grads
+                    self.scaler.update()
+                else:
+                    losses.backward()
+                    self.optimizer.step()
                 self.scheduler.step()
                 self.last_loss = float(losses.detach())
             except FloatingPointError as e:
@@ -220,7 +371,7 @@ class _Candidate:
 
     def diverge(self, message: str) -> None:
         self.status, self.error = "diverged", message
-        self.model = self.optimizer = self.scheduler = None  # free memory early
+        self.model = self.optimizer = self.scheduler = self.scaler = None  # free memory early
 
     def check_finite_weights(self) -> None:
         if self.model is not None and not all(
@@ -270,9 +421,19 @@ def _evaluate(cfg, candidates, reward_dicts) -> List[Optional[Dict[str, float]]]
     return results
 
 
-def _build_template(cfg, seed):
+def _build_template(trainer, cfg, seed):
+    """The initial proxy model: ``trainer.build_model(cfg)`` seeded with ``seed``, then
+    ``MODEL.WEIGHTS`` (as ``DefaultTrainer.resume_or_load`` loads them)."""
     seed_all_rng(seed)
-    template = build_model(cfg)
+    with _quiet("detectron2.engine.defaults"):
+        template = trainer.build_model(cfg)
+    head = getattr(template, "sem_seg_head", None)
+    if not isinstance(getattr(head, "loss_fn", None), torch.nn.Module):
+        raise ValueError(
+            f"SEARCH.TRAINER {cfg.SEARCH.TRAINER!r}: build_model returned a "
+            f"{type(template).__name__} without a sem_seg_head.loss_fn module; the search gives "
+            "every candidate its own loss as the model's sem_seg_head.loss_fn"
+        )
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(template).load(cfg.MODEL.WEIGHTS)
     return template
@@ -289,7 +450,8 @@ def train_candidates(
 
     Args:
         cfg (CfgNode): the search config (segloss + search keys); proxies use its MODEL, INPUT,
-            SOLVER and DATALOADER keys with ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``.
+            SOLVER and DATALOADER keys with ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``, through
+            the ``build_*`` classmethods of ``SEARCH.TRAINER`` (see the module docstring).
         thetas (Tensor or array): ``(K, D)`` candidates, D = :func:`search_dim`, values in [0, 1].
         train_dicts (list of dict): proxy training images (detectron2 dataset dicts with
             ``sem_seg_file_name``).
@@ -309,24 +471,26 @@ def train_candidates(
         raise ValueError(f"thetas must be a (K, D) tensor with K >= 1, got shape {thetas.shape}")
     seed = int(cfg.SEARCH.SEED if seed is None else seed)
     targets = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
-    cfg = proxy_cfg(cfg)
-    template = _build_template(cfg, seed)
-    candidates = [_Candidate(cfg, template, theta, seed) for theta in thetas]
-    del template
+    trainer = search_trainer(cfg)
+    source = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else "search"
+    with _proxy_train_dataset(source, train_dicts) as train_name:
+        cfg = proxy_cfg(cfg, seed=seed, train_dataset=train_name)
+        template = _build_template(trainer, cfg, seed)
+        _check_amp_device(cfg, str(next(template.parameters()).device))
+        candidates = [_Candidate(cfg, trainer, template, theta, seed) for theta in thetas]
+        del template
 
-    seed_all_rng(seed)
-    mapper = DatasetMapper(cfg, is_train=True, augmentations=build_sem_seg_train_aug(cfg))
-    loader = build_detection_train_loader(
-        cfg, mapper=mapper, dataset=list(train_dicts),
-        sampler=TrainingSampler(len(train_dicts), seed=seed),
-    )
-    with EventStorage(0):
-        for iteration, batch in zip(range(cfg.SOLVER.MAX_ITER), loader):
-            live = [c for c in candidates if c.model is not None]
-            if not live:
-                break
-            for c in live:
-                c.step(batch, iteration)
+        seed_all_rng(seed)
+        with _shared_random_seed(seed):
+            loader = trainer.build_train_loader(cfg)  # one data pipeline for the K candidates
+        with EventStorage(0):
+            for iteration, batch in zip(range(cfg.SOLVER.MAX_ITER), loader):
+                live = [c for c in candidates if c.model is not None]
+                if not live:
+                    break
+                for c in live:
+                    c.step(batch, iteration)
+        del loader
     for c in candidates:
         c.check_finite_weights()
     metrics = _evaluate(cfg, candidates, reward_dicts)

@@ -1,4 +1,6 @@
-"""The search's inner loop: candidate -> params, hold-out split, K proxies side by side."""
+"""The search's inner loop: candidate -> params, hold-out split, K proxies side by side, the
+proxies built by a detectron2 Trainer (SEARCH.TRAINER)."""
+import itertools
 import math
 
 import pytest
@@ -6,6 +8,14 @@ import torch
 
 pytest.importorskip("detectron2")
 
+from detectron2.data import (  # noqa: E402
+    DatasetCatalog,
+    DatasetMapper,
+    build_detection_train_loader,
+)
+from detectron2.data import transforms as T  # noqa: E402
+
+from segloss_d2.engine import SegLossTrainer  # noqa: E402
 from segloss_d2.search import trial  # noqa: E402
 from segloss_d2.search.holdout import search_datasets, split_holdout  # noqa: E402
 from segloss_d2.search.trial import (  # noqa: E402
@@ -231,3 +241,232 @@ def test_reward_set_reads_class_ids_like_the_evaluator(tmp_path):
 def test_bad_thetas_shape(data):
     with pytest.raises(ValueError, match=r"\(K, D\)"):
         train_candidates(tiny_search_cfg(), torch.zeros(20), *data)
+
+
+# --- SEARCH.TRAINER: the proxies come from a detectron2 Trainer's build_* classmethods ----------
+
+def _trainer_path(name):
+    return f"{__name__}.{name}"
+
+
+class ProjectTrainer(SegLossTrainer):
+    """A project's own Trainer: its own mapper (resize only: no crop, no flip), every build_*
+    call and every mapped image recorded."""
+
+    calls = []
+
+    @classmethod
+    def build_model(cls, cfg):
+        cls.calls.append("build_model")
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        cls.calls.append("build_optimizer")
+        return super().build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        cls.calls.append("build_lr_scheduler")
+        return super().build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        cls.calls.append(("build_train_loader", tuple(cfg.DATASETS.TRAIN), cfg.SEED,
+                          len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0]))))
+        resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                      cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+        mapper = DatasetMapper(cfg, is_train=True, augmentations=[resize])
+
+        def counting_mapper(d):
+            cls.calls.append("map")
+            return mapper(d)
+
+        return build_detection_train_loader(cfg, mapper=counting_mapper)
+
+
+class BatchSpyTrainer(SegLossTrainer):
+    """SegLossTrainer's loader unchanged, the file names of every batch recorded."""
+
+    batches = []
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        loader = super().build_train_loader(cfg)
+
+        def spy():
+            for batch in loader:
+                cls.batches.append([d["file_name"] for d in batch])
+                yield batch
+
+        return spy()
+
+
+class NotATrainer:
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    """Three candidates trained by the default trainer."""
+    cfg = tiny_search_cfg()
+    return [strip_timing(r) for r in train_candidates(cfg, _thetas(cfg, 3), *data)]
+
+
+def test_project_trainer_builds_the_proxies(data, reference):
+    cfg = tiny_search_cfg(opts=["SEARCH.TRAINER", _trainer_path("ProjectTrainer"),
+                                "SEARCH.SEED", 4])
+    trainer = trial.search_trainer(cfg)  # the class object the search imports
+    trainer.calls.clear()
+    results = train_candidates(cfg, _thetas(cfg, 3), *data, seed=1)
+    assert all(r["status"] == "ok" for r in results)
+    calls = [c for c in trainer.calls if c != "map"]
+    # one model (the template the candidates copy), an optimizer and a schedule per candidate,
+    # one loader for the group, on the proxies' training images, seeded with the trial seed
+    (loader_call,) = [c for c in calls if c[0] == "build_train_loader"]
+    assert calls.count("build_model") == 1
+    assert calls.count("build_optimizer") == calls.count("build_lr_scheduler") == 3
+    assert loader_call[2] == 1 and loader_call[3] == len(data[0])
+    assert "__search_proxy_train" in loader_call[1][0]
+    assert loader_call[1][0] not in DatasetCatalog.list()  # removed after the group
+    # the project's mapper fed all three models: MAX_ITER batches of IMS_PER_BATCH images, once
+    assert trainer.calls.count("map") == cfg.SEARCH.PROXY.MAX_ITER * cfg.SOLVER.IMS_PER_BATCH
+    # ... and its augmentations (no crop, no flip) changed what the proxies learned
+    assert [r["train_loss"] for r in results] != [r["train_loss"] for r in reference]
+
+
+def test_default_trainer_data_order_is_the_trial_seed(data, reference):
+    """The default loader samples with TrainingSampler(seed=trial seed), on detectron2 v0.6 (which
+    would draw a random seed) as on main (which passes cfg.SEED), and a subclass that wraps
+    SegLossTrainer's loader trains exactly like SegLossTrainer."""
+    from detectron2.data.samplers import TrainingSampler
+
+    cfg = tiny_search_cfg(opts=["SEARCH.TRAINER", _trainer_path("BatchSpyTrainer")])
+    trainer = trial.search_trainer(cfg)
+    trainer.batches.clear()
+    results = train_candidates(cfg, _thetas(cfg, 3), *data)
+    assert [strip_timing(r) for r in results] == reference
+    n, batch = len(data[0]), cfg.SOLVER.IMS_PER_BATCH
+    order = list(itertools.islice(iter(TrainingSampler(n, seed=cfg.SEARCH.SEED)), 3 * batch))
+    expected = [[data[0][i]["file_name"] for i in order[k * batch:(k + 1) * batch]]
+                for k in range(3)]
+    assert trainer.batches == expected
+    other = list(itertools.islice(iter(TrainingSampler(n, seed=cfg.SEARCH.SEED + 1)), batch))
+    assert order[:batch] != other  # the comparison above can fail
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", "must be the dotted path"),
+    ("SegLossTrainer", "must be the dotted path"),
+    ("segloss_d2.engine.", "must be the dotted path"),
+    (3, "must be the dotted path"),
+    ("segloss_d2.engine.NoSuchTrainer", "cannot be imported.*NoSuchTrainer"),
+    ("no_such_package.Trainer", "cannot be imported.*no_such_package"),
+    ("segloss_d2.engine.build_sem_seg_train_aug", "not a subclass of .*DefaultTrainer"),
+    ("detectron2.engine.SimpleTrainer", "not a subclass of .*DefaultTrainer"),
+    (f"{__name__}.NotATrainer", "not a subclass of .*DefaultTrainer"),
+])
+def test_bad_search_trainer_is_refused(data, value, message):
+    from segloss_d2.search.runner import validate_search_config
+
+    cfg = tiny_search_cfg()
+    cfg.SEARCH.TRAINER = value
+    for check in (validate_search_config, lambda c: train_candidates(c, _thetas(c, 1), *data)):
+        with pytest.raises(ValueError, match=f"SEARCH.TRAINER .*{message}") as e:
+            check(cfg)
+        assert repr(value) in str(e.value)  # the error names the bad value
+
+
+def test_search_trainer_resolves_default_and_nested_paths():
+    from segloss_d2.engine import SegLossTrainer as Default
+
+    assert trial.search_trainer(tiny_search_cfg()) is Default
+    cfg = tiny_search_cfg(opts=["SEARCH.TRAINER", f"{__name__}._Holder.Inner"])
+    assert trial.search_trainer(cfg).__qualname__ == "_Holder.Inner"
+
+
+class _Holder:
+    class Inner(SegLossTrainer):
+        pass
+
+
+def test_project_trainer_runs_a_whole_search(tmp_path):
+    from segloss_d2.search.runner import SearchRunner
+
+    cfg = tiny_search_cfg(str(tmp_path), opts=["SEARCH.TRAINER", _trainer_path("ProjectTrainer")])
+    trainer = trial.search_trainer(cfg)
+    trainer.calls.clear()
+    result = SearchRunner(cfg, log=lambda s: None).run()
+    assert result.best_trial is not None and result.best_trial["status"] == "ok"
+    # 2 iterations x 3 candidates, K = 3: one loader (one data pipeline) per group
+    assert sum(1 for c in trainer.calls if c[0] == "build_train_loader") == 2
+    assert trainer.calls.count("build_optimizer") == 6
+
+
+def test_gradient_clipping_is_honoured(data):
+    """SOLVER.CLIP_GRADIENTS acts (through the trainer's build_optimizer): a tight clip changes
+    the result, a clip far above every gradient does not."""
+    def run(*opts):
+        cfg = tiny_search_cfg(opts=list(opts))
+        return [strip_timing(r) for r in train_candidates(cfg, _thetas(cfg, 1), *data)]
+
+    plain = run()
+    clip = ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"]
+    assert run(*clip, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1e9) == plain
+    assert run(*clip, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1e-3) != plain
+
+
+def test_amp_needs_cuda():
+    from segloss_d2.search.runner import validate_search_config
+
+    cfg = tiny_search_cfg(opts=["SOLVER.AMP.ENABLED", True])
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED .* on 'cpu'.*MODEL.DEVICE cuda"):
+        validate_search_config(cfg)
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
+        train_candidates(cfg, _thetas(cfg, 1), [], [])
+
+
+def test_amp_step_goes_through_a_grad_scaler(data, reference, monkeypatch):
+    """Without a GPU: with SOLVER.AMP.ENABLED every step is AMPTrainer's (autocast, scaled
+    backward, scaler.step, scaler.update), one scaler per candidate. An identity scaler and a
+    disabled autocast must then train exactly like fp32."""
+    scalers = []
+
+    class IdentityScaler:
+        def __init__(self):
+            self.log = []
+            scalers.append(self)
+
+        def scale(self, loss):
+            self.log.append("scale")
+            return loss
+
+        def step(self, optimizer):
+            self.log.append("step")
+            optimizer.step()
+
+        def update(self):
+            self.log.append("update")
+
+    autocasts = []
+
+    class FakeAutocast:
+        def __init__(self, device_type, *args, **kwargs):
+            autocasts.append(device_type)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(trial, "_grad_scaler", IdentityScaler)
+    monkeypatch.setattr(trial, "_check_amp_device", lambda cfg, device: None)
+    monkeypatch.setattr(trial.torch, "autocast", FakeAutocast)
+    cfg = tiny_search_cfg(opts=["SOLVER.AMP.ENABLED", True])
+    results = train_candidates(cfg, _thetas(cfg, 3), *data)
+    assert [strip_timing(r) for r in results] == reference
+    steps = cfg.SEARCH.PROXY.MAX_ITER
+    assert len(scalers) == 3
+    assert all(s.log == ["scale", "step", "update"] * steps for s in scalers)
+    assert autocasts.count("cuda") == 3 * steps  # (the loss may open its own, e.g. to disable)
