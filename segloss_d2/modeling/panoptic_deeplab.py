@@ -15,7 +15,7 @@ means depends on the loss (:func:`weighted_sem_seg_loss`):
 * region losses, ``naive``/``searched`` surrogates and ``wce``, ``dice``, ``lovasz``: a weight
   would scale a pixel's contribution to every soft count (weighted soft counts). Pixels of weight 0
   are exactly that, ignored; all other pixels must share one weight, which then changes nothing
-  (every surrogate metric is a ratio of counts, docs/method.md §3). Several distinct positive
+  (every surrogate metric is a ratio of counts, docs/method.md §2.3). Several distinct positive
   weights are refused with a ValueError instead of being dropped silently: set
   ``INPUT.SMALL_INSTANCE_WEIGHT 1`` (or use a pixel-wise loss). The surrogates
   (segloss_d2.surrogate) do not take per-pixel weights, and weighting the boundary terms of BIoU

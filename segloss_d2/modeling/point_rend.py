@@ -13,8 +13,8 @@ a point head that refines uncertain points. Two levels of use:
 
 The point head keeps detectron2's cross-entropy on its ``TRAIN_NUM_POINTS`` sampled points (the
 ``loss_sem_seg_point`` term): a metric surrogate is a ratio of soft counts over whole regions and
-boundaries (docs/method.md §3), which a few hundred points sampled around uncertain locations do not
-form, so it would not estimate the metric there.
+boundaries (docs/method.md §2.3), which a few hundred points sampled around uncertain locations
+do not form, so it would not estimate the metric there.
 """
 from typing import Dict, Optional
 
