@@ -20,6 +20,7 @@ from typing import Callable, List
 import torch
 
 from .holdout import search_datasets
+from .reaper import start_reaper
 from .trial import train_candidates
 
 __all__ = ["BACKENDS", "LocalBackend", "RayBackend", "build_backend", "import_ray"]
@@ -87,7 +88,9 @@ class RayBackend:
 
     Connects to ``SEARCH.RAY.ADDRESS`` ("" = a new local instance, "auto" = the running cluster)
     unless Ray is already initialized in this process (then that instance is used and left
-    running). ``DETECTRON2_DATASETS`` and ``SEGLOSS_CACHE`` are forwarded to the workers; on a
+    running). A local instance this backend starts is shut down by :meth:`close`, and by a
+    :func:`~segloss_d2.search.reaper.start_reaper` watcher if this process is killed.
+    ``DETECTRON2_DATASETS`` and ``SEGLOSS_CACHE`` are forwarded to the workers; on a
     multi-node cluster every node needs segloss_d2 installed and the datasets at that path.
 
     A task that still fails after its retries (an exception in the task, or a worker that died
@@ -103,12 +106,15 @@ class RayBackend:
         self.cfg = cfg
         self.models_per_worker = int(cfg.SEARCH.MODELS_PER_WORKER)
         self._owns_ray = False
+        self._reaper = None
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in ("DETECTRON2_DATASETS", "SEGLOSS_CACHE")
                    if k in os.environ}
             ray.init(address=cfg.SEARCH.RAY.ADDRESS or None, include_dashboard=False,
                      runtime_env={"env_vars": env} if env else None)
             self._owns_ray = True
+            if not cfg.SEARCH.RAY.ADDRESS:  # a local instance: its processes die with us
+                self._reaper = start_reaper()
         self._remote = ray.remote(
             num_cpus=float(cfg.SEARCH.RAY.CPUS_PER_TRIAL),
             num_gpus=float(cfg.SEARCH.RAY.GPUS_PER_TRIAL),
@@ -148,6 +154,10 @@ class RayBackend:
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
             self._owns_ray = False
+        if self._reaper is not None:
+            self._reaper.terminate()
+            self._reaper.wait()
+            self._reaper = None
 
 
 def build_backend(cfg):

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -331,3 +332,30 @@ def test_search_whose_every_trial_diverged_fails(tmp_path):
     assert not os.path.exists(out / "final_mu_params.json")
     assert not os.path.exists(out / "best_params.json")
     assert os.path.exists(out / "reward_curve.png")
+
+
+def test_killed_ray_search_leaves_no_process_behind(tmp_path):
+    """Case 9: Ray's dashboard and runtime-env agents used to outlive a kill -9 by minutes."""
+    pytest.importorskip("ray")
+    from segloss_d2.search.reaper import _alive, _descendants
+
+    out = tmp_path / "ray"
+    argv = _argv(out, "SEARCH.BACKEND", "ray", "SEARCH.PROXY.MAX_ITER", 30)
+    search = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "search_net.py"),
+                               *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (os.path.exists(out / "trials.jsonl") and _trials(out)):
+            assert search.poll() is None and time.monotonic() < deadline, "no trial was logged"
+            time.sleep(0.2)
+        tree = _descendants(search.pid)
+        assert len(tree) >= 4  # reaper, GCS, raylet, agents, workers
+    finally:
+        search.kill()
+        search.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p, s) for p, s in tree.items()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p, s in tree.items() if _alive(p, s)]
+    assert not left, f"processes {left} of the killed search are still running"
