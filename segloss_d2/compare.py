@@ -8,19 +8,16 @@ import logging
 import math
 import os
 
-import matplotlib
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.env import seed_all_rng
+from matplotlib.figure import Figure
+from tabulate import tabulate
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.utils.env import seed_all_rng  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from .engine import SegLossTrainer  # noqa: E402
-from .evaluation.evaluator import RESULTS_FILE  # noqa: E402
+from .engine import SegLossTrainer
+from .evaluation.evaluator import RESULTS_FILE
 
 __all__ = ["train_and_evaluate", "comparison_table", "plot_predictions", "TABLE_METRICS"]
 
@@ -88,8 +85,8 @@ def plot_predictions(models, dataset_name, path, input_format="RGB", num_images=
 
     records = DatasetCatalog.get(dataset_name)[:num_images]
     cols = 2 + len(models)
-    fig, axes = plt.subplots(len(records), cols, figsize=(2.6 * cols, 2.1 * len(records)),
-                             squeeze=False)
+    fig = Figure(figsize=(2.6 * cols, 2.1 * len(records)))
+    axes = fig.subplots(len(records), cols, squeeze=False)
     for row, rec in zip(axes, records):
         image = read_image(rec["file_name"], format="RGB")
         model_input = image[:, :, ::-1] if input_format == "BGR" else image
@@ -108,4 +105,3 @@ def plot_predictions(models, dataset_name, path, input_format="RGB", num_images=
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""Plots of surrogate parameters: g curves and the h_AND / h_OR surfaces (matplotlib, Agg).
+"""Plots of surrogate parameters: g curves and the h_AND / h_OR surfaces (matplotlib ``Figure``:
+no pyplot, so importing this never switches a notebook's backend).
 
 Core module (torch + matplotlib; no detectron2). Used by tools/visualize_loss.py, the search's
 outputs and the demo.
@@ -6,13 +7,10 @@ outputs and the demo.
 import os
 import textwrap
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .surrogate.bezier import bezier_curve, control_point_coordinates  # noqa: E402
+from .surrogate.bezier import bezier_curve, control_point_coordinates
 
 __all__ = ["curve_names", "plot_curves", "plot_surfaces"]
 
@@ -38,7 +36,8 @@ def plot_curves(params, path, title=None):
     """
     x = torch.linspace(0, 1, 501, dtype=torch.float64)
     n = len(params.metrics)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+    fig = Figure(figsize=(4.2 * n, 4))
+    axes = fig.subplots(1, n, squeeze=False)
     for ax, metric, curves, pieces in zip(axes[0], params.metrics, params.control_points,
                                           params.num_pieces):
         ax.plot(x, x, "k--", lw=0.8, label="identity (naive)")
@@ -75,7 +74,8 @@ def plot_surfaces(params, path, title=None):
             if len(curves) == 2:
                 go = torch.from_numpy(_g(curves[1], a))
                 panels.append((f"{metric} h_OR", go + b - go * b))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False)
+    fig = Figure(figsize=(3.8 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, h) in zip(axes[0], panels):
         im = ax.imshow(h.numpy(), origin="lower", extent=(0, 1, 0, 1), vmin=0, vmax=1,
                        cmap="viridis")
@@ -93,4 +93,3 @@ def _save(fig, path):
     os.makedirs(parent, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -41,3 +41,20 @@ def test_core_does_not_import_detectron2():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_importing_never_switches_the_matplotlib_backend():
+    """A notebook user's backend survives ``import segloss_d2.*`` (no matplotlib.use at import)."""
+    pytest.importorskip("detectron2")
+    modules = ("segloss_d2.visualize", "segloss_d2.search.plots", "segloss_d2.compare",
+               "segloss_d2.search.study_report", "segloss_d2.engine")
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        f"for m in {modules!r}: __import__(m)\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,15 +1,13 @@
-"""PNG plots of a search (matplotlib, Agg): the reward curve and the searched curves."""
+"""PNG plots of a search: the reward curve and the searched curves (matplotlib ``Figure``: no
+pyplot, so importing this never switches a notebook's backend)."""
 import os
 from typing import Dict, List, Optional
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from ..surrogate.params import SurrogateParams  # noqa: E402
-from ..visualize import plot_curves  # noqa: E402
+from ..surrogate.params import SurrogateParams
+from ..visualize import plot_curves
 
 __all__ = ["plot_reward_curve", "plot_searched_curves"]
 
@@ -31,7 +29,8 @@ def plot_reward_curve(trials: List[Dict], path: str, target: str = "reward",
         mu_is_sample_0 (bool): sample 0 is the search mean (PPO with baseline "mu"); False
             (random search, baseline "mean"): no mu curve.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     iterations = sorted({r["iteration"] for r in trials})
     ok = [r for r in trials if r["status"] == "ok"]
     bad = [r for r in trials if r["status"] != "ok"]
@@ -73,7 +72,6 @@ def plot_reward_curve(trials: List[Dict], path: str, target: str = "reward",
         os.makedirs(parent, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_searched_curves(params: SurrogateParams, path: str, title: Optional[str] = None) -> None:
