@@ -36,9 +36,20 @@ if os.environ.get("SEGLOSS_NO_EXT", "0") != "1":
         extra_link_args=["-fopenmp"],
     ))
 
+
+def get_version():
+    """``__version__`` of segloss_d2/__init__.py, read without importing the package."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "segloss_d2", "__init__.py")
+    with open(path) as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("\"'")
+    raise RuntimeError(f"no __version__ in {path}")
+
+
 setup(
     name="segloss_d2",
-    version="0.1.0",
+    version=get_version(),
     description="Auto Seg-Loss metric surrogates, evaluators and search as a detectron2 plugin",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
@@ -51,8 +62,9 @@ setup(
     # What the library imports (torch, torchvision and detectron2 are prerequisites, see above).
     install_requires=[
         "numpy",
-        # headless build: servers and CI images often lack libGL, which opencv-python needs.
-        "opencv-python-headless",
+        # OpenCV (cv2) is needed but, as in detectron2, not listed: users bring their own build
+        # (opencv-python, a CUDA build, conda's); tools/install.sh adds opencv-python-headless
+        # only when no cv2 imports.
         "matplotlib",
         "Pillow",
         "tabulate",

@@ -2,15 +2,19 @@
 # Idempotent set-up of segloss_d2 into the project virtualenv .venv (see README "Set-up").
 #
 #   1. .venv with a working torch + torchvision (kept if present, else torch==2.14.1 torchvision==0.29.1);
-#   2. an importable detectron2 (kept if present; else upstream from GitHub; else the PyPI source
-#      release pb1-detectron2==0.6 with the fixes of tools/patch_detectron2.py);
-#   3. segloss_d2 itself, editable, with the dev extra (plus the ray extra when SEGLOSS_EXTRAS=dev,ray),
+#   2. an importable detectron2 (kept if present; else upstream from GitHub at the pinned commit
+#      D2_COMMIT; else the PyPI source release pb1-detectron2==0.6 with the fixes of
+#      tools/patch_detectron2.py);
+#   3. OpenCV: kept if `import cv2` works (the user's own build, e.g. opencv-python), else the
+#      opencv-python-headless wheel (detectron2 leaves OpenCV out of its requirements likewise);
+#   4. segloss_d2 itself, editable, with the dev extra (plus the ray extra when SEGLOSS_EXTRAS=dev,ray),
 #      which compiles its C++ CPU kernels (segloss_d2._C; needs g++, see README).
 #
 # A second run checks imports only and downloads nothing. Any failing step stops with a message.
 # Environment: PYTHON (interpreter for a new venv, default python3), VENV (default .venv),
 # SEGLOSS_EXTRAS (default "dev"), TORCH_SPEC (default "torch==2.14.1 torchvision==0.29.1"),
-# SEGLOSS_NO_EXT=1 (skip compiling segloss_d2._C; also chosen when no C++ compiler is found).
+# SEGLOSS_NO_EXT=1 (skip compiling segloss_d2._C; also chosen when no C++ compiler is found),
+# D2_COMMIT (the upstream detectron2 commit built from GitHub; default: the one tested last).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,7 +23,9 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 EXTRAS=${SEGLOSS_EXTRAS:-dev}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
-D2_UPSTREAM="git+https://github.com/facebookresearch/detectron2.git"
+# Upstream detectron2 main as of 2026-06-06, the commit segloss_d2's tests were last run against.
+D2_COMMIT=${D2_COMMIT:-02b5c4e295e990042a714712c21dc79b731e8833}
+D2_UPSTREAM="git+https://github.com/facebookresearch/detectron2.git@$D2_COMMIT"
 D2_SDIST="pb1-detectron2==0.6"
 CACHE="$ROOT/.cache/install"
 STAMP="$VENV/.segloss_d2-installed"
@@ -94,9 +100,9 @@ if have detectron2; then
 else
   pipi wheel setuptools || die "could not install wheel/setuptools (needed for --no-build-isolation builds)"
   if timeout 20 git ls-remote https://github.com/facebookresearch/detectron2.git HEAD >/dev/null 2>&1; then
-    say "detectron2: installing upstream main from GitHub (compiles its C++ ops; minutes)"
+    say "detectron2: installing upstream commit ${D2_COMMIT:0:12} from GitHub (compiles its C++ ops; minutes)"
     pipi --no-build-isolation "$D2_UPSTREAM" || die "building upstream detectron2 failed (see above)"
-    say "detectron2: installed upstream $("$PY" -c 'import detectron2; print(detectron2.__version__)') from GitHub main; no fixes applied"
+    say "detectron2: installed upstream $("$PY" -c 'import detectron2; print(detectron2.__version__)') (commit ${D2_COMMIT:0:12}) from GitHub; no fixes applied"
   else
     say "detectron2: GitHub unreachable; using the PyPI source release $D2_SDIST without C++ ops"
     mkdir -p "$CACHE"
@@ -115,7 +121,18 @@ else
   d2_ok || die "detectron2 was installed but 'import detectron2.engine, detectron2.projects.deeplab' fails"
 fi
 
-# 4. segloss_d2 (editable) --------------------------------------------------------------------
+# 4. OpenCV ------------------------------------------------------------------------------------
+# Not in segloss_d2's install_requires (as in detectron2's): a second cv2 wheel next to a user's
+# opencv-python would shadow it. Only when none imports is the headless wheel added.
+if "$PY" -c "import cv2" >/dev/null 2>&1; then
+  say "opencv: keeping cv2 $("$PY" -c 'import cv2; print(cv2.__version__)' 2>/dev/null)"
+else
+  say "opencv: no importable cv2; installing opencv-python-headless"
+  pipi opencv-python-headless || die "pip install opencv-python-headless failed"
+  "$PY" -c "import cv2" || die "opencv-python-headless installed but 'import cv2' fails"
+fi
+
+# 5. segloss_d2 (editable) --------------------------------------------------------------------
 # setup.py and the C++ sources: an editable install does not rebuild segloss_d2._C by itself
 fingerprint="$(cat setup.py segloss_d2/csrc/*.cpp | sha1sum | cut -c1-16) $EXTRAS ${SEGLOSS_NO_EXT:-0}"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && have segloss_d2; then
