@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_search.py [--candidates 4] [--max-iter 20] [--no-ray]
 
 Measured in one run on the same candidates (tiny DeepLabV3+ proxies on segloss_shapes, CPU):
-- ``local`` with K = 1 vs K = 4 models per worker (one data pipeline for K models; issue 6 target:
+- ``local`` with K = 1 vs K = 4 models per worker (one data pipeline for K models; target:
   >= 1.5x on CPU);
 - ``ray`` with 1 vs 2 workers (1 CPU per task, K = 1), if Ray is installed.
 The first measurement of each kind is preceded by a warm-up trial; the configurations are measured

@@ -18,7 +18,7 @@ from segloss_d2.surrogate.params import load_params
 from ._reference import bezier as reference_bezier
 
 GRID = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.99]
-# Spec §3.5 curve table: (preset, term curve index) -> values on GRID.
+# docs/method.md §3.5 curve table: (preset, term curve index) -> values on GRID.
 TABLE = {
     ("voc_miou", 0): [.203, .408, .527, .646, .696, .756, .840, .890, .943, .994],
     ("voc_miou", 1): [.000, .002, .007, .026, .060, .191, .480, .782, .974, .997],
