@@ -1,5 +1,6 @@
 """PointRendSemSegLossHead: PointRend's semantic segmentation with a segloss coarse head trains with
 every LOSS_TYPE on CPU and evaluates; the point head keeps cross-entropy."""
+import copy
 import math
 
 import pytest
@@ -114,6 +115,9 @@ def test_loss_fn_reaches_the_coarse_head(shapes_batch):
     h, w = shapes_batch[0]["sem_seg"].shape
     assert spy.calls == [((2, 7, h, w), (2, h, w))]
     assert losses["loss_sem_seg_point"].item() > 0.5  # CE of an untrained 7-class point head
+    clone = copy.deepcopy(model)  # the search copies one template per candidate
+    clone.sem_seg_head.loss_fn = SpyLoss()
+    assert model.sem_seg_head.loss_fn is spy and clone.sem_seg_head.loss_fn is not spy
     explicit = PointRendSemSegLossHead(pointrend_cfg(), model.backbone.output_shape(),
                                        loss_fn=spy)
     assert explicit.loss_fn is spy
