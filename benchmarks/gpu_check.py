@@ -1,0 +1,596 @@
+#!/usr/bin/env python
+"""The measurements a GPU user needs, in one run of at most ~5 minutes on one GPU.
+
+    python benchmarks/gpu_check.py                                  # cuda, full sizes
+    python benchmarks/gpu_check.py --output output/gpu_check.json   # + JSON of every number
+    python benchmarks/gpu_check.py --device cpu                     # small sizes: CI smoke test
+    python benchmarks/gpu_check.py --sections loss,eval             # a subset
+
+Sections (each measured against a baseline in the same run, never against a stored number):
+
+1. ``loss``: forward+backward of every surrogate (mIoU, FWIoU, BIoU, BF1, mAcc, gAcc; the VOC
+   presets) vs cross-entropy on VOC-sized logits (4, 21, 512, 512), in fp32 and under autocast
+   (float16 logits, the AMP recipe; bfloat16 on CPU). Each loss step follows a cross-entropy step
+   and the ratio is the median of these pairs; peak memory is ``torch.cuda.max_memory_allocated``
+   above what was allocated before the step.
+2. ``proxy``: the search's inner loop (``train_candidates``) on the paper's proxy config
+   ``configs/voc_miou.yaml`` (R50-DeepLabV3+, 128x128 crops, batch 32) from scratch on synthetic
+   VOC-sized data: K=1 vs K=4 models per worker (one data pipeline), and K=4 with
+   ``SOLVER.AMP.ENABLED`` (CUDA only): trials per hour of ``SEARCH.PROXY.MAX_ITER`` proxies.
+3. ``train``: a few iterations of the VOC DeepLabV3+ R101 config
+   (``configs/voc/deeplabv3plus_R101_miou.yaml``, ``LOSS_TYPE searched``) from scratch
+   (``MODEL.WEIGHTS ""``) on synthetic 512x512 images with 21 classes, batch 4 (one GPU's share
+   of the paper's 32), vs the same model with cross-entropy; fp32 and AMP (CUDA only): seconds per
+   iteration, peak memory, loss finite.
+4. ``eval``: ``SegMetrics`` and ``SegLossEvaluator`` (all metrics) on 1024x2048 predictions with
+   19 classes: seconds per image.
+
+No dataset is downloaded: images and labels are generated into a temporary directory and
+registered as detectron2 datasets. On CPU (or with ``--small``) every size shrinks so that the whole
+run takes well under a minute (what tests/benchmarks/test_gpu_check.py runs). A failing section is
+reported (traceback, ``"error"`` in the JSON) and the others still run; the exit status is 1 if any
+section failed.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+import torch
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path.insert(0, REPO)
+sys.path.insert(0, BENCH)
+
+from bench_eval import make_scene  # noqa: E402
+from bench_loss import SURROGATES, make_inputs  # noqa: E402
+
+SECTIONS = ("loss", "proxy", "train", "eval")
+PROXY_CONFIG = os.path.join(REPO, "configs", "voc_miou.yaml")
+TRAIN_CONFIG = os.path.join(REPO, "configs", "voc", "deeplabv3plus_R101_miou.yaml")
+
+# Sizes per mode: "full" on a GPU (the whole run ~5 minutes or less on one GPU), "small" on CPU.
+SIZES = {
+    "full": dict(
+        loss_shape=(4, 21, 512, 512), loss_repeat=20,
+        image=512, proxy_train_images=96, proxy_reward_images=16, proxy_iters=20,
+        proxy_batch=32, proxy_crop=128, proxy_min_sizes=(64, 96, 128, 160, 192, 224, 256),
+        proxy_test_size=128, proxy_workers=8, proxy_candidates_k1=2, proxy_candidates_k4=4,
+        train_images=32, train_batch=4, train_crop=512, train_iters=12, train_warmup=2,
+        train_workers=8, eval_size=(1024, 2048), eval_images=4,
+    ),
+    "small": dict(
+        loss_shape=(2, 21, 64, 64), loss_repeat=3,
+        image=64, proxy_train_images=8, proxy_reward_images=2, proxy_iters=1,
+        proxy_batch=2, proxy_crop=32, proxy_min_sizes=(32, 48, 64),
+        proxy_test_size=32, proxy_workers=0, proxy_candidates_k1=1, proxy_candidates_k4=4,
+        train_images=4, train_batch=2, train_crop=64, train_iters=2, train_warmup=1,
+        train_workers=0, eval_size=(128, 256), eval_images=2,
+    ),
+}
+# Small mode also thins the networks (same depth, dilations, output stride and heads; 1/8 of the
+# widths), so the CPU smoke run exercises the same code in seconds.
+THIN = ["MODEL.RESNETS.WIDTH_PER_GROUP", 8, "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
+        "MODEL.RESNETS.STEM_OUT_CHANNELS", 16, "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", 32,
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", [8]]
+
+
+# --- timing helpers ------------------------------------------------------------------------------
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Timer:
+    """Seconds of ``with timer:`` blocks: CUDA events (GPU time between the two records, after a
+    synchronize) on a GPU, wall time on CPU."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        _sync(self.device)
+        if self.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self._end.record()
+            torch.cuda.synchronize(self.device)
+            self.seconds = self._start.elapsed_time(self._end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self._t0
+        return False
+
+
+def _reset_peak(device):
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    return None
+
+
+def _peak_mib(device, base):
+    """MiB allocated at the peak since ``_reset_peak`` above ``base``; None on CPU."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else float("nan")
+
+
+def _fmt(value, spec=".2f", none="n/a"):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return none
+    return format(value, spec)
+
+
+def _amp_dtype(device):
+    """The autocast dtype of AMP: float16 on CUDA (detectron2's AMPTrainer), bfloat16 on CPU."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+# --- synthetic VOC-sized data --------------------------------------------------------------------
+
+def _label_map(rng, size, num_classes):
+    """(H, W) uint8: blocky regions of random classes, a few void (255) blobs."""
+    cell = max(size // 8, 4)
+    cells = rng.integers(0, num_classes, (-(-size // cell), -(-size // cell)))
+    labels = np.kron(cells, np.ones((cell, cell), dtype=np.int64))[:size, :size].astype(np.uint8)
+    for _ in range(3):
+        y, x = rng.integers(0, size - 4, 2)
+        labels[y:y + max(size // 16, 2), x:x + max(size // 16, 2)] = 255
+    return labels
+
+
+def make_voc_like(root, name, count, size, seed, num_classes=21):
+    """Write ``count`` (size x size) RGB images and label PNGs under ``root`` and register them as
+    the detectron2 dataset ``name`` (VOC metadata: 21 classes, ignore 255). Returns the dicts."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from PIL import Image
+
+    from segloss_d2.data.datasets import VOC_CLASSES
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    dicts = []
+    for i in range(count):
+        labels = _label_map(rng, size, num_classes)
+        image = palette[labels] // 2 + rng.integers(0, 128, (size, size, 3), dtype=np.uint8)
+        image_path = os.path.join(root, name, f"{i:04d}.jpg")
+        label_path = os.path.join(root, name, f"{i:04d}.png")
+        Image.fromarray(image).save(image_path, quality=90)
+        Image.fromarray(labels).save(label_path)
+        dicts.append({"file_name": image_path, "sem_seg_file_name": label_path,
+                      "height": size, "width": size, "image_id": i})
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: list(dicts))
+    MetadataCatalog.get(name).set(stuff_classes=list(VOC_CLASSES), ignore_label=255,
+                                  evaluator_type="sem_seg")
+    return dicts
+
+
+# --- 1. losses -----------------------------------------------------------------------------------
+
+class _Autocast(torch.nn.Module):
+    """A loss called under ``torch.autocast`` (as in an AMP training step: the head's logits come
+    in the autocast dtype, the backward runs outside the context)."""
+
+    def __init__(self, loss, device_type, dtype):
+        super().__init__()
+        self.loss, self.device_type, self.dtype = loss, device_type, dtype
+
+    def forward(self, logits, labels):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.loss(logits, labels)
+
+
+def _loss_step(loss_fn, logits, labels):
+    x = logits.detach().clone().requires_grad_()
+
+    def step():
+        x.grad = None
+        loss = loss_fn(x, labels)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def section_loss(device, sizes):
+    from segloss_d2.losses import LOSSES
+    from segloss_d2.surrogate import SurrogateLoss, load_params
+
+    shape, repeat = sizes["loss_shape"], sizes["loss_repeat"]
+    logits32, labels = make_inputs(shape, device)
+    losses = [("cross_entropy", LOSSES["cross_entropy"](shape[1]))]
+    losses += [(name, SurrogateLoss(load_params(preset), shape[1])) for name, preset in SURROGATES]
+    rows = []
+    amp = _amp_dtype(device)
+    print(f"logits {tuple(shape)} on {device}; median of {repeat} forward+backward; x CE = median "
+          f"of paired ratios (each step right after a CE step of the same precision); peak = "
+          f"memory allocated during the step above its inputs")
+    print(f"{'loss':16s} {'precision':>9s} {'ms':>9s} {'x CE':>6s} {'peak MiB':>9s} {'x CE':>6s} "
+          f"{'loss':>10s}")
+    for precision in ("fp32", "amp"):
+        logits = logits32 if precision == "fp32" else logits32.to(amp)
+        steps = [(name, _loss_step(fn.to(device) if precision == "fp32" else
+                                   _Autocast(fn.to(device), device.type, amp), logits, labels))
+                 for name, fn in losses]
+        for _, step in steps:  # warm every loss (kernels, allocator) before timing any
+            step()
+        ce_step = steps[0][1]
+        base_time = base_peak = None
+        for name, step in steps:
+            times, ratios = [], []
+            for _ in range(repeat):
+                with _Timer(device) as ce:
+                    ce_step()
+                with _Timer(device) as t:
+                    value = step()
+                times.append(t.seconds)
+                ratios.append(t.seconds / max(ce.seconds, 1e-9))
+            base = _reset_peak(device)
+            step()
+            peak = _peak_mib(device, base)
+            seconds = _median(times)
+            if base_time is None:
+                base_time, base_peak = seconds, peak
+            value = float(value.detach())
+            row = {"loss": name, "precision": precision if precision == "fp32" else str(amp),
+                   "ms": seconds * 1e3, "ratio_vs_ce": _median(ratios),
+                   "median_ratio_vs_ce": seconds / base_time, "peak_mib": peak,
+                   "peak_ratio_vs_ce": None if peak is None else peak / max(base_peak, 1e-9),
+                   "loss_value": value, "finite": math.isfinite(value)}
+            rows.append(row)
+            print(f"{name:16s} {precision:>9s} {row['ms']:9.2f} {row['ratio_vs_ce']:6.2f} "
+                  f"{_fmt(peak, '9.1f'):>9s} {_fmt(row['peak_ratio_vs_ce'], '6.2f'):>6s} "
+                  f"{value:10.4f}" + ("" if row["finite"] else "  NON-FINITE"))
+        del steps
+    return {"shape": list(shape), "repeat": repeat, "rows": rows}
+
+
+# --- 2. the search's proxies ---------------------------------------------------------------------
+
+def _proxy_cfg(device, sizes, train_name, opts=()):
+    from segloss_d2.engine import get_segloss_cfg
+
+    cfg = get_segloss_cfg()
+    cfg.merge_from_file(PROXY_CONFIG)
+    s = sizes
+    cfg.merge_from_list([
+        "MODEL.WEIGHTS", "", "MODEL.DEVICE", str(device), "DATASETS.TRAIN", (train_name,),
+        "SEARCH.PROXY.MAX_ITER", s["proxy_iters"], "SOLVER.IMS_PER_BATCH", s["proxy_batch"],
+        "INPUT.CROP.SIZE", (s["proxy_crop"], s["proxy_crop"]),
+        "INPUT.MIN_SIZE_TRAIN", s["proxy_min_sizes"], "INPUT.MIN_SIZE_TEST", s["proxy_test_size"],
+        "DATALOADER.NUM_WORKERS", s["proxy_workers"], "OUTPUT_DIR", "",
+    ] + (THIN if s is SIZES["small"] else []) + list(opts))
+    return cfg
+
+
+def section_proxy(device, sizes, root):
+    from segloss_d2.search.trial import initial_mu, train_candidates
+
+    s = sizes
+    train = make_voc_like(root, "gpu_check_proxy_train", s["proxy_train_images"], s["image"], 1)
+    reward = make_voc_like(root, "gpu_check_proxy_reward", s["proxy_reward_images"], s["image"], 2)
+    cfg = _proxy_cfg(device, sizes, "gpu_check_proxy_train")
+    g = torch.Generator().manual_seed(0)
+    mu = torch.tensor(initial_mu(cfg))
+    n = max(s["proxy_candidates_k1"], s["proxy_candidates_k4"])
+    thetas = torch.stack([mu] + [(mu + 0.2 * torch.randn(mu.shape, generator=g)).clamp(0, 1)
+                                 for _ in range(n - 1)])
+    print(f"configs/voc_miou.yaml from scratch on synthetic {s['image']}x{s['image']} images: "
+          f"{s['proxy_iters']} iterations of batch {s['proxy_batch']} at {s['proxy_crop']}x"
+          f"{s['proxy_crop']}, reward on {len(reward)} images, {s['proxy_workers']} loader workers")
+    if device.type == "cuda":  # warm-up: CUDA context, cuDNN autotuning, loader workers
+        warm = _proxy_cfg(device, sizes, "gpu_check_proxy_train", ["SEARCH.PROXY.MAX_ITER", 1])
+        train_candidates(warm, thetas[:1], train, reward)
+    runs = [("K=1", 1, s["proxy_candidates_k1"], ()), ("K=4", 4, s["proxy_candidates_k4"], ())]
+    if device.type == "cuda":
+        runs.append(("K=4 AMP", 4, s["proxy_candidates_k4"], ("SOLVER.AMP.ENABLED", True)))
+    rows = []
+    print(f"{'models/worker':14s} {'trials':>6s} {'s/trial':>8s} {'trials/h':>9s} {'x K=1':>6s} "
+          f"{'peak MiB':>9s}  rewards")
+    for name, k, count, opts in runs:
+        cfg = _proxy_cfg(device, sizes, "gpu_check_proxy_train", list(opts))
+        results, peak = [], 0.0
+        start = time.perf_counter()
+        for first in range(0, count, k):
+            base = _reset_peak(device)
+            results += train_candidates(cfg, thetas[first:min(first + k, count)], train, reward)
+            group_peak = _peak_mib(device, base)
+            peak = None if group_peak is None else max(peak, group_peak)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        row = {"run": name, "models_per_worker": k, "trials": count,
+               "seconds_per_trial": seconds / count, "trials_per_hour": 3600 * count / seconds,
+               "peak_mib": peak, "rewards": [r["reward"] for r in results],
+               "statuses": [r["status"] for r in results]}
+        rows.append(row)
+        row["ratio_vs_k1"] = row["trials_per_hour"] / rows[0]["trials_per_hour"]
+        print(f"{name:14s} {count:6d} {row['seconds_per_trial']:8.2f} "
+              f"{row['trials_per_hour']:9.0f} {row['ratio_vs_k1']:6.2f} {_fmt(peak, '9.1f'):>9s}"
+              f"  {[round(r, 4) for r in row['rewards']]}")
+    if device.type != "cuda":
+        print("K=4 AMP: skipped (SOLVER.AMP.ENABLED needs CUDA, as detectron2's AMPTrainer)")
+    same = rows[0]["rewards"] == rows[1]["rewards"][:len(rows[0]["rewards"])]
+    print(f"K=1 and K=4 give the same rewards (the search's promise): {same}")
+    return {"proxy_iters": s["proxy_iters"], "batch": s["proxy_batch"], "rows": rows,
+            "k1_equals_k4": same}
+
+
+# --- 3. VOC DeepLabV3+ R101 training iterations --------------------------------------------------
+
+def _train_cfg(device, sizes, train_name, loss_type, amp):
+    from segloss_d2.engine import get_segloss_cfg
+
+    s = sizes
+    cfg = get_segloss_cfg()
+    cfg.merge_from_file(TRAIN_CONFIG)
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", str(device), "DATASETS.TRAIN", (train_name,),
+            "SOLVER.IMS_PER_BATCH", s["train_batch"], "SOLVER.MAX_ITER", s["train_iters"],
+            "SOLVER.AMP.ENABLED", amp, "INPUT.CROP.SIZE", (s["train_crop"], s["train_crop"]),
+            "DATALOADER.NUM_WORKERS", s["train_workers"], "MODEL.SEM_SEG_HEAD.LOSS_TYPE", loss_type,
+            "OUTPUT_DIR", ""]
+    if s is SIZES["small"]:
+        opts += THIN + ["INPUT.MIN_SIZE_TRAIN", (s["train_crop"],),
+                        "INPUT.MAX_SIZE_TRAIN", 4 * s["image"]]
+    cfg.merge_from_list(opts)
+    cfg.freeze()
+    return cfg
+
+
+def _train_run(device, sizes, train_name, loss_type, amp):
+    """Seconds per iteration (median after the warm-up), data seconds, peak MiB, last loss of a
+    few iterations of SegLossTrainer's model/optimizer/schedule/loader, stepped like detectron2's
+    SimpleTrainer (fp32) or AMPTrainer (autocast float16 + GradScaler)."""
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    from segloss_d2.engine import SegLossTrainer
+
+    cfg = _train_cfg(device, sizes, train_name, loss_type, amp)
+    seed_all_rng(cfg.SEED)
+    model = SegLossTrainer.build_model(cfg)
+    model.train()
+    optimizer = SegLossTrainer.build_optimizer(cfg, model)
+    scheduler = SegLossTrainer.build_lr_scheduler(cfg, optimizer)
+    loader = iter(SegLossTrainer.build_train_loader(cfg))
+    scaler = None
+    if amp:  # detectron2's AMPTrainer: one GradScaler, float16 autocast
+        scaler = (torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler")
+                  else torch.cuda.amp.GradScaler())
+    times, data_times, losses = [], [], []
+    base = None
+    with EventStorage(0):
+        for it in range(sizes["train_iters"]):
+            if it == sizes["train_warmup"]:
+                base = _reset_peak(device)
+            t0 = time.perf_counter()
+            data = next(loader)
+            data_times.append(time.perf_counter() - t0)
+            with _Timer(device) as t:
+                with torch.autocast("cuda") if amp else contextlib.nullcontext():
+                    loss_dict = model(data)
+                    loss = sum(loss_dict.values())
+                optimizer.zero_grad()
+                if amp:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+            times.append(t.seconds)
+            losses.append(float(loss.detach()))
+    peak = _peak_mib(device, base if base is not None else 0)  # above model + optimizer state
+    total = _peak_mib(device, 0)
+    timed = times[sizes["train_warmup"]:] or times
+    del model, optimizer, scheduler, loader
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"loss_type": loss_type, "amp": amp, "seconds_per_iter": _median(timed),
+            "data_seconds_per_iter": _median(data_times[sizes["train_warmup"]:] or data_times),
+            "peak_mib": peak, "peak_total_mib": total, "losses": losses,
+            "finite": all(map(math.isfinite, losses))}
+
+
+def section_train(device, sizes, root):
+    s = sizes
+    make_voc_like(root, "gpu_check_voc_train", s["train_images"], s["image"], 3)
+    print(f"configs/voc/deeplabv3plus_R101_miou.yaml from scratch (MODEL.WEIGHTS \"\") on "
+          f"synthetic {s['image']}x{s['image']} images, 21 classes: batch {s['train_batch']}, crop "
+          f"{s['train_crop']}, {s['train_iters']} iterations ({s['train_warmup']} warm-up not "
+          f"timed), {s['train_workers']} loader workers")
+    runs = [("cross_entropy", False), ("searched", False)]
+    if device.type == "cuda":
+        runs += [("cross_entropy", True), ("searched", True)]
+    rows = []
+    print("peak MiB: allocated at the peak of the timed iterations, in all / above the model and "
+          "optimizer state")
+    print(f"{'loss':14s} {'precision':>9s} {'s/iter':>8s} {'x CE':>6s} {'data s':>7s} "
+          f"{'peak MiB':>17s}  losses")
+    for loss_type, amp in runs:
+        row = _train_run(device, sizes, "gpu_check_voc_train", loss_type, amp)
+        ce = next((r for r in rows if r["loss_type"] == "cross_entropy" and r["amp"] == amp), row)
+        row["ratio_vs_ce"] = row["seconds_per_iter"] / ce["seconds_per_iter"]
+        rows.append(row)
+        print(f"{loss_type:14s} {'amp' if amp else 'fp32':>9s} {row['seconds_per_iter']:8.3f} "
+              f"{row['ratio_vs_ce']:6.2f} {row['data_seconds_per_iter']:7.3f} "
+              f"{_fmt(row['peak_total_mib'], '8.0f'):>8s} {_fmt(row['peak_mib'], '8.0f'):>8s}  "
+              f"{[round(v, 3) for v in row['losses']]}"
+              + ("" if row["finite"] else "  NON-FINITE"))
+    if device.type != "cuda":
+        print("AMP rows: skipped (SOLVER.AMP.ENABLED needs CUDA, as detectron2's AMPTrainer)")
+    return {"batch": s["train_batch"], "crop": s["train_crop"], "iters": s["train_iters"],
+            "rows": rows}
+
+
+# --- 4. evaluator --------------------------------------------------------------------------------
+
+def section_eval(device, sizes, root):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from PIL import Image
+
+    from segloss_d2.evaluation.evaluator import SegLossEvaluator
+    from segloss_d2.evaluation.metrics import SegMetrics
+
+    (h, w), count, num_classes = sizes["eval_size"], sizes["eval_images"], 19
+    rng = np.random.default_rng(0)
+    scenes = [make_scene(rng, num_classes, h, w) for _ in range(count)]
+    folder = os.path.join(root, "gpu_check_eval")
+    os.makedirs(folder, exist_ok=True)
+    dicts = []
+    for i, (_, gt) in enumerate(scenes):
+        path = os.path.join(folder, f"{i}_gt.png")
+        Image.fromarray(gt).save(path)
+        dicts.append({"file_name": f"image_{i}.png", "sem_seg_file_name": path,
+                      "height": h, "width": w})
+    name = "gpu_check_eval"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: list(dicts))
+    MetadataCatalog.get(name).set(stuff_classes=[f"c{i}" for i in range(num_classes)],
+                                  ignore_label=255)
+    print(f"{count} predictions of {h}x{w}, {num_classes} classes, all metrics (BIoU, BF1, "
+          f"Boundary IoU included), tolerance 5")
+
+    metrics = SegMetrics(num_classes, ignore_value=255, tolerance=5)
+    start = time.perf_counter()
+    for pred, gt in scenes:
+        metrics.update(pred, gt)
+    update_s = (time.perf_counter() - start) / count
+    start = time.perf_counter()
+    summary = metrics.compute()
+    compute_s = time.perf_counter() - start
+
+    # the detectron2 evaluator gets (C, H, W) scores on the model's device, as from inference
+    outputs = []
+    for pred, _ in scenes:
+        scores = torch.zeros((num_classes, h, w), device=device)
+        scores.scatter_(0, torch.from_numpy(pred.astype(np.int64)).to(device)[None], 1.0)
+        outputs.append(scores)
+    evaluator = SegLossEvaluator(name, distributed=False, tolerance=5)
+    evaluator.reset()
+    _sync(device)
+    start = time.perf_counter()
+    for d, scores in zip(dicts, outputs):
+        evaluator.process([{"file_name": d["file_name"]}], [{"sem_seg": scores}])
+    results = evaluator.evaluate()["sem_seg"]
+    evaluator_s = (time.perf_counter() - start) / count
+    same = all(results[k] == summary[k] or (math.isnan(results[k]) and math.isnan(summary[k]))
+               for k in ("mIoU", "BIoU", "BF1"))
+    print(f"SegMetrics.update        {update_s:8.3f} s/image (compute {compute_s:.3f} s)")
+    print(f"SegLossEvaluator         {evaluator_s:8.3f} s/image (process from {device} scores, "
+          f"GT PNG read, evaluate)")
+    print(f"mIoU {summary['mIoU']:.2f} BIoU {summary['BIoU']:.2f} BF1 {summary['BF1']:.2f}; "
+          f"evaluator agrees with SegMetrics: {same}")
+    return {"size": [h, w], "images": count, "segmetrics_seconds_per_image": update_s,
+            "segmetrics_compute_seconds": compute_s, "evaluator_seconds_per_image": evaluator_s,
+            "agree": same, "mIoU": summary["mIoU"], "BIoU": summary["BIoU"], "BF1": summary["BF1"]}
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+def _environment(device):
+    import detectron2
+
+    from segloss_d2.surrogate import kernels
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "detectron2": detectron2.__version__, "device": str(device),
+           "torch_threads": torch.get_num_threads(),
+           "cpu_kernels": bool(kernels.ENABLED)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None,
+                        help="cuda, cuda:N or cpu (default: cuda if available, else cpu)")
+    parser.add_argument("--small", action="store_true",
+                        help="small sizes (automatic on cpu): a smoke test in well under a minute")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--output", default="", help="write every number to this JSON file")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available (use --device cpu)")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in sections if s not in SECTIONS]
+    if bad or not sections:
+        parser.error(f"--sections {args.sections!r}: expected a comma-separated subset of "
+                     f"{list(SECTIONS)}")
+    mode = "small" if args.small or device.type == "cpu" else "full"
+    sizes = SIZES[mode]
+
+    from segloss_d2 import engine  # noqa: F401  (registers segloss_d2's heads and datasets)
+
+    report = {"environment": _environment(device), "mode": mode, "sections": {}}
+    print(f"== environment ==\n{json.dumps(report['environment'])}\nsizes: {mode}")
+    failed = []
+    total = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="segloss_gpu_check_") as root:
+        for name in sections:
+            print(f"\n== {name} ==")
+            start = time.perf_counter()
+            try:
+                if name == "loss":
+                    result = section_loss(device, sizes)
+                else:
+                    result = globals()[f"section_{name}"](device, sizes, root)
+            except Exception as e:  # report, run the other sections, exit 1 at the end
+                traceback.print_exc()
+                result = {"error": f"{type(e).__name__}: {e}"}
+                failed.append(name)
+            result["seconds"] = time.perf_counter() - start
+            report["sections"][name] = result
+            print(f"({name}: {result['seconds']:.1f} s)")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    report["seconds"] = time.perf_counter() - total
+    report["failed"] = failed
+    print(f"\n== done in {report['seconds']:.1f} s" +
+          (f"; FAILED sections: {failed} ==" if failed else "; every section ran =="))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        print(f"JSON: {args.output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
