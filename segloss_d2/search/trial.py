@@ -472,6 +472,7 @@ def train_candidates(
     seed = int(cfg.SEARCH.SEED if seed is None else seed)
     targets = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
     trainer = search_trainer(cfg)
+    _check_amp_device(cfg, str(cfg.MODEL.DEVICE))  # before building anything; again on the model
     source = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else "search"
     with _proxy_train_dataset(source, train_dicts) as train_name:
         cfg = proxy_cfg(cfg, seed=seed, train_dataset=train_name)
