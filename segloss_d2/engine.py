@@ -5,7 +5,7 @@ Importing this module registers segloss_d2's heads, backbone and datasets.
 import os
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer
 from detectron2.projects.deeplab import add_deeplab_config, build_lr_scheduler
@@ -13,6 +13,7 @@ from detectron2.projects.deeplab import add_deeplab_config, build_lr_scheduler
 from . import data as _data  # noqa: F401  (registers datasets)
 from . import modeling as _modeling  # noqa: F401  (registers heads and backbone)
 from .config import add_search_config, add_segloss_config
+from .data.mapper import SemSegDatasetMapper
 
 __all__ = ["get_segloss_cfg", "build_sem_seg_train_aug", "build_segloss_evaluator",
            "SegLossTrainer"]
@@ -51,22 +52,20 @@ def build_sem_seg_train_aug(cfg):
 
 def build_segloss_evaluator(cfg, dataset_name, output_folder=None):
     """SegLossEvaluator for ``dataset_name`` with the ``TEST.SEGLOSS`` options."""
-    from .evaluation.evaluator import SegLossEvaluator
+    from .evaluation.evaluator import SegLossEvaluator, segloss_metric_options
 
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    return SegLossEvaluator(
-        dataset_name,
-        distributed=True,
-        output_dir=output_folder,
-        metrics=list(cfg.TEST.SEGLOSS.METRICS) or None,
-        tolerance=cfg.TEST.SEGLOSS.TOLERANCE,
-        drop_background=cfg.TEST.SEGLOSS.DROP_BACKGROUND,
-    )
+    return SegLossEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                            **segloss_metric_options(cfg))
 
 
 class SegLossTrainer(DefaultTrainer):
-    """DefaultTrainer with the sem-seg mapper, the DeepLab poly LR schedule and SegLossEvaluator."""
+    """DefaultTrainer with the sem-seg mapper, the DeepLab poly LR schedule and SegLossEvaluator.
+
+    Both loaders map with :class:`~segloss_d2.data.mapper.SemSegDatasetMapper`, which names the
+    dataset and file of an unreadable image or label and of out-of-range label values.
+    """
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -74,8 +73,14 @@ class SegLossTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_sem_seg_train_aug(cfg))
+        mapper = SemSegDatasetMapper(cfg, is_train=True,
+                                     augmentations=build_sem_seg_train_aug(cfg))
         return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        mapper = SemSegDatasetMapper(cfg, is_train=False, dataset_names=(dataset_name,))
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

@@ -34,7 +34,8 @@ class SemSegDatasetMapper(DatasetMapper):
         ignore_label (int): the void value.
         dataset_names (sequence[str]): the datasets the dicts come from, for the messages.
 
-    ``from_config(cfg, is_train)`` takes ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` and ``IGNORE_VALUE``,
+    ``from_config(cfg, is_train)`` takes ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (for training; None,
+    no label check, for a test mapper) and ``IGNORE_VALUE``,
     and ``DATASETS.TRAIN`` (``DATASETS.TEST`` if not ``is_train``); like ``DatasetMapper``, any
     argument passed next to ``cfg`` (e.g. ``augmentations=...``) overrides the config's.
     """
@@ -54,7 +55,10 @@ class SemSegDatasetMapper(DatasetMapper):
     def from_config(cls, cfg, is_train=True):
         ret = super().from_config(cfg, is_train)
         head = cfg.MODEL.SEM_SEG_HEAD
-        ret["num_classes"] = int(head.NUM_CLASSES)
+        # Labels are checked for training only: at test time the model does not read the mapped
+        # sem_seg (evaluators read the GT files themselves), and detectron2 reads a palette
+        # PNG's luminance there, not its class ids.
+        ret["num_classes"] = int(head.NUM_CLASSES) if is_train else None
         ret["ignore_label"] = int(head.IGNORE_VALUE)
         ret["dataset_names"] = tuple(cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST)
         return ret

@@ -21,10 +21,27 @@ from tabulate import tabulate
 
 from .metrics import ALL_METRICS, SegMetrics
 
-__all__ = ["SegLossEvaluator", "load_sem_seg_gt"]
+__all__ = ["SegLossEvaluator", "load_sem_seg_gt", "segloss_metric_options", "build_seg_metrics"]
 
 _PER_CLASS_COLUMNS = ("IoU", "ACC", "BIoU", "BF1", "BoundaryIoU")
 RESULTS_FILE = "sem_seg_segloss_evaluation.json"
+
+
+def segloss_metric_options(cfg, metrics=None) -> dict:
+    """The ``TEST.SEGLOSS`` options as keyword arguments of :class:`SegMetrics` and
+    :class:`SegLossEvaluator`: ``tolerance``, ``drop_background`` and ``metrics`` (the given
+    ones, else ``TEST.SEGLOSS.METRICS``; None = all)."""
+    return {"tolerance": cfg.TEST.SEGLOSS.TOLERANCE,
+            "drop_background": cfg.TEST.SEGLOSS.DROP_BACKGROUND,
+            "metrics": list(metrics or cfg.TEST.SEGLOSS.METRICS) or None}
+
+
+def build_seg_metrics(cfg, metrics=None) -> SegMetrics:
+    """A :class:`SegMetrics` for a config's model: ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` and
+    ``IGNORE_VALUE`` plus :func:`segloss_metric_options`."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    return SegMetrics(head.NUM_CLASSES, ignore_value=head.IGNORE_VALUE,
+                      **segloss_metric_options(cfg, metrics))
 
 
 def load_sem_seg_gt(path: str, dataset_name=None) -> np.ndarray:

@@ -2,12 +2,14 @@
 
 Heads (SEM_SEG_HEADS_REGISTRY): DeepLabV3PlusSegLossHead, SemSegFPNSegLossHead,
 PanopticDeepLabSemSegLossHead, PointRendSemSegLossHead; ``make_segloss_head`` makes the segloss
-variant of any other registered semantic head.
+variant of any other registered semantic head. All of them are ``LossFnHead``s: the declared
+contract (train with ``self.loss_fn``, replaced by ``set_loss_fn``) that the search relies on.
 """
 from .backbone import TinySegBackbone, build_tiny_seg_backbone
 from .build import build_sem_seg_loss, build_surrogate_params
 from .heads import (
     DeepLabV3PlusSegLossHead,
+    LossFnHead,
     SegLossHeadMixin,
     SemSegFPNSegLossHead,
     make_segloss_head,
@@ -18,6 +20,7 @@ from .point_rend import PointRendSemSegLossHead
 
 __all__ = [
     "DeepLabV3PlusSegLossHead",
+    "LossFnHead",
     "PanopticDeepLabSemSegLossHead",
     "PointRendSemSegLossHead",
     "SegLossHeadMixin",

@@ -24,6 +24,7 @@ from .build import build_sem_seg_loss
 
 __all__ = [
     "DeepLabV3PlusSegLossHead",
+    "LossFnHead",
     "SegLossHeadMixin",
     "SemSegFPNSegLossHead",
     "make_segloss_head",
@@ -59,7 +60,25 @@ def parent_head_cfg(cfg):
     return cfg
 
 
-class SegLossHeadMixin:
+class LossFnHead:
+    """The contract between a semantic head and what gives it its training loss.
+
+    A ``LossFnHead`` trains with the module ``self.loss_fn``, ``loss(logits (N, C, H, W), labels
+    (N, H, W)) -> scalar``, and :meth:`set_loss_fn` replaces it; the search gives every candidate
+    its own loss this way. segloss_d2's heads implement it (every :func:`make_segloss_head`
+    variant, ``PanopticDeepLabSemSegLossHead``, ``PointRendSemSegLossHead``); a head of your own
+    declares it by subclassing it. Check with ``isinstance(head, LossFnHead)``, or ``issubclass``
+    on a registered class (what the search does before building anything).
+    """
+
+    def set_loss_fn(self, loss_fn: nn.Module) -> None:
+        """Train with ``loss_fn`` from now on."""
+        if not isinstance(loss_fn, nn.Module):
+            raise TypeError(f"loss_fn must be an nn.Module, got {type(loss_fn).__name__}")
+        self.loss_fn = loss_fn
+
+
+class SegLossHeadMixin(LossFnHead):
     """Put first in the bases of a ``@configurable`` detectron2 head to train it with ``loss_fn``.
 
     ``class MyHead(SegLossHeadMixin, DeepLabV3PlusHead)`` takes ``loss_fn`` as keyword argument
@@ -93,7 +112,7 @@ class SegLossHeadMixin:
         return segloss_losses(self.loss_fn, predictions, targets)
 
 
-class CfgSegLossHeadMixin:
+class CfgSegLossHeadMixin(LossFnHead):
     """:class:`SegLossHeadMixin` for heads built as ``Head(cfg, input_shape)`` (no
     ``@configurable``): ``Head(cfg, input_shape, loss_fn=None)``, None building it from ``cfg``."""
 

@@ -23,11 +23,13 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.projects.point_rend import PointRendSemSegHead, add_pointrend_config
 from torch import nn
 
+from .heads import LossFnHead
+
 __all__ = ["PointRendSemSegLossHead", "add_pointrend_config"]
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class PointRendSemSegLossHead(PointRendSemSegHead):
+class PointRendSemSegLossHead(LossFnHead, PointRendSemSegHead):
     """detectron2's PointRendSemSegHead whose coarse head trains with segloss_d2's ``LOSS_TYPE``.
 
     ``MODEL.POINT_HEAD.COARSE_SEM_SEG_HEAD_NAME`` must name a segloss head (one whose ``losses``

@@ -19,7 +19,6 @@ Outputs in ``SEARCH.OUTPUT_DIR`` (or ``OUTPUT_DIR``): ``meta.json``, ``trials.js
 ``reward_curve.png``, ``best_curves.png`` and ``final_mu_curves.png``.
 """
 import glob
-import inspect
 import logging
 import os
 import socket
@@ -30,22 +29,14 @@ import torch
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
 from ..checkpoint import check_model_weights
-from ..modeling.heads import DeepLabV3PlusSegLossHead, SemSegFPNSegLossHead
+from ..modeling.heads import DeepLabV3PlusSegLossHead, LossFnHead, SemSegFPNSegLossHead
 from ..surrogate.params import save_params
 from .backends import BACKENDS, build_backend, import_ray
 from .holdout import search_datasets
 from .loop import SearchResult, run_search
 from .ppo import CONTROLLERS, PPOController
 from .state import SearchState
-from .trial import (
-    initial_mu,
-    parse_target_metrics,
-    search_constraints,
-    search_dim,
-    search_num_pieces,
-    theta_to_params,
-    validate_proxy_training,
-)
+from .trial import search_space, validate_proxy_training
 
 __all__ = [
     "validate_search_config",
@@ -101,7 +92,8 @@ def _number(cfg, key: str, low: float, high: float = float("inf"), low_open=True
 
 
 def _check_head_takes_loss_fn(cfg) -> None:
-    """Every candidate trains with its own ``sem_seg_head.loss_fn``: the head must read it."""
+    """Every candidate trains with its own loss (``sem_seg_head.set_loss_fn``): the head must be
+    a :class:`~segloss_d2.modeling.heads.LossFnHead`."""
     name = cfg.MODEL.SEM_SEG_HEAD.NAME
     segloss_heads = [DeepLabV3PlusSegLossHead.__name__, SemSegFPNSegLossHead.__name__]
     try:
@@ -111,33 +103,27 @@ def _check_head_takes_loss_fn(cfg) -> None:
             f"MODEL.SEM_SEG_HEAD.NAME {name!r} is not registered in SEM_SEG_HEADS_REGISTRY; "
             f"the search needs a head that trains with a loss_fn, e.g. {segloss_heads}"
         ) from e
-    try:
-        params = inspect.signature(head).parameters
-    except (TypeError, ValueError):  # no introspectable signature: treat as not accepting it
-        params = {}
-    if "loss_fn" not in params or params["loss_fn"].kind not in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
-    ):
+    if not (isinstance(head, type) and issubclass(head, LossFnHead)):
         raise ValueError(
-            f"MODEL.SEM_SEG_HEAD.NAME {name!r}: the search gives every candidate its own loss as "
-            f"the head's loss_fn, but {head.__module__}.{head.__qualname__} takes no loss_fn "
-            f"argument, so every candidate would train with the head's own loss. Use one of "
-            f"segloss_d2's heads {segloss_heads} or a head whose constructor takes loss_fn and "
-            "whose losses() use self.loss_fn"
+            f"MODEL.SEM_SEG_HEAD.NAME {name!r}: the search gives every candidate its own loss "
+            f"(LossFnHead.set_loss_fn), but {getattr(head, '__module__', '?')}."
+            f"{getattr(head, '__qualname__', head)} is not a segloss_d2.modeling.LossFnHead, so "
+            f"every candidate would train with the head's own loss. Use one of segloss_d2's "
+            f"heads {segloss_heads}, make one with segloss_d2.modeling.make_segloss_head({name!r}),"
+            " or subclass LossFnHead in a head whose losses() use self.loss_fn"
         )
 
 
 def validate_search_config(cfg) -> None:
     """Check every SEARCH key (and the ones the search needs); raises ValueError naming the key.
 
-    ``MODEL.SEM_SEG_HEAD.NAME`` must be a registered head whose constructor takes ``loss_fn``
-    (like :class:`~segloss_d2.modeling.heads.DeepLabV3PlusSegLossHead`): the search trains every
-    candidate by setting ``sem_seg_head.loss_fn``, which a stock detectron2 head ignores.
+    ``MODEL.SEM_SEG_HEAD.NAME`` must be a registered
+    :class:`~segloss_d2.modeling.heads.LossFnHead` (like
+    :class:`~segloss_d2.modeling.heads.DeepLabV3PlusSegLossHead`): the search trains every
+    candidate with its own loss through ``set_loss_fn``, which a stock detectron2 head lacks.
     Datasets are checked by :func:`~segloss_d2.search.holdout.search_datasets`.
     """
-    parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
-    search_num_pieces(cfg)
-    search_constraints(cfg)
+    search_space(cfg)  # SEARCH.TARGET_METRIC, NUM_PIECES, CONSTRAINTS
     if cfg.SEARCH.METHOD not in CONTROLLERS:
         raise ValueError(f"SEARCH.METHOD must be one of {sorted(CONTROLLERS)}, got "
                          f"{cfg.SEARCH.METHOD!r}")
@@ -197,9 +183,9 @@ def search_fingerprint_config(cfg) -> Dict[str, Any]:
 def build_controller(cfg) -> PPOController:
     """The controller of a search config (``SEARCH.METHOD``: PPO or random search), starting at
     the identity curves (docs/method.md)."""
-    s = cfg.SEARCH
+    s, space = cfg.SEARCH, search_space(cfg)
     return CONTROLLERS[s.METHOD](
-        search_dim(cfg), initial_mu(cfg), sigma=float(s.SIGMA), mu_lr=float(s.MU_LR),
+        space.dim, space.initial_mu(), sigma=float(s.SIGMA), mu_lr=float(s.MU_LR),
         ppo_steps=s.PPO_STEPS, clip_eps=float(s.CLIP_EPS), ratio=s.RATIO, baseline=s.BASELINE,
         seed=s.SEED,
     )
@@ -210,7 +196,7 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
     """Write ``best_params.json``, ``final_mu_params.json`` and the PNGs; returns their paths."""
     from .plots import plot_reward_curve, plot_searched_curves
 
-    out = state.output_dir
+    out, space = state.output_dir, search_space(cfg)
     paths = {}
     base = {"source": "segloss_d2 search", "config_file": config_file,
             "target_metric": cfg.SEARCH.TARGET_METRIC, "seed": int(cfg.SEARCH.SEED),
@@ -218,8 +204,8 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
             "samples_per_iter": int(cfg.SEARCH.SAMPLES_PER_ITER)}
     best = result.best_trial
     if best is not None:
-        params = theta_to_params(
-            cfg, best["theta"], reward=best["reward"],
+        params = space.to_params(
+            best["theta"], reward=best["reward"],
             provenance={**base, "selection": "best sampled theta by reward (ties: later)",
                         "iteration": best["iteration"], "index": best["index"],
                         "metrics": best["metrics"]},
@@ -231,8 +217,8 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
                              f"best sampled (reward {best['reward']:.4f})")
     else:
         logger.warning("no trial succeeded: best_params.json is not written")
-    mu_params = theta_to_params(
-        cfg, result.final_mu,
+    mu_params = space.to_params(
+        result.final_mu,
         provenance={**base, "selection": "final mean of the search distribution",
                     "iteration": int(cfg.SEARCH.ITERATIONS), "index": None},
     )

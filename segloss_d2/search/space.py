@@ -63,12 +63,7 @@ class SearchSpace:
         """From ``SEARCH.TARGET_METRIC`` (names joined by '+', e.g. ``"mIoU+BF1"``),
         ``SEARCH.NUM_PIECES`` and ``SEARCH.CONSTRAINTS``; errors name the key."""
         s = cfg.SEARCH
-        names = [n.strip() for n in str(s.TARGET_METRIC).split("+")]
-        if any(n not in METRICS for n in names) or len(set(names)) != len(names):
-            raise ValueError(
-                f"SEARCH.TARGET_METRIC {s.TARGET_METRIC!r} is invalid: expected one of "
-                f"{list(METRICS)} or several distinct ones joined by '+' (e.g. 'mIoU+BF1')"
-            )
+        names = cls.parse_target(s.TARGET_METRIC)
         n = s.NUM_PIECES
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(
@@ -78,6 +73,18 @@ class SearchSpace:
         except ValueError as e:
             raise ValueError(f"SEARCH.CONSTRAINTS: {e}") from None
         return cls(names, n, s.CONSTRAINTS)
+
+    @staticmethod
+    def parse_target(target: str) -> List[str]:
+        """``"mIoU+BF1"`` -> ``["mIoU", "BF1"]``; ValueError naming ``SEARCH.TARGET_METRIC`` for
+        unknown or repeated names."""
+        names = [n.strip() for n in str(target).split("+")]
+        if any(n not in METRICS for n in names) or len(set(names)) != len(names):
+            raise ValueError(
+                f"SEARCH.TARGET_METRIC {target!r} is invalid: expected one of {list(METRICS)} or "
+                "several distinct ones joined by '+' (e.g. 'mIoU+BF1')"
+            )
+        return names
 
     def __repr__(self) -> str:
         return (f"SearchSpace(metrics={self.metrics}, num_pieces={self.num_pieces}, "

@@ -36,23 +36,24 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from ..evaluation.evaluator import load_sem_seg_gt
-from ..evaluation.metrics import SegMetrics
+from ..data.mapper import SemSegDatasetMapper
+from ..evaluation.evaluator import build_seg_metrics, load_sem_seg_gt
 from ..modeling.build import build_surrogate_loss
-from ..surrogate.bezier import CLAMP_MAX, CLAMP_MIN, check_constraints, identity_theta
-from ..surrogate.params import METRICS, SurrogateParams, default_num_pieces, theta_dim
+from ..modeling.heads import LossFnHead
+from ..surrogate.params import SurrogateParams
+from .space import REWARD_KEYS, SearchSpace
 
 __all__ = [
     "REWARD_KEYS",
+    "search_space",
     "parse_target_metrics",
     "search_num_pieces",
     "search_constraints",
@@ -68,88 +69,49 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REWARD_KEYS = {"mIoU": "mIoU", "FWIoU": "fwIoU", "BIoU": "BIoU", "BF1": "BF1", "mAcc": "mACC",
-               "gAcc": "pACC"}
-"""Search target metric (surrogate name) -> key of :class:`SegMetrics` that scores it."""
-
 _EVAL_METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "BIoU", "BF1")
 
 
+def search_space(cfg) -> SearchSpace:
+    """The :class:`~segloss_d2.search.space.SearchSpace` of a search config (validated)."""
+    return SearchSpace.from_config(cfg)
+
+
+# The functions below are the search space's parts one at a time (kept for callers of the public
+# API); within the library, build the SearchSpace once and use it.
 def parse_target_metrics(target: str) -> List[str]:
     """``"mIoU+BF1"`` -> ``["mIoU", "BF1"]``; raises ValueError for unknown or repeated names."""
-    names = [s.strip() for s in str(target).split("+")]
-    bad = [n for n in names if n not in METRICS]
-    if bad or not names or len(set(names)) != len(names):
-        raise ValueError(
-            f"SEARCH.TARGET_METRIC {target!r} is invalid: expected one of {list(METRICS)} or "
-            "several distinct ones joined by '+' (e.g. 'mIoU+BF1')"
-        )
-    return names
+    return SearchSpace.parse_target(target)
 
 
 def search_num_pieces(cfg) -> List[int]:
     """Bézier pieces per target metric: ``SEARCH.NUM_PIECES``, or the paper's choice if 0."""
-    n = cfg.SEARCH.NUM_PIECES
-    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"SEARCH.NUM_PIECES must be an int >= 0 (0 = paper default), got {n!r}")
-    return [n or default_num_pieces(m) for m in metrics]
+    return search_space(cfg).num_pieces
 
 
 def search_constraints(cfg) -> str:
     """``SEARCH.CONSTRAINTS`` (the curve parameterization), checked."""
-    try:
-        return check_constraints(cfg.SEARCH.CONSTRAINTS)
-    except ValueError as e:
-        raise ValueError(f"SEARCH.CONSTRAINTS: {e}") from None
+    return search_space(cfg).constraints
 
 
 def search_dim(cfg) -> int:
     """Number of search variables D of the config's target metric(s)."""
-    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
-    constraints = search_constraints(cfg)
-    return sum(theta_dim(m, n, constraints) for m, n in zip(metrics, search_num_pieces(cfg)))
+    return search_space(cfg).dim
 
 
 def initial_mu(cfg) -> List[float]:
-    """The identity curves g(x) = x as search variables (docs/method.md): the initial mean,
-    length D, clamped into the open interval the controller needs (free end heights start at
-    1e-4 and 1 - 1e-4)."""
-    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
-    constraints = search_constraints(cfg)
-    mu = []
-    for m, n in zip(metrics, search_num_pieces(cfg)):
-        curve = identity_theta(n, constraints)
-        mu += curve * (theta_dim(m, n, constraints) // len(curve))
-    return [min(max(float(v), CLAMP_MIN), CLAMP_MAX) for v in mu]
+    """The identity curves as search variables: :meth:`SearchSpace.initial_mu`."""
+    return search_space(cfg).initial_mu()
 
 
 def theta_to_params(cfg, theta, reward=None, provenance=None) -> SurrogateParams:
-    """Turn a flat candidate (D numbers in [0, 1]) into the SurrogateParams of its loss.
-
-    Metrics get weight 1 each (the surrogates of "mIoU+BF1" add up).
-    """
-    metrics = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
-    pieces = search_num_pieces(cfg)
-    constraints = search_constraints(cfg)
-    flat = [float(v) for v in (theta.tolist() if hasattr(theta, "tolist") else theta)]
-    dims = [theta_dim(m, n, constraints) for m, n in zip(metrics, pieces)]
-    if len(flat) != sum(dims):
-        raise ValueError(
-            f"theta has {len(flat)} values, SEARCH.TARGET_METRIC {cfg.SEARCH.TARGET_METRIC!r} with "
-            f"pieces {pieces} needs {sum(dims)}"
-        )
-    bounds = np.cumsum([0] + dims)
-    thetas = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    return SurrogateParams.from_theta(
-        metrics, thetas, pieces, reward=reward, provenance=provenance, constraints=constraints
-    )
+    """A flat candidate (D numbers in [0, 1]) -> SurrogateParams: :meth:`SearchSpace.to_params`."""
+    return search_space(cfg).to_params(theta, reward=reward, provenance=provenance)
 
 
 def reward_from_metrics(metrics: Dict[str, float], targets: Sequence[str]) -> float:
-    """Reward in [0, 1]: the mean over ``targets`` of the SegMetrics values (percent) / 100.
-    NaN if a target metric is undefined (the search logs such a trial as diverged)."""
-    return float(np.mean([metrics[REWARD_KEYS[t]] for t in targets])) / 100.0
+    """Reward in [0, 1] of SegMetrics results for ``targets``: :meth:`SearchSpace.reward`."""
+    return SearchSpace(list(targets)).reward(metrics)
 
 
 _TRAINER_EXAMPLE = "segloss_d2.engine.SegLossTrainer"
@@ -318,10 +280,11 @@ def _seeded_cuda_rng_state(device: torch.device, seed: int) -> torch.Tensor:
 class _Candidate:
     """One proxy model with its optimizer, LR schedule and private RNG stream."""
 
-    def __init__(self, cfg, trainer, template, theta, seed):
-        self.params = theta_to_params(cfg, theta)
+    def __init__(self, cfg, space, trainer, template, theta, seed):
+        self.params = space.to_params(theta)
         self.model = copy.deepcopy(template)
-        self.model.sem_seg_head.loss_fn = _DivergenceGuard(build_surrogate_loss(cfg, self.params))
+        self.model.sem_seg_head.set_loss_fn(
+            _DivergenceGuard(build_surrogate_loss(cfg, self.params)))
         self.model.train()
         self.optimizer = trainer.build_optimizer(cfg, self.model)
         self.scheduler = trainer.build_lr_scheduler(cfg, self.optimizer)
@@ -381,11 +344,11 @@ class _Candidate:
             self.diverge("non-finite weights or statistics after training")
 
 
-def _reward_batches(cfg, reward_dicts, batch_size):
+def _reward_batches(cfg, reward_dicts, batch_size, reward_set="the reward set"):
     """Yield (inputs, gts) of the reward set: test-mapped images and full-resolution GT maps,
     read like the evaluator reads them (:func:`~segloss_d2.evaluation.evaluator.load_sem_seg_gt`:
     palette indices of a "P" PNG are the class ids)."""
-    mapper = DatasetMapper(cfg, is_train=False)
+    mapper = SemSegDatasetMapper(cfg, is_train=False, dataset_names=(reward_set,))
     for start in range(0, len(reward_dicts), batch_size):
         chunk = reward_dicts[start:start + batch_size]
         inputs = [mapper(copy.deepcopy(d)) for d in chunk]
@@ -394,20 +357,15 @@ def _reward_batches(cfg, reward_dicts, batch_size):
 
 
 @torch.no_grad()
-def _evaluate(cfg, candidates, reward_dicts) -> List[Optional[Dict[str, float]]]:
+def _evaluate(cfg, candidates, reward_dicts, reward_set) -> List[Optional[Dict[str, float]]]:
     """SegMetrics summaries of every live candidate on the reward set (None for diverged ones)."""
     live = [c for c in candidates if c.model is not None]
     meters = {}
     for c in live:
         c.model.eval()
-        meters[id(c)] = SegMetrics(
-            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            ignore_value=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            tolerance=cfg.TEST.SEGLOSS.TOLERANCE,
-            drop_background=cfg.TEST.SEGLOSS.DROP_BACKGROUND,
-            metrics=_EVAL_METRICS,
-        )
-    for inputs, gts in _reward_batches(cfg, reward_dicts, max(1, cfg.SOLVER.IMS_PER_BATCH)):
+        meters[id(c)] = build_seg_metrics(cfg, metrics=_EVAL_METRICS)
+    for inputs, gts in _reward_batches(cfg, reward_dicts, max(1, cfg.SOLVER.IMS_PER_BATCH),
+                                       reward_set):
         for c in live:
             outputs = c.model(inputs)
             for out, gt in zip(outputs, gts):
@@ -428,11 +386,12 @@ def _build_template(trainer, cfg, seed):
     with _quiet("detectron2.engine.defaults"):
         template = trainer.build_model(cfg)
     head = getattr(template, "sem_seg_head", None)
-    if not isinstance(getattr(head, "loss_fn", None), torch.nn.Module):
+    if not isinstance(head, LossFnHead):
         raise ValueError(
             f"SEARCH.TRAINER {cfg.SEARCH.TRAINER!r}: build_model returned a "
-            f"{type(template).__name__} without a sem_seg_head.loss_fn module; the search gives "
-            "every candidate its own loss as the model's sem_seg_head.loss_fn"
+            f"{type(template).__name__} whose sem_seg_head ({type(head).__name__}) is not a "
+            "segloss_d2.modeling.LossFnHead; the search gives every candidate its own loss "
+            "through sem_seg_head.set_loss_fn"
         )
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(template).load(cfg.MODEL.WEIGHTS)
@@ -470,15 +429,17 @@ def train_candidates(
     if thetas.dim() != 2 or thetas.shape[0] < 1:
         raise ValueError(f"thetas must be a (K, D) tensor with K >= 1, got shape {thetas.shape}")
     seed = int(cfg.SEARCH.SEED if seed is None else seed)
-    targets = parse_target_metrics(cfg.SEARCH.TARGET_METRIC)
+    space = search_space(cfg)
     trainer = search_trainer(cfg)
     _check_amp_device(cfg, str(cfg.MODEL.DEVICE))  # before building anything; again on the model
     source = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else "search"
+    reward_set = cfg.SEARCH.HOLDOUT.DATASET or f"hold-out of {source}"
     with _proxy_train_dataset(source, train_dicts) as train_name:
         cfg = proxy_cfg(cfg, seed=seed, train_dataset=train_name)
         template = _build_template(trainer, cfg, seed)
         _check_amp_device(cfg, str(next(template.parameters()).device))
-        candidates = [_Candidate(cfg, trainer, template, theta, seed) for theta in thetas]
+        candidates = [_Candidate(cfg, space, trainer, template, theta, seed)
+                      for theta in thetas]
         del template
 
         seed_all_rng(seed)
@@ -494,14 +455,14 @@ def train_candidates(
         del loader
     for c in candidates:
         c.check_finite_weights()
-    metrics = _evaluate(cfg, candidates, reward_dicts)
+    metrics = _evaluate(cfg, candidates, reward_dicts, reward_set)
 
     seconds = (time.perf_counter() - start) / len(candidates)
     results = []
     for c, m in zip(candidates, metrics):
         reward = 0.0
         if m is not None:
-            reward = reward_from_metrics(m, targets)
+            reward = space.reward(m)
             if not math.isfinite(reward):
                 c.status, c.error, reward = "diverged", f"undefined reward metric: {m}", 0.0
         if c.status != "ok":

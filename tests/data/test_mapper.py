@@ -121,6 +121,7 @@ def test_from_config(tmp_path):
     assert list(mapper.augmentations.augs) == []  # the argument next to cfg wins
     test = SemSegDatasetMapper(cfg, is_train=False)
     assert test.dataset_names == tuple(cfg.DATASETS.TEST) and not test.is_train
+    assert test.num_classes is None  # test-time labels are not the model's input: not checked
 
 
 def test_error_keeps_type_and_names_the_file_through_loader_workers(tmp_path):

@@ -156,5 +156,30 @@ def test_the_search_accepts_segloss_heads_only(name, accepted):
     if accepted:
         _check_head_takes_loss_fn(cfg)
     else:
-        with pytest.raises(ValueError, match="takes no loss_fn"):
+        with pytest.raises(ValueError, match="is not a segloss_d2.modeling.LossFnHead"):
             _check_head_takes_loss_fn(cfg)
+
+
+def test_every_segloss_head_declares_the_loss_fn_contract():
+    from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
+
+    from segloss_d2.modeling import LossFnHead
+
+    for name in ("DeepLabV3PlusSegLossHead", "SemSegFPNSegLossHead",
+                 "PanopticDeepLabSemSegLossHead", "PointRendSemSegLossHead"):
+        assert issubclass(SEM_SEG_HEADS_REGISTRY.get(name), LossFnHead), name
+    for name in ("DeepLabV3PlusHead", "SemSegFPNHead"):
+        assert not issubclass(SEM_SEG_HEADS_REGISTRY.get(name), LossFnHead), name
+
+
+def test_set_loss_fn_replaces_the_loss_and_checks_its_type():
+    from torch import nn
+
+    from segloss_d2.modeling import LossFnHead
+
+    head = LossFnHead()
+    loss = nn.Identity()
+    head.set_loss_fn(loss)
+    assert head.loss_fn is loss
+    with pytest.raises(TypeError, match="loss_fn must be an nn.Module, got function"):
+        head.set_loss_fn(lambda logits, labels: 0)

@@ -122,7 +122,7 @@ from detectron2.data import (  # noqa: E402
 
 from segloss_d2.data import CorruptFileError, SemSegDatasetMapper  # noqa: E402
 from segloss_d2.data.datasets import register_voc_sem_seg, voc_palette  # noqa: E402
-from segloss_d2.engine import get_segloss_cfg  # noqa: E402
+from segloss_d2.engine import SegLossTrainer, get_segloss_cfg  # noqa: E402
 from segloss_d2.evaluation.evaluator import SegLossEvaluator  # noqa: E402
 
 IDS = ["2007_000032", "2007_000039", "2007_000063"]
@@ -165,9 +165,12 @@ def _train_cfg(name, workers):
     return cfg
 
 
-def _first_batches(cfg, count=3):
-    mapper = SemSegDatasetMapper(cfg, is_train=True, augmentations=[])
-    loader = iter(build_detection_train_loader(cfg, mapper=mapper))
+def _first_batches(cfg, count=3, trainer=False):
+    if trainer:  # what training runs: SegLossTrainer's loader (its mapper and augmentations)
+        loader = iter(SegLossTrainer.build_train_loader(cfg))
+    else:
+        mapper = SemSegDatasetMapper(cfg, is_train=True, augmentations=[])
+        loader = iter(build_detection_train_loader(cfg, mapper=mapper))
     for _ in range(count):
         next(loader)
 
@@ -192,7 +195,7 @@ def test_case8_truncated_file_during_training_is_named(voc, workers, which):
     _truncate(pathlib.Path(path))
     with pytest.raises(CorruptFileError, match=re.escape(
             f"Dataset '{name}': cannot read {which} file '{path}'")):
-        _first_batches(_train_cfg(name, workers))
+        _first_batches(_train_cfg(name, workers), trainer=True)
 
 
 def test_case8_label_value_out_of_range_during_training_names_file_and_dataset(voc):

@@ -219,7 +219,9 @@ def test_user_head_with_loss_fn_is_accepted():
     from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
     from detectron2.projects.deeplab import DeepLabV3PlusHead
 
-    class UserLossFnHead(DeepLabV3PlusHead):
+    from segloss_d2.modeling import LossFnHead
+
+    class UserLossFnHead(LossFnHead, DeepLabV3PlusHead):  # declares the contract
         def __init__(self, input_shape, loss_fn=None, **kwargs):
             super().__init__(input_shape, **kwargs)
             self.loss_fn = loss_fn
