@@ -1,8 +1,14 @@
 #!/usr/bin/env python
 """Does a θ searched at one batch size keep its advantage at another, under each statistics scope?
 
-    .venv/bin/python benchmarks/study_batch_transfer.py                  # ~15 minutes, 2 CPU cores
-    .venv/bin/python benchmarks/study_batch_transfer.py --params best_params.json --seeds 1,2,3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_batch_transfer.py
+    .venv/bin/python benchmarks/study_batch_transfer.py --params voc_miou --seeds 1,2,3
+    .venv/bin/python benchmarks/study_batch_transfer.py --table-only     # what is done so far
+
+The default run (one search of 32 proxies, then 5 losses x 3 batch sizes x 2 seeds of 400
+iterations) took about 40 CPU-minutes, single-threaded. Single-threaded processes (several side
+by side, e.g. split with ``--losses``/``--seeds``) use a shared 2-core machine far better than
+two threads each.
 
 The reference repository's open question: must θ be re-searched when the batch per GPU changes?
 With ``SURROGATE.STATS local`` (the reference's per-process statistics) the function a θ is applied
@@ -10,9 +16,9 @@ to changes with the per-process batch; ``image`` makes it independent of the bat
 (docs/method.md §2.5). On one process ``global`` is ``local`` on the whole batch, so it is not a
 separate row here.
 
-1. θ: the best sampled mIoU θ of the search study's full plan (PPO, search seed ``--search-seed``,
-   searched with ``local`` statistics at the study's batch of 8 images; run here and cached, or
-   given with ``--params``).
+1. θ: the best sampled θ of a PPO mIoU search with the search study's full-plan settings (search
+   seed ``--search-seed``, ``local`` statistics, the study's batch of 8 images; run here and cached),
+   or a params file / preset given with ``--params``.
 2. Retraining, as the study's final training (the tiny DeepLabV3+ fine-tuned from the pretrained
    weights for ``--iters`` iterations at lr 0.05, evaluated on segloss_shapes_val), at each batch
    size of ``--batches`` (same iterations and lr), with cross-entropy, ``naive`` (identity curves,
@@ -84,8 +90,8 @@ def main(argv=None):
     study = SearchStudy(plan, os.path.join(args.output_dir, "study"), log=print)
     params = args.params or study.search(TARGET, args.search_seed, "ppo")["best_params"]
     origin = (f"θ = {args.params}" if args.params else
-              f"θ = the study's PPO mIoU search (seed {args.search_seed}, batch 8, local "
-              f"statistics)")
+              f"θ = best of a PPO mIoU search with the study's full plan (seed "
+              f"{args.search_seed}, batch 8, local statistics)")
     print(origin)
 
     theta = "theta-" + (os.path.splitext(os.path.basename(args.params))[0] if args.params
