@@ -18,8 +18,7 @@ separate row here.
 
 1. θ: the best sampled θ of a PPO mIoU search with the search study's full-plan settings (search
    seed ``--search-seed``, ``local`` statistics, the study's batch of 8 images; run here and
-   cached),
-   or a params file / preset given with ``--params``.
+   cached), or a params file / preset given with ``--params``.
 2. Retraining, as the study's final training (the tiny DeepLabV3+ fine-tuned from the pretrained
    weights for ``--iters`` iterations at lr 0.05, evaluated on segloss_shapes_val), at each batch
    size of ``--batches`` (same iterations and lr), with cross-entropy, ``naive`` (identity curves,
