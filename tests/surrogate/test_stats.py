@@ -16,12 +16,11 @@ import torch.multiprocessing as mp
 
 from segloss_d2.surrogate import kernels
 from segloss_d2.surrogate.loss import SurrogateLoss
-from segloss_d2.surrogate.params import METRICS, identity_params, load_params
+from segloss_d2.surrogate.params import METRICS, identity_params, list_presets, load_params
 from segloss_d2.surrogate.stats import LOCAL, STATS_SCOPES, Reducer, check_stats, reducer
 
 C = 5
-PRESET = {"mIoU": "voc_miou", "FWIoU": "voc_fwiou", "BIoU": "voc_biou", "BF1": "voc_bf1",
-          "mAcc": "voc_macc", "gAcc": "voc_gacc"}
+PRESET = {load_params(name).metrics[0]: name for name in list_presets()}  # metric -> its preset
 WORLD = 2
 
 
