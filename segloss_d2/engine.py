@@ -13,6 +13,7 @@ from detectron2.projects.deeplab import add_deeplab_config, build_lr_scheduler
 from . import data as _data  # noqa: F401  (registers datasets)
 from . import modeling as _modeling  # noqa: F401  (registers heads and backbone)
 from .config import add_search_config, add_segloss_config
+from .data.catalog import check_datasets
 from .data.mapper import SemSegDatasetMapper
 
 __all__ = ["get_segloss_cfg", "build_sem_seg_train_aug", "build_segloss_evaluator",
@@ -64,7 +65,9 @@ class SegLossTrainer(DefaultTrainer):
     """DefaultTrainer with the sem-seg mapper, the DeepLab poly LR schedule and SegLossEvaluator.
 
     Both loaders map with :class:`~segloss_d2.data.mapper.SemSegDatasetMapper`, which names the
-    dataset and file of an unreadable image or label and of out-of-range label values.
+    dataset and file of an unreadable image or label and of out-of-range label values. Each
+    loader first runs the pre-flight :func:`~segloss_d2.data.check_datasets` on its datasets
+    (unregistered names, missing files), before anything is loaded.
     """
 
     @classmethod
@@ -73,12 +76,14 @@ class SegLossTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        check_datasets(cfg.DATASETS.TRAIN, key="DATASETS.TRAIN")  # pre-flight: clear errors
         mapper = SemSegDatasetMapper(cfg, is_train=True,
                                      augmentations=build_sem_seg_train_aug(cfg))
         return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        check_datasets([dataset_name], key="DATASETS.TEST")
         mapper = SemSegDatasetMapper(cfg, is_train=False, dataset_names=(dataset_name,))
         return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 

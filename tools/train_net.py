@@ -7,8 +7,11 @@
     tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 
 Multi-GPU / multi-machine: detectron2's usual --num-gpus / --num-machines / --dist-url.
-``MODEL.WEIGHTS`` that cannot be read (a missing file, or a download while offline) stops the run
-before anything is built, with one ``train_net.py: error:`` paragraph and exit status 1.
+``MODEL.WEIGHTS`` that cannot be read (a missing file, or a download while offline), a dataset of
+``DATASETS.TRAIN`` / ``DATASETS.TEST`` that is not registered or whose files are missing (the
+pre-flight ``segloss_d2.data.check_config_datasets``; ``--eval-only`` checks ``DATASETS.TEST``
+only) stop the run before anything is built, with one ``train_net.py: error:`` paragraph and exit
+status 1.
 """
 import sys
 
@@ -16,6 +19,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 
 from segloss_d2.checkpoint import WeightsUnavailableError, check_weights_to_load
+from segloss_d2.data import check_config_datasets
 from segloss_d2.engine import SegLossTrainer, get_segloss_cfg
 
 
@@ -33,6 +37,11 @@ def main(args):
     try:
         check_weights_to_load(cfg, resume=args.resume)
     except WeightsUnavailableError as e:
+        sys.exit(f"train_net.py: error: {e}")
+    keys = ("DATASETS.TEST",) if args.eval_only else ("DATASETS.TRAIN", "DATASETS.TEST")
+    try:
+        check_config_datasets(cfg, keys)
+    except (ValueError, FileNotFoundError) as e:  # unregistered, empty id list / missing files
         sys.exit(f"train_net.py: error: {e}")
     if args.eval_only:
         model = SegLossTrainer.build_model(cfg)

@@ -5,7 +5,7 @@ in a bare ``OSError`` ("image file is truncated") that names neither, and a labe
 neither a class nor the ignore value only surfaces later, in the loss, without its file. This
 mapper does exactly what ``DatasetMapper`` does and, in addition:
 
-- a file that fails to decode raises :class:`~segloss_d2.data.datasets.CorruptFileError` (an
+- a file that fails to decode raises :class:`~segloss_d2.data.errors.CorruptFileError` (an
   ``OSError``) naming the dataset, the file and whether it is the image or the label file, with
   the reader's exception chained;
 - the mapped ``sem_seg`` is checked against ``[0, num_classes)`` and the ignore value; another
@@ -18,7 +18,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 
-from .datasets import CorruptFileError, decode_image_file
+from .errors import CorruptFileError, decode_image_file
 
 __all__ = ["SemSegDatasetMapper"]
 

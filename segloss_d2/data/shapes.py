@@ -21,7 +21,7 @@ colour cast, background colours drawn from the whole range), images are blurred 
 half of the disc/box/blob contours carry a thin ``IGNORE_LABEL`` (255) band straddling the contour,
 like the void borders of PASCAL VOC.
 
-Typical use (what the detectron2 registration in ``segloss_d2/data/datasets.py`` builds on)::
+Typical use (what the detectron2 registration in ``segloss_d2/data/shapes_catalog.py`` builds on)::
 
     for name, (split, num_images, seed) in SPLITS.items():
         DatasetCatalog.register(name, lambda s=split, n=num_images, sd=seed:

@@ -11,6 +11,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from detectron2.data import DatasetCatalog
 
+from ..data import check_datasets
+
 __all__ = ["split_holdout", "search_datasets"]
 
 
@@ -40,14 +42,6 @@ def split_holdout(
     return train, holdout
 
 
-def _registered(name: str, key: str) -> None:
-    if not isinstance(name, str) or name not in DatasetCatalog.list():
-        raise ValueError(
-            f"{key} {name!r} is not a registered dataset; registered: "
-            f"{sorted(DatasetCatalog.list())}"
-        )
-
-
 @functools.lru_cache(maxsize=4)
 def _search_datasets(train_name: str, holdout_dataset: str, size: int, seed: int):
     train = DatasetCatalog.get(train_name)
@@ -71,18 +65,23 @@ def search_datasets(cfg) -> Tuple[List[Dict], List[Dict]]:
     ``DatasetCatalog``; results are cached per process, so every trial of a worker reuses them.
     Callers must not modify the returned lists or dicts.
 
+    Both datasets go through the pre-flight :func:`~segloss_d2.data.check_datasets` first, so
+    ``SearchRunner`` refuses a search whose data is missing before it writes anything.
+
     Raises:
-        ValueError: ``DATASETS.TRAIN`` empty, a dataset not registered or empty, or
+        ValueError: ``DATASETS.TRAIN`` empty, a dataset not registered
+            (:class:`~segloss_d2.data.UnregisteredDatasetError`) or empty, or
             ``SEARCH.HOLDOUT.SIZE`` not smaller than the training dataset.
-        FileNotFoundError: the dataset's files are missing (from the dataset's loader).
+        FileNotFoundError: the dataset's files are missing (from the pre-flight: naming the
+            dataset, the missing path, the expected layout and ``DETECTRON2_DATASETS``).
     """
     if len(cfg.DATASETS.TRAIN) == 0:
         raise ValueError("DATASETS.TRAIN is empty; the search needs a training dataset")
     train_name = cfg.DATASETS.TRAIN[0]
-    _registered(train_name, "DATASETS.TRAIN[0]")
+    check_datasets([train_name], key="DATASETS.TRAIN[0]")
     holdout_dataset = cfg.SEARCH.HOLDOUT.DATASET
     if holdout_dataset:
-        _registered(holdout_dataset, "SEARCH.HOLDOUT.DATASET")
+        check_datasets([holdout_dataset], key="SEARCH.HOLDOUT.DATASET")
     return _search_datasets(
         train_name, holdout_dataset, int(cfg.SEARCH.HOLDOUT.SIZE), int(cfg.SEARCH.SEED)
     )

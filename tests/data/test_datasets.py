@@ -18,7 +18,9 @@ from segloss_d2.data import (  # noqa: E402
     SHAPES_CLASSES,
     SHAPES_COLORS,
     SPLITS,
+    check_datasets,
     register_all_segloss_datasets,
+    register_dataset_check,
     register_shapes,
     register_voc_sem_seg,
 )
@@ -242,7 +244,8 @@ def test_voc_conversion_falls_back_to_user_cache(voc_tree, names, tmp_path, monk
     f"VOCdevkit/VOC2012/SegmentationClass/{VOC_VAL_IDS[1]}.png",
     f"VOCdevkit/VOC2012/JPEGImages/{VOC_VAL_IDS[0]}.jpg",
 ])
-def test_voc_missing_files_raise_clear_error(voc_tree, names, monkeypatch, missing):
+@pytest.mark.parametrize("trigger", ["preflight", "loader"])
+def test_voc_missing_files_raise_clear_error(voc_tree, names, monkeypatch, missing, trigger):
     import shutil
 
     root, _ = voc_tree
@@ -252,9 +255,18 @@ def test_voc_missing_files_raise_clear_error(voc_tree, names, monkeypatch, missi
     name = names("test_voc_missing")
     register_voc_sem_seg(name, str(root), "val")  # registering never touches the files
     with pytest.raises(FileNotFoundError) as excinfo:
-        DatasetCatalog.get(name)
+        check_datasets([name]) if trigger == "preflight" else DatasetCatalog.get(name)
     _assert_clear_error(excinfo, name, path)
     assert "VOCdevkit/VOC2012" in str(excinfo.value)  # the layout hint
+    assert not (root / "VOCdevkit" / "VOC2012" / "SegmentationClassRaw").exists()
+
+
+def test_voc_preflight_passes_without_converting(voc_tree, names):
+    root, _ = voc_tree
+    name = names("test_voc_preflight")
+    register_voc_sem_seg(name, str(root), "val")
+    check_datasets([name, name])
+    assert not (root / "VOCdevkit" / "VOC2012" / "SegmentationClassRaw").exists()
 
 
 def test_register_voc_idempotent_and_rejects_foreign_names(voc_tree, names):
@@ -291,6 +303,7 @@ def test_register_all_under_another_root(voc_tree, tmp_path):
     before = {name: DatasetCatalog[name] for name in DatasetCatalog.list()}
     try:
         register_all_segloss_datasets(str(tmp_path / "nowhere"))  # cheap: no file access
+        assert not (tmp_path / "nowhere").exists()
         with pytest.raises(FileNotFoundError, match="nowhere"):
             DatasetCatalog.get(val_name)
         register_all_segloss_datasets(str(root))
@@ -312,12 +325,16 @@ def test_register_all_under_another_root(voc_tree, tmp_path):
 # ------------------------------------------------------------------ Cityscapes / ADE20K builtins
 
 
-def test_cityscapes_fixture_loads_through_guarded_builtin_loader(cityscapes_tree, names):
+def test_cityscapes_fixture_passes_the_preflight_and_loads_through_builtin_loader(
+        cityscapes_tree, names):
     root, labels = cityscapes_tree
     name = names("test_cityscapes_train")
     _register_cityscapes_like_builtin(name, root, "train")
-    assert guard_builtin_dataset(name, "cityscapes_sem_seg")
-    assert guard_builtin_dataset(name, "cityscapes_sem_seg")  # idempotent
+    loader = DatasetCatalog[name]
+    register_dataset_check(name, "cityscapes_sem_seg")
+    register_dataset_check(name, "cityscapes_sem_seg")  # idempotent
+    check_datasets([name])
+    assert DatasetCatalog[name] is loader  # the check is no wrapper
     dicts = sorted(DatasetCatalog.get(name), key=lambda d: d["file_name"])
     assert len(dicts) == 2
     for d, city in zip(dicts, CITIES["train"]):
@@ -346,9 +363,9 @@ def test_cityscapes_missing_files_raise_clear_error(cityscapes_tree, names, monk
     monkeypatch.setenv("DETECTRON2_DATASETS", "/env/datasets/root")
     name = names("test_cityscapes_val")
     _register_cityscapes_like_builtin(name, root, "val")
-    guard_builtin_dataset(name, "cityscapes_sem_seg")
+    register_dataset_check(name, "cityscapes_sem_seg")
     with pytest.raises(FileNotFoundError) as excinfo:
-        DatasetCatalog.get(name)
+        check_datasets([name])
     _assert_clear_error(excinfo, name, path)
     assert hint in str(excinfo.value)
 
@@ -366,7 +383,8 @@ def test_ade20k_fixture_and_missing_annotations(tmp_path, names, monkeypatch):
     DatasetCatalog.register(name, lambda: load_sem_seg(str(gt_dir), str(image_dir), "png", "jpg"))
     MetadataCatalog.get(name).set(image_root=str(image_dir), sem_seg_root=str(gt_dir),
                                   evaluator_type="sem_seg", ignore_label=255)
-    assert guard_builtin_dataset(name, "ade20k_sem_seg")
+    register_dataset_check(name, "ade20k_sem_seg")
+    check_datasets([name])
     (d,) = DatasetCatalog.get(name)
     assert d["file_name"] == str(image_dir / "ADE_val_00000001.jpg")
     assert np.array_equal(_mapped_labels(d), labels)
@@ -374,7 +392,7 @@ def test_ade20k_fixture_and_missing_annotations(tmp_path, names, monkeypatch):
     (gt_dir / "ADE_val_00000001.png").unlink()  # empty annotation directory
     monkeypatch.setenv("DETECTRON2_DATASETS", "/env/datasets/root")
     with pytest.raises(FileNotFoundError) as excinfo:
-        DatasetCatalog.get(name)
+        check_datasets([name])
     _assert_clear_error(excinfo, name, gt_dir)
     assert "prepare_ade20k_sem_seg.py" in str(excinfo.value)
 
@@ -389,14 +407,27 @@ def test_builtins_keep_their_metadata_and_check_their_registered_paths(monkeypat
         if os.path.isdir(path):
             continue  # a real dataset lives there; nothing to check without loading it
         with pytest.raises(FileNotFoundError) as excinfo:
-            DatasetCatalog.get(name)
+            check_datasets([name])
         _assert_clear_error(excinfo, name, path)
 
 
-def test_guard_builtin_dataset_arguments():
+def test_guard_builtin_dataset_arguments(cityscapes_tree, names):
     with pytest.raises(ValueError, match="kind"):
         guard_builtin_dataset("cityscapes_fine_sem_seg_val", "cityscapes")
+    with pytest.raises(ValueError, match="kind"):
+        register_dataset_check("cityscapes_fine_sem_seg_val", "cityscapes")
     assert guard_builtin_dataset("no_such_dataset_" + uuid.uuid4().hex, "ade20k_sem_seg") is False
+    # the former name now only registers the pre-flight check; the loader stays as registered
+    root, _ = cityscapes_tree
+    name = names("test_cityscapes_guard")
+    _register_cityscapes_like_builtin(name, root, "val")
+    loader = DatasetCatalog[name]
+    city = root / "leftImg8bit" / "val" / "frankfurt"
+    (city / "frankfurt_000000_000019_leftImg8bit.png").unlink()
+    assert guard_builtin_dataset(name, "cityscapes_sem_seg") is True
+    assert DatasetCatalog[name] is loader
+    with pytest.raises(FileNotFoundError, match="leftImg8bit.png"):
+        check_datasets([name])
 
 
 # ------------------------------------------------------------------ segloss_shapes
