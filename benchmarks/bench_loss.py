@@ -25,8 +25,8 @@ from segloss_d2.losses import LOSSES  # noqa: E402
 from segloss_d2.surrogate import SurrogateLoss, identity_params, kernels, load_params  # noqa: E402
 
 TARGETS = {"region": 3.0, "BIoU": 4.0, "BF1": 6.0}
-SURROGATES = [("mIoU", "voc_miou"), ("FWIoU", "voc_fwiou"), ("BIoU", "voc_biou"),
-              ("BF1", "voc_bf1"), ("mAcc", "voc_macc"), ("gAcc", "voc_gacc")]
+SURROGATES = [("mIoU", "voc_miou"), ("fwIoU", "voc_fwiou"), ("BIoU", "voc_biou"),
+              ("BF1", "voc_bf1"), ("mACC", "voc_macc"), ("pACC", "voc_gacc")]
 
 
 def make_inputs(shape, device, seed=0):

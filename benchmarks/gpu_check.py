@@ -8,7 +8,7 @@
 
 Sections (each measured against a baseline in the same run, never against a stored number):
 
-1. ``loss``: forward+backward of every surrogate (mIoU, FWIoU, BIoU, BF1, mAcc, gAcc; the VOC
+1. ``loss``: forward+backward of every surrogate (mIoU, fwIoU, BIoU, BF1, mACC, pACC; the VOC
    presets) vs cross-entropy on VOC-sized logits (4, 21, 512, 512), in fp32 and under autocast
    (float16 logits, the AMP recipe; bfloat16 on CPU). Each loss step follows a cross-entropy step
    and the ratio is the median of these pairs; peak memory is ``torch.cuda.max_memory_allocated``

@@ -5,6 +5,7 @@ torch-only core, with its optional compiled CPU kernels ``segloss_d2._C``, stays
 framework)::
 
     from segloss_d2 import SurrogateLoss, load_params, save_params, SegMetrics
+    from segloss_d2 import METRICS, canonical_metric   # the one metric vocabulary
     from segloss_d2 import add_segloss_config, add_search_config  # these need detectron2
     from segloss_d2 import SegLossEvaluator, build_sem_seg_loss
 """
@@ -22,6 +23,8 @@ _LAZY = {
     "add_search_config": "segloss_d2.config",
     "SegLossEvaluator": "segloss_d2.evaluation.evaluator",
     "build_sem_seg_loss": "segloss_d2.modeling.build",
+    "METRICS": "segloss_d2.metric_names",
+    "canonical_metric": "segloss_d2.metric_names",
 }
 
 __all__ = sorted(_LAZY)

@@ -29,7 +29,8 @@ def add_segloss_config(cfg):
     head.ASPP_GLOBAL_POOLING = False
 
     head.SURROGATE = CN()
-    # LOSS_TYPE naive/searched: metrics to optimize, any of mIoU, FWIoU, BIoU, BF1, mAcc, gAcc.
+    # LOSS_TYPE naive/searched: metrics to optimize, any of mIoU, fwIoU, mACC, pACC, BIoU, BF1
+    # (segloss_d2.metric_names; the paper's FWIoU, mAcc, gAcc and any capitalization accepted).
     # [] = the metrics stored in PARAMS (searched) or ["mIoU"] (naive). With PARAMS, a non-empty
     # list must equal the metrics of PARAMS (a guard against a params file for another metric).
     head.SURROGATE.METRICS = []
@@ -47,7 +48,7 @@ def add_segloss_config(cfg):
     # Exclude class 0 (background) from the BIoU trimap and the BF1 mean (reference VOC: True for
     # evaluation; the released BF1 loss used False).
     head.SURROGATE.DROP_BACKGROUND = False
-    # Average mIoU/BIoU/mAcc surrogates over classes present in the mini-batch only, instead of all
+    # Average mIoU/BIoU/mACC surrogates over classes present in the mini-batch only, instead of all
     # classes as the reference does (a deviation, off by default).
     head.SURROGATE.PRESENT_CLASSES_ONLY = False
     # Statistics scope of the surrogates (docs/method.md §2.5): "local" = per-class sums over the
@@ -77,8 +78,9 @@ def add_search_config(cfg):
     """Add the ``SEARCH`` keys of the Auto Seg-Loss PPO search (docs/method.md §4) to ``cfg``
     (in place)."""
     cfg.SEARCH = CN()
-    # Metric(s) the search maximizes on the reward set: mIoU, FWIoU, BIoU, BF1, mAcc or gAcc, or
-    # several joined by "+" (e.g. "mIoU+BF1": their surrogates are summed, the reward averaged).
+    # Metric(s) the search maximizes on the reward set: mIoU, fwIoU, mACC, pACC, BIoU or BF1
+    # (aliases as for SURROGATE.METRICS), or several joined by "+" (e.g. "mIoU+BF1": their
+    # surrogates are summed, the reward averaged).
     cfg.SEARCH.TARGET_METRIC = "mIoU"
     # PPO iterations (paper: 12).
     cfg.SEARCH.ITERATIONS = 12

@@ -15,6 +15,10 @@ CORE_MODULES = (
     "segloss_d2.search.state",
     "segloss_d2.search.loop",
     "segloss_d2.visualize",
+    "segloss_d2.metric_names",
+    "segloss_d2.search.space",
+    "segloss_d2.search.lock",
+    "segloss_d2.search.reaper",
 )
 
 

@@ -33,11 +33,12 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
+from ..metric_names import ALIASES, METRICS, canonical_metric
 from .boundary import boxes_of_labels, compact_dtype, dilate_mask, label_boundary
 
 __all__ = ["SegMetrics", "ALL_METRICS"]
 
-ALL_METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "BIoU", "BF1", "BoundaryIoU")
+ALL_METRICS = METRICS + ("BoundaryIoU",)
 _CONFUSION_METRICS = frozenset(("mIoU", "fwIoU", "mACC", "pACC"))
 _STATE_KEYS = ("num_images", "confusion", "trimap_confusion", "bf1_counts", "boundary_iou_counts")
 _BOUNDARY_IOU_RATIO = 0.02
@@ -119,14 +120,19 @@ class SegMetrics:
                 f"ignore_value={ignore_value} is a class label; it must lie outside [0, "
                 f"{num_classes})"
             )
+        metrics_arg = metrics
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, np.integer)):
             raise TypeError(f"tolerance must be an int number of pixels, got {tolerance!r}")
         if tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
         metrics = ALL_METRICS if metrics is None else tuple(metrics)
-        unknown = sorted(set(metrics) - set(ALL_METRICS))
-        if unknown or not metrics:
-            raise ValueError(f"metrics must be a non-empty subset of {ALL_METRICS}, got {metrics}")
+        try:  # one vocabulary: the paper's spellings (mAcc, gAcc, FWIoU) are accepted
+            metrics = tuple(m if m == "BoundaryIoU" else canonical_metric(m) for m in metrics)
+        except ValueError:
+            metrics = ()
+        if not metrics:
+            raise ValueError(f"metrics must be a non-empty subset of {ALL_METRICS} (aliases "
+                             f"{sorted(ALIASES)} accepted), got {metrics_arg!r}")
         if class_names is None:
             class_names = [str(i) for i in range(num_classes)]
         elif len(class_names) != num_classes:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import LOSS_TYPES
 from ..losses import LOSSES
+from ..metric_names import canonical_metrics
 from ..surrogate.loss import SurrogateLoss
 from ..surrogate.params import SurrogateParams, identity_params, load_params
 from ..surrogate.stats import check_stats
@@ -47,7 +48,7 @@ def build_surrogate_params(cfg) -> SurrogateParams:
     """
     head = cfg.MODEL.SEM_SEG_HEAD
     sur = head.SURROGATE
-    metrics = list(sur.METRICS)
+    metrics = canonical_metrics(sur.METRICS, "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS")
     if head.LOSS_TYPE == "naive":
         params = identity_params(metrics or ["mIoU"], num_pieces=sur.NUM_PIECES or None)
     else:
@@ -74,7 +75,10 @@ def build_surrogate_params(cfg) -> SurrogateParams:
             )
         order = {m: i for i, m in enumerate(metrics or params.metrics)}
         params.weights = [float(weights[order[m]]) for m in params.metrics]
-        params.validate()
+        try:
+            params.validate()
+        except ValueError as e:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.SURROGATE.WEIGHTS {weights}: {e}") from None
     return params
 
 

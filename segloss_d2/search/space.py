@@ -16,21 +16,23 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..metric_names import ALIASES, METRICS, canonical_metric
 from ..surrogate.bezier import CLAMP_MAX, CLAMP_MIN, check_constraints, identity_theta
-from ..surrogate.params import METRICS, SurrogateParams, default_num_pieces, theta_dim
+from ..surrogate.params import SurrogateParams, default_num_pieces, theta_dim
 
 __all__ = ["SearchSpace", "REWARD_KEYS"]
 
-REWARD_KEYS = {"mIoU": "mIoU", "FWIoU": "fwIoU", "BIoU": "BIoU", "BF1": "BF1", "mAcc": "mACC",
-               "gAcc": "pACC"}
-"""Search target metric (surrogate name) -> key of :class:`SegMetrics` results that scores it."""
+REWARD_KEYS = {**{m: m for m in METRICS}, **ALIASES}
+"""Search target metric -> key of :class:`SegMetrics` results that scores it (the same name: one
+vocabulary, :mod:`segloss_d2.metric_names`; the paper's spellings map to it)."""
 
 
 class SearchSpace:
     """The search variables of one search.
 
     Args:
-        metrics (list[str]): target metrics (surrogate names, e.g. ``["mIoU", "BF1"]``), distinct.
+        metrics (list[str]): target metrics (e.g. ``["mIoU", "BF1"]``; aliases accepted,
+            :mod:`segloss_d2.metric_names`), distinct.
         num_pieces (int or list[int]): Bézier pieces per curve, one for all or one per metric;
             0 = the paper's choice for that metric.
         constraints (str): curve constraints, one of
@@ -41,11 +43,14 @@ class SearchSpace:
     """
 
     def __init__(self, metrics: Sequence[str], num_pieces=0, constraints: str = "all"):
-        metrics = list(metrics)
-        bad = [m for m in metrics if m not in METRICS]
-        if bad or not metrics or len(set(metrics)) != len(metrics):
-            raise ValueError(f"target metrics {metrics!r} are invalid: expected distinct names "
-                             f"from {list(METRICS)}")
+        given = list(metrics)
+        try:
+            metrics = [canonical_metric(m) for m in given]
+        except ValueError:
+            metrics = None
+        if not metrics or len(set(metrics)) != len(metrics):
+            raise ValueError(f"target metrics {given!r} are invalid: expected distinct "
+                             f"names from {list(METRICS)} (or their aliases {sorted(ALIASES)})")
         pieces = list(num_pieces) if isinstance(num_pieces, (list, tuple)) else (
             [num_pieces] * len(metrics))
         if len(pieces) != len(metrics) or any(
@@ -78,11 +83,15 @@ class SearchSpace:
     def parse_target(target: str) -> List[str]:
         """``"mIoU+BF1"`` -> ``["mIoU", "BF1"]``; ValueError naming ``SEARCH.TARGET_METRIC`` for
         unknown or repeated names."""
-        names = [n.strip() for n in str(target).split("+")]
-        if any(n not in METRICS for n in names) or len(set(names)) != len(names):
+        try:
+            names = [canonical_metric(n) for n in str(target).split("+")]
+        except ValueError:
+            names = []
+        if not names or len(set(names)) != len(names):
             raise ValueError(
-                f"SEARCH.TARGET_METRIC {target!r} is invalid: expected one of {list(METRICS)} or "
-                "several distinct ones joined by '+' (e.g. 'mIoU+BF1')"
+                f"SEARCH.TARGET_METRIC {target!r} is invalid: expected one of {list(METRICS)} "
+                f"(or their aliases {sorted(ALIASES)}) or several distinct ones joined by '+' "
+                "(e.g. 'mIoU+BF1')"
             )
         return names
 
@@ -132,4 +141,4 @@ class SearchSpace:
         """Reward in [0, 1]: the mean over the target metrics of the :class:`SegMetrics` results
         (percent) / 100. NaN if a target metric is undefined (the search logs such a trial as
         diverged)."""
-        return float(np.mean([results[REWARD_KEYS[m]] for m in self.metrics])) / 100.0
+        return float(np.mean([results[m] for m in self.metrics])) / 100.0

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..surrogate.params import METRICS
 from .ppo import PPOController
+from .space import REWARD_KEYS
 from .state import META
 
 __all__ = ["StudyPlan", "PLANS", "SearchStudy", "spearman", "mean_std", "UNSEARCHED",
@@ -43,8 +44,8 @@ __all__ = ["StudyPlan", "PLANS", "SearchStudy", "spearman", "mean_std", "UNSEARC
 UNSEARCHED = ("cross_entropy", "naive", "preset")
 """The losses every searched one is compared with: CE, the identity curves, the released preset."""
 
-PRESET_OF_TARGET = {"mIoU": "voc_miou", "FWIoU": "voc_fwiou", "BIoU": "voc_biou",
-                    "BF1": "voc_bf1", "mAcc": "voc_macc", "gAcc": "voc_gacc"}
+PRESET_OF_TARGET = {"mIoU": "voc_miou", "fwIoU": "voc_fwiou", "BIoU": "voc_biou",
+                    "BF1": "voc_bf1", "mACC": "voc_macc", "pACC": "voc_gacc"}
 """The released (VOC-searched) parameters of each target: the transfer baseline."""
 
 METHODS = {
@@ -54,9 +55,8 @@ METHODS = {
 }
 """Search method of the study -> its config overrides (``ppo``: the search config as it is)."""
 
-EVAL_KEY = {"mIoU": "mIoU", "FWIoU": "fwIoU", "BIoU": "BIoU", "BF1": "BF1", "mAcc": "mACC",
-            "gAcc": "pACC"}
-"""Search target -> the evaluator's key of the same metric."""
+EVAL_KEY = REWARD_KEYS
+"""Search target -> the evaluator's key of the same metric (the same name, aliases mapped)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,8 +30,8 @@ class SurrogateLoss(nn.Module):
         tolerance (int): boundary tolerance in pixels for BIoU/BF1 (square of side 2 t + 1).
         drop_background (bool): as the reference's ``drop_bg``: build the BIoU trimap from the
             boundaries of classes >= 1 only, and leave class 0 out of the BF1 mean. It does not
-            change mIoU/FWIoU/mAcc/gAcc (nor the BIoU mean, which stays over all C classes).
-        present_classes_only (bool): average mIoU/BIoU/mAcc over the classes present in the batch's
+            change mIoU/fwIoU/mACC/pACC (nor the BIoU mean, which stays over all C classes).
+        present_classes_only (bool): average mIoU/BIoU/mACC over the classes present in the batch's
             ground truth instead of all C classes (a deviation from the reference, off by default).
             "The batch" is the one of the statistics scope: the global batch under ``global``,
             each image under ``image``.
@@ -62,8 +62,8 @@ class SurrogateLoss(nn.Module):
     in float32, also under autocast), labels (N, H, W) int64 in [0, C) ∪ {ignore_value}.
     Output: a 0-dim float32 tensor.
 
-    Undefined terms (docs/method.md §2.3): a metric that counts no pixel of the batch (mIoU, FWIoU,
-    mAcc, gAcc: no valid pixel; BIoU: no valid pixel inside the trimap; BF1: no ground-truth
+    Undefined terms (docs/method.md §2.3): a metric that counts no pixel of the batch (mIoU, fwIoU,
+    mACC, pACC: no valid pixel; BIoU: no valid pixel inside the trimap; BF1: no ground-truth
     boundary of a kept class) has no value, and its term contributes 0 with zero gradient. So a
     batch whose every pixel is ignored gives a loss of exactly 0 with zero gradient for every
     metric, on every device and path: there is nothing to learn from it.
@@ -110,14 +110,14 @@ class SurrogateLoss(nn.Module):
         if metric == "mIoU":
             return relaxed_miou(probs, labels, curves[0], curves[1], self.present_classes_only,
                                 info=info)
-        if metric == "FWIoU":
+        if metric == "fwIoU":
             return relaxed_fwiou(probs, labels, curves[0], curves[1], info=info)
         if metric == "BIoU":
             return relaxed_biou(probs, labels, curves[0], curves[1], self.tolerance,
                                 self.drop_background, self.present_classes_only, info=info)
-        if metric == "mAcc":
+        if metric == "mACC":
             return relaxed_macc(probs, labels, curves[0], self.present_classes_only, info=info)
-        if metric == "gAcc":
+        if metric == "pACC":
             return relaxed_gacc(probs, labels, curves[0], info=info)
         return relaxed_bf1(probs, labels, curves, self.tolerance, self.drop_background, info=info)
 

@@ -14,7 +14,7 @@ File format (``format_version`` 1)::
       "provenance": {...free-form, JSON-serializable...}
     }
 
-Curves per metric (docs/method.md §3.3/§3.4): mIoU, FWIoU, BIoU: [AND, OR]; mAcc, gAcc: [AND];
+Curves per metric (docs/method.md §3.3/§3.4): mIoU, fwIoU, BIoU: [AND, OR]; mACC, pACC: [AND];
 BF1: [g1 (AND on p), g2 (AND on eroded p), g3 (OR on p), g4 (OR on eroded p)].
 
 ``constraints`` (:data:`~segloss_d2.surrogate.bezier.CONSTRAINTS`) is the curve parameterization
@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from ..metric_names import METRICS, canonical_metric
 from .bezier import (
     check_constraints,
     curve_length,
@@ -54,15 +55,15 @@ THETA_MATCH_ATOL = 1e-6
 """How far stored control points may be from those their stored θ maps to (absolute, per number):
 wide enough for control points written with float32 or ~7 significant digits, far below any
 difference that changes a curve visibly."""
-_CURVES = {"mIoU": 2, "FWIoU": 2, "BIoU": 2, "BF1": 4, "mAcc": 1, "gAcc": 1}
-METRICS = tuple(_CURVES)
+_CURVES = {"mIoU": 2, "fwIoU": 2, "mACC": 1, "pACC": 1, "BIoU": 2, "BF1": 4}
+assert tuple(_CURVES) == METRICS
 _PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
 
 def _check_metric(metric, where="metric"):
-    if not isinstance(metric, str) or metric not in _CURVES:
-        raise ValueError(f"{where}: unknown metric {metric!r}; expected one of {list(METRICS)}")
-    return metric
+    """The metric's name in segloss_d2's vocabulary (aliases such as the paper's ``mAcc``
+    accepted, :mod:`segloss_d2.metric_names`); ValueError naming ``where`` otherwise."""
+    return canonical_metric(metric, where)
 
 
 def curves_per_metric(metric):
@@ -304,10 +305,7 @@ def _flatten(values):
 def _as_metric_list(metrics):
     if isinstance(metrics, str):
         metrics = [metrics]
-    metrics = list(metrics)
-    for i, m in enumerate(metrics):
-        _check_metric(m, f"metrics[{i}]")
-    return metrics
+    return [_check_metric(m, f"metrics[{i}]") for i, m in enumerate(metrics)]
 
 
 def _normalize_pieces(metrics, num_pieces):

@@ -9,8 +9,8 @@ docs/method.md §2.3. Conventions shared by every function here:
   ``LabelInfo.reducer`` extends them to the global batch of all processes (:mod:`.stats`).
 - Each curve argument is one curve's flat control points (see :mod:`.bezier`).
 - Each function returns the surrogate metric as a 0-dim tensor (higher is better), or ``None``
-  when it is undefined for this batch because the metric counts no pixel of it: mIoU, FWIoU, mAcc
-  and gAcc without a valid pixel, BIoU without a valid pixel inside the trimap, BF1 without a
+  when it is undefined for this batch because the metric counts no pixel of it: mIoU, fwIoU, mACC
+  and pACC without a valid pixel, BIoU without a valid pixel inside the trimap, BF1 without a
   (kept) ground-truth boundary. The loss then skips the term: it contributes 0 with zero gradient,
   never NaN (docs/method.md §2.3).
 - ``tolerance`` (BIoU, BF1) is an int >= 0; every radius from max(H, W) - 1 on gives the same
@@ -20,7 +20,7 @@ docs/method.md §2.3. Conventions shared by every function here:
 Instead of the reference's one-hot products these functions use label-indexed gathers, which are
 mathematically identical: ``Σ_i g(p_ic) y_ic`` is a sum of ``g(p_{i,label_i})`` per label, and
 ``Σ_i (g + y - g y) = Σ_i g(p_ic) + n_c - Σ_{label_i = c} g(p_ic)``. Classes without ground truth in
-the counted pixels contribute exactly 0 (value and gradient) to mIoU/FWIoU/BIoU/mAcc, so the dense
+the counted pixels contribute exactly 0 (value and gradient) to mIoU/fwIoU/BIoU/mACC, so the dense
 part of the work is restricted to the present classes; BF1 likewise only evaluates the classes that
 enter its mean.
 
@@ -349,7 +349,7 @@ def relaxed_miou(probs, labels, and_cp, or_cp, present_classes_only=False, info=
 
 
 def relaxed_fwiou(probs, labels, and_cp, or_cp, info=None):
-    """FWIoU~ = Σ_{c: n_c>0} n_c I_c / U_c / Σ_c n_c; None without valid pixels."""
+    """fwIoU~ = Σ_{c: n_c>0} n_c I_c / U_c / Σ_c n_c; None without valid pixels."""
     info = info or LabelInfo(labels, probs.shape[1])
     inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, info.valid)
     total = counts.sum()
@@ -375,14 +375,14 @@ def relaxed_biou(probs, labels, and_cp, or_cp, tolerance=5, drop_background=Fals
 
 
 def relaxed_macc(probs, labels, and_cp, present_classes_only=False, info=None):
-    """mAcc~ = (1/C) Σ_c Σ g_A(p_c) y_c / (Σ y_c + eps); None without valid pixels."""
+    """mACC~ = (1/C) Σ_c Σ g_A(p_c) y_c / (Σ y_c + eps); None without valid pixels."""
     info = info or LabelInfo(labels, probs.shape[1])
     inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
     return _class_mean(inter / (counts + EPS), counts, present_classes_only)
 
 
 def relaxed_gacc(probs, labels, and_cp, info=None):
-    """gAcc~ = Σ_c Σ g_A(p_c) y_c / (Σ_c Σ y_c + eps); None without valid pixels."""
+    """pACC~ = Σ_c Σ g_A(p_c) y_c / (Σ_c Σ y_c + eps); None without valid pixels."""
     info = info or LabelInfo(labels, probs.shape[1])
     inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
     total = counts.sum()

@@ -33,7 +33,7 @@ def test_cpu_smoke_run_reports_every_section(tmp_path):
     assert set(sections) == set(SECTIONS) and not any("error" in s for s in sections.values())
 
     losses = sections["loss"]["rows"]
-    names = ["cross_entropy", "mIoU", "FWIoU", "BIoU", "BF1", "mAcc", "gAcc"]
+    names = ["cross_entropy", "mIoU", "fwIoU", "BIoU", "BF1", "mACC", "pACC"]
     assert [r["loss"] for r in losses] == names * 2  # fp32, then under autocast (bf16 on cpu)
     assert [r["precision"] for r in losses] == ["fp32"] * 7 + ["torch.bfloat16"] * 7
     assert all(r["finite"] and r["ms"] > 0 and r["ratio_vs_ce"] > 0 for r in losses)

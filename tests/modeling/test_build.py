@@ -65,12 +65,12 @@ def test_searched_params_of_a_constraint_ablation_combine_with_a_preset(tmp_path
 
     gen = torch.Generator().manual_seed(0)
     free = SurrogateParams.from_theta(
-        ["mAcc"], [torch.rand(theta_dim("mAcc", 2, "none"), generator=gen).tolist()],
+        ["mACC"], [torch.rand(theta_dim("mACC", 2, "none"), generator=gen).tolist()],
         constraints="none")
     path = str(tmp_path / "free.json")
     save_params(free, path)
-    for names, metrics, constraints in ((path, ["mAcc"], ["none"]),
-                                        (f"{path},voc_miou", ["mAcc", "mIoU"], ["none", "all"])):
+    for names, metrics, constraints in ((path, ["mACC"], ["none"]),
+                                        (f"{path},voc_miou", ["mACC", "mIoU"], ["none", "all"])):
         cfg = tiny_cfg("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
                        "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", names)
         loss = build_sem_seg_loss(cfg)

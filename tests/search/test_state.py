@@ -18,7 +18,7 @@ def _record(iteration, index, theta, reward=0.5, **extra):
         "theta": [float(v) for v in theta],
         "control_points": {"and": [[0.25, 0.25]]},
         "reward": reward,
-        "metrics": {"mIoU": reward, "mAcc": 0.7},
+        "metrics": {"mIoU": reward, "mACC": 0.7},
         "seconds": 1.5,
         "status": "ok",
     }

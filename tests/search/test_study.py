@@ -59,7 +59,7 @@ def test_plans_are_valid_and_bad_plans_are_refused(tmp_path):
     import dataclasses
 
     for field, value, match in (("targets", ("Dice",), "targets"),
-                                ("ablation_target", "mAcc", "ablation_target"),
+                                ("ablation_target", "mACC", "ablation_target"),
                                 ("retrain_iters", 0, "retrain_iters"),
                                 ("samples_per_iter", 1, "samples_per_iter"),
                                 ("train_seeds", (), "train_seeds"),

@@ -34,7 +34,8 @@ from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
 def test_parse_target_metrics():
     assert parse_target_metrics("BF1") == ["BF1"]
     assert parse_target_metrics("mIoU + BF1") == ["mIoU", "BF1"]
-    for bad in ("miou", "mIoU+mIoU", "mIoU+", "IoU"):
+    assert parse_target_metrics("miou+gAcc") == ["mIoU", "pACC"]  # aliases, any case
+    for bad in ("Dice", "mIoU+mIoU", "mIoU+miou", "mIoU+", "IoU"):
         with pytest.raises(ValueError, match="SEARCH.TARGET_METRIC"):
             parse_target_metrics(bad)
 
@@ -69,7 +70,7 @@ def test_search_dim_and_initial_mu_under_constraints(constraints, bf1, miou):
     for curves in params.control_points:  # mu starts at the identity curves
         for cp in curves:
             assert (bezier_curve(x, cp) - x).abs().max() < 1e-3
-    for metric, expected in (("BF1", bf1), ("mIoU", miou), ("mAcc", miou // 2)):
+    for metric, expected in (("BF1", bf1), ("mIoU", miou), ("mACC", miou // 2)):
         cfg.SEARCH.TARGET_METRIC = metric
         assert search_dim(cfg) == len(initial_mu(cfg)) == expected
     with pytest.raises(ValueError, match=f"needs {expected}"):
@@ -99,8 +100,8 @@ def test_reward_from_metrics_maps_names_and_averages():
     metrics = {"mIoU": 60.0, "fwIoU": 70.0, "mACC": 80.0, "pACC": 90.0, "BIoU": 40.0, "BF1": 20.0}
     assert reward_from_metrics(metrics, ["BF1"]) == pytest.approx(0.2)
     assert reward_from_metrics(metrics, ["mIoU", "BF1"]) == pytest.approx(0.4)
-    assert reward_from_metrics(metrics, ["FWIoU"]) == pytest.approx(0.7)
-    assert reward_from_metrics(metrics, ["mAcc", "gAcc"]) == pytest.approx(0.85)
+    assert reward_from_metrics(metrics, ["fwIoU"]) == pytest.approx(0.7)
+    assert reward_from_metrics(metrics, ["mACC", "pACC"]) == pytest.approx(0.85)
     assert math.isnan(reward_from_metrics({**metrics, "BF1": float("nan")}, ["BF1"]))
 
 

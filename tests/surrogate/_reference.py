@@ -71,7 +71,9 @@ def _iou_terms(p, y, mask, cps):
 
 
 def surrogate(metric, logits, labels, cps, tol=5, drop_bg=False):
-    """Reference surrogate value (0-dim tensor) of one metric."""
+    """Reference surrogate value (0-dim tensor) of one metric (the paper's names: mIoU, FWIoU,
+    BIoU, BF1, mAcc, gAcc; segloss_d2's fwIoU, mACC, pACC map to them)."""
+    metric = {"fwIoU": "FWIoU", "mACC": "mAcc", "pACC": "gAcc"}.get(metric, metric)
     c = logits.shape[1]
     p = torch.softmax(logits, dim=1)
     y, valid = one_hot(labels, c)

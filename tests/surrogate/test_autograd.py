@@ -108,7 +108,7 @@ def _assert_raises_or_correct(fn, reference_fn, x, direction, mode):
 
 def _double_backward_cases():
     # Regression: with torch's once_differentiable, autograd.grad(..., inputs=logits) pruned the
-    # error node and mAcc/gAcc (constant incoming gradient) installed none, so create_graph=True
+    # error node and mACC/pACC (constant incoming gradient) installed none, so create_graph=True
     # silently dropped second-order terms. Every backward now raises in grad mode.
     for preset in PRESETS:
         for mode in ("backward", "grad"):

@@ -69,7 +69,7 @@ def test_matches_reference_formulas_value_and_gradient(preset, drop_bg):
 def test_gradcheck_float64_all_metrics_and_sum():
     labels = blob_labels(n=1, h=12, w=13, cell=4)
     logits = random_logits(labels, dtype=torch.float64).requires_grad_()
-    for metrics in (["mIoU", "FWIoU", "mAcc", "gAcc"], ["BIoU", "BF1"]):
+    for metrics in (["mIoU", "fwIoU", "mACC", "pACC"], ["BIoU", "BF1"]):
         params = SurrogateParams(
             metrics=metrics, weights=[1.0 + i for i in range(len(metrics))],
             num_pieces=[load_params(_preset(m)).num_pieces[0] for m in metrics],
@@ -80,8 +80,8 @@ def test_gradcheck_float64_all_metrics_and_sum():
 
 
 def _preset(metric):
-    return {"mIoU": "voc_miou", "FWIoU": "voc_fwiou", "BIoU": "voc_biou", "BF1": "voc_bf1",
-            "mAcc": "voc_macc", "gAcc": "voc_gacc"}[metric]
+    return {"mIoU": "voc_miou", "fwIoU": "voc_fwiou", "BIoU": "voc_biou", "BF1": "voc_bf1",
+            "mACC": "voc_macc", "pACC": "voc_gacc"}[metric]
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_every_curve_constraint_gives_a_valid_loss(constraints):
 
     c = 5
     gen = torch.Generator().manual_seed(7)
-    metrics = ["mIoU", "BF1", "mAcc"]
+    metrics = ["mIoU", "BF1", "mACC"]
     thetas = [torch.rand(theta_dim(m, None, constraints), generator=gen).tolist() for m in metrics]
     params = SurrogateParams.from_theta(metrics, thetas, constraints=constraints)
     loss = SurrogateLoss(params, c, tolerance=2)

@@ -27,9 +27,9 @@ def test_presets_exist_and_load():
 
 
 def test_sizes():
-    assert [curves_per_metric(m) for m in ("mIoU", "FWIoU", "BIoU", "mAcc", "gAcc", "BF1")] == [
+    assert [curves_per_metric(m) for m in ("mIoU", "fwIoU", "BIoU", "mACC", "pACC", "BF1")] == [
         2, 2, 2, 1, 1, 4]
-    assert theta_dim("mIoU") == 12 and theta_dim("mAcc") == 6 and theta_dim("BF1") == 8
+    assert theta_dim("mIoU") == 12 and theta_dim("mACC") == 6 and theta_dim("BF1") == 8
     assert theta_dim("mIoU", 3) == 20
     with pytest.raises(ValueError, match="unknown metric 'IoU'"):
         curves_per_metric("IoU")
@@ -49,7 +49,7 @@ def test_round_trip_from_theta(tmp_path):
 
 
 def test_identity_params():
-    params = identity_params(["mAcc", "BF1"])
+    params = identity_params(["mACC", "BF1"])
     assert params.control_points[0] == [[0.25, 0.25, 0.5, 0.5, 0.75, 0.75]]
     assert params.control_points[1] == [[0.5, 0.5]] * 4
 
@@ -65,7 +65,7 @@ def _write(tmp_path, data):
     [
         (lambda d: d.update(format_version=2), "format_version must be 1, got 2"),
         (lambda d: d.pop("format_version"), "format_version must be 1, got None"),
-        (lambda d: d["terms"][0].update(metric="mIOU"), r"metrics\[0\]: unknown metric 'mIOU'"),
+        (lambda d: d["terms"][0].update(metric="mIoUU"), r"metrics\[0\]: unknown metric 'mIoUU'"),
         (lambda d: d["terms"][0].update(num_pieces=3), r"control_points\[0\]\[0\].*needs 10"),
         (lambda d: d["terms"][0]["control_points"][0].pop(), r"needs 6 numbers .*, got 5"),
         (lambda d: d["terms"][0]["control_points"].pop(), "must hold 2 curve"),
@@ -113,10 +113,10 @@ def test_theta_dim_under_constraints():
     for c, extra in (("all", 0), ("no_monotonic", 0), ("no_truth_table", 2), ("none", 2)):
         assert theta_dim("BF1", None, c) == 4 * (2 + extra)
         assert theta_dim("mIoU", None, c) == 2 * (6 + extra)
-        assert theta_dim("mAcc", 3, c) == 10 + extra
+        assert theta_dim("mACC", 3, c) == 10 + extra
 
 
-def _random_params(constraints, seed=0, metrics=("mIoU", "BF1", "mAcc")):
+def _random_params(constraints, seed=0, metrics=("mIoU", "BF1", "mACC")):
     gen = torch.Generator().manual_seed(seed)
     thetas = [torch.rand(theta_dim(m, None, constraints), generator=gen).tolist() for m in metrics]
     return SurrogateParams.from_theta(list(metrics), thetas, constraints=constraints, reward=0.5)
@@ -171,7 +171,7 @@ def test_file_without_constraints_field_loads_as_all(tmp_path):
 
 
 def test_non_monotone_curves_need_a_setting_without_monotonicity(tmp_path):
-    data = _random_params("no_monotonic", 3, ["mAcc"]).to_dict()
+    data = _random_params("no_monotonic", 3, ["mACC"]).to_dict()
     data["terms"][0]["theta"] = None
     data["terms"][0]["control_points"] = [[0.1, 0.5, 0.3, 0.4, 0.7, 0.9]]
     assert load_params(_write(tmp_path, data)).constraints == ["no_monotonic"]
@@ -183,14 +183,14 @@ def test_non_monotone_curves_need_a_setting_without_monotonicity(tmp_path):
 @pytest.mark.parametrize("bad", ["monotone", "", 3, None])
 def test_bad_constraints_value_raises_naming_it(tmp_path, bad):
     with pytest.raises(ValueError, match=rf"got {bad!r}"):
-        SurrogateParams.from_theta(["mAcc"], [[0.5] * 6], constraints=bad)
-    with pytest.raises(ValueError, match=rf"constraints\[0\] \(mAcc\): .*got {bad!r}"):
-        SurrogateParams(metrics=["mAcc"], weights=[1.0], num_pieces=[2], thetas=[None],
+        SurrogateParams.from_theta(["mACC"], [[0.5] * 6], constraints=bad)
+    with pytest.raises(ValueError, match=rf"constraints\[0\] \(mACC\): .*got {bad!r}"):
+        SurrogateParams(metrics=["mACC"], weights=[1.0], num_pieces=[2], thetas=[None],
                         control_points=[[[0.25, 0.25, 0.5, 0.5, 0.75, 0.75]]], constraints=[bad])
     data = load_params("voc_macc").to_dict()
     data["terms"][0]["constraints"] = bad
     path = _write(tmp_path, data)
-    with pytest.raises(ValueError, match=rf"constraints\[0\] \(mAcc\): .*got {bad!r}") as info:
+    with pytest.raises(ValueError, match=rf"constraints\[0\] \(mACC\): .*got {bad!r}") as info:
         load_params(path)
     assert path in str(info.value)
 
@@ -203,11 +203,11 @@ def test_constraints_list_must_match_metrics():
 
 
 def test_theta_length_follows_constraints():
-    with pytest.raises(ValueError, match="theta for mAcc with 2 piece"):
-        SurrogateParams.from_theta(["mAcc"], [[0.5] * 6], constraints="none")
-    params = _random_params("none", metrics=["mAcc"])
+    with pytest.raises(ValueError, match="theta for mACC with 2 piece"):
+        SurrogateParams.from_theta(["mACC"], [[0.5] * 6], constraints="none")
+    params = _random_params("none", metrics=["mACC"])
     params.thetas[0][0] = params.thetas[0][0][:6]
-    with pytest.raises(ValueError, match=r"thetas\[0\]\[0\] \(mAcc\) must be 8 numbers"):
+    with pytest.raises(ValueError, match=r"thetas\[0\]\[0\] \(mACC\) must be 8 numbers"):
         params.validate()
 
 

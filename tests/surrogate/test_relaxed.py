@@ -49,7 +49,7 @@ def true_metric(metric, pred, gt, c, tol=TOL, drop_bg=False):
         for k in range(1 if drop_bg else 0, c):
             band |= _dilate(_inner_boundary(gt, k), tol)
         valid = valid & band
-    if metric in ("mIoU", "FWIoU", "BIoU"):
+    if metric in ("mIoU", "fwIoU", "BIoU"):
         ious, freqs = [], []
         for k in range(c):
             inter = ((pred == k) & (gt == k) & valid).sum()
@@ -57,13 +57,13 @@ def true_metric(metric, pred, gt, c, tol=TOL, drop_bg=False):
             ious.append(inter / union)
             freqs.append(((gt == k) & valid).sum())
         ious, freqs = np.array(ious), np.array(freqs)
-        if metric == "FWIoU":
+        if metric == "fwIoU":
             return float((ious * freqs).sum() / freqs.sum())
         return float(ious.mean())
-    if metric == "mAcc":
+    if metric == "mACC":
         return float(np.mean([((pred == k) & (gt == k)).sum() / (gt == k).sum()
                               for k in range(c)]))
-    if metric == "gAcc":
+    if metric == "pACC":
         return float(((pred == gt) & valid).sum() / valid.sum())
     f1s = []
     for k in range(1 if drop_bg else 0, c):

@@ -220,7 +220,7 @@ def test_image_leaves_out_images_where_a_metric_is_undefined():
         assert_close(value, want.mean(), key)
         left_out = [i for i in range(len(labels)) if i not in defined]
         assert not grad[left_out].any(), key
-    assert leaving >= 3  # at least FWIoU, BIoU and BF1 leave images out
+    assert leaving >= 3  # at least fwIoU, BIoU and BF1 leave images out
     x = logits.clone().requires_grad_()
     value = losses("image")["all_six"](x, torch.full_like(labels, 255))
     value.backward()
