@@ -1,5 +1,6 @@
 """The pre-flight dataset check (``segloss_d2/data/catalog.py``) and where it runs: the trainer,
 ``tools/train_net.py`` and the search; detectron2's own registrations stay untouched."""
+import ast
 import importlib.util
 import os
 import subprocess
@@ -21,9 +22,8 @@ from segloss_d2.data.builtin import BUILTIN_DATASET_CHECKS  # noqa: E402
 from segloss_d2.data.catalog import SeglossLoader  # noqa: E402
 from segloss_d2.engine import SegLossTrainer, get_segloss_cfg  # noqa: E402
 
-from ..search._tiny import TINY_OPTS, TINY_SEARCH_CONFIG  # noqa: E402
+from ..search._tiny import REPO, TINY_OPTS, TINY_SEARCH_CONFIG  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CITYSCAPES_TRAIN = "cityscapes_fine_sem_seg_train"
 
 
@@ -73,7 +73,7 @@ def test_importing_segloss_leaves_detectron2_registrations_untouched():
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in proc.stdout.splitlines()
              if line.startswith(("CHANGED", "ADDED"))}
     assert lines["CHANGED"] == "[] []", proc.stdout
-    added = eval(lines["ADDED"])  # a printed list of str
+    added = ast.literal_eval(lines["ADDED"])
     assert set(added) == {"voc_2012_sem_seg_train_aug", "voc_2012_sem_seg_val", *SPLITS}
 
 
