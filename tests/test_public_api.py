@@ -19,6 +19,7 @@ CORE_MODULES = (
     "segloss_d2.search.space",
     "segloss_d2.search.lock",
     "segloss_d2.search.reaper",
+    "segloss_d2.search.plots",
 )
 
 
