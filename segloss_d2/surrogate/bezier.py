@@ -18,8 +18,6 @@ control points are constants: :func:`bezier_curve` is differentiable with respec
 """
 import torch
 
-from . import kernels
-
 __all__ = [
     "CONSTRAINTS",
     "CLAMP_MIN",
@@ -338,22 +336,12 @@ def block_size(x):
 def evaluate_curve(x, pieces, need_grad):
     """g(x) and (if ``need_grad``, else None) dg/dx for a float32/float64 tensor; no autograd.
 
-    ``pieces`` from :func:`curve_pieces`. On CPU one fused C++ pass (:mod:`.kernels`), else
-    evaluated block by block into preallocated outputs.
+    ``pieces`` from :func:`curve_pieces`. Dispatched by :func:`.ops.bezier`: on CPU one fused C++
+    pass, else evaluated block by block (:func:`evaluate_block`) into preallocated outputs.
     """
-    if kernels.use_kernels(x):
-        g, d = torch.ops.segloss_d2.bezier(x.contiguous(), kernels.flat_coefficients(pieces),
-                                           need_grad)
-        return g.view(x.shape), d.view(x.shape) if need_grad else None
-    flat = x.reshape(-1)
-    g = torch.empty_like(flat)
-    d = torch.empty_like(flat) if need_grad else None
-    step = block_size(flat)
-    work = workspace(flat, step)
-    for start in range(0, flat.numel(), step):
-        sl = slice(start, start + step)
-        evaluate_block(flat[sl], pieces, g[sl], None if d is None else d[sl], work)
-    return g.view(x.shape), None if d is None else d.view(x.shape)
+    from . import ops  # the dispatch layer sits above this module (it imports it)
+
+    return ops.bezier(x, pieces, need_grad)
 
 
 def curve_pieces(control_points):
@@ -403,7 +391,7 @@ class _BezierFunction(torch.autograd.Function):
 def bezier_curve(x, control_points):
     """Evaluate the piecewise quadratic Bézier curve g elementwise on ``x`` (docs/method.md §3.1).
 
-    Solves ``x(t) = x`` in closed form: on CPU in one fused C++ pass (:mod:`.kernels`), elsewhere
+    Solves ``x(t) = x`` in closed form: on CPU in one fused C++ pass (:mod:`.ops`), elsewhere
     with scalar coefficients per piece on clamped copies of x, in blocks (:func:`evaluate_block`).
 
     Args:

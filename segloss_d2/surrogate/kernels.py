@@ -1,10 +1,13 @@
-"""Dispatch to the fused CPU kernels of the extension ``segloss_d2._C`` (``segloss_d2/csrc``).
+"""Loading of the fused CPU kernels ``segloss_d2._C`` (``segloss_d2/csrc``) and their switch.
 
-The kernels compute exactly the formulas of the pure-torch code in :mod:`.bezier` and
-:mod:`.relaxed` in one pass over memory instead of one pass per elementwise op (the surrogates are
-memory bound on CPU). The pure-torch code stays the reference, runs on every other device, and is
-the fallback when the extension was not built (e.g. ``SEGLOSS_NO_EXT=1`` at install time, or a
-torch upgraded after installing): then a warning says so once.
+The kernels compute exactly the formulas of the pure-torch code in :mod:`.bezier`, :mod:`.region`
+and :mod:`.boundary` in one pass over memory instead of one pass per elementwise op (the
+surrogates are memory bound on CPU). The pure-torch code stays the reference, runs on every other
+device, and is the fallback when the extension was not built (e.g. ``SEGLOSS_NO_EXT=1`` at install
+time, or a torch upgraded after installing): then a warning says so once.
+
+This module says whether the kernels can run (:func:`use_kernels`); :mod:`.ops` holds one wrapper
+per compiled op that asks it and calls the op or its pure-torch fallback.
 
 Environment: ``SEGLOSS_DISABLE_CPU_KERNELS=1`` forces the pure-torch path (for comparisons).
 """

@@ -4,17 +4,11 @@ import copy
 import torch
 from torch import nn
 
+from .boundary import relaxed_bf1
 from .inputs import check_logits_labels
+from .labels import LabelInfo
 from .params import SurrogateParams
-from .relaxed import (
-    LabelInfo,
-    relaxed_bf1,
-    relaxed_biou,
-    relaxed_fwiou,
-    relaxed_gacc,
-    relaxed_macc,
-    relaxed_miou,
-)
+from .region import relaxed_biou, relaxed_fwiou, relaxed_gacc, relaxed_macc, relaxed_miou
 from .stats import check_stats, reducer
 
 __all__ = ["SurrogateLoss"]

@@ -10,7 +10,15 @@ import logging
 import pytest
 import torch
 
-from segloss_d2.surrogate import SurrogateLoss, kernels, list_presets, load_params, relaxed
+from segloss_d2.surrogate import (
+    SurrogateLoss,
+    bezier,
+    boundary,
+    kernels,
+    list_presets,
+    load_params,
+    relaxed,
+)
 from segloss_d2.surrogate.bezier import (
     curve_pieces,
     evaluate_curve,
@@ -224,8 +232,8 @@ def test_cpu_losses_run_on_the_kernels(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("pure-torch block loop used on CPU with kernels enabled")
 
-    monkeypatch.setattr(relaxed, "evaluate_block", forbidden)
-    monkeypatch.setattr(relaxed, "_erode", forbidden)
+    monkeypatch.setattr(bezier, "evaluate_block", forbidden)
+    monkeypatch.setattr(boundary, "_erode", forbidden)
     labels = blob_labels(n=2, h=12, w=15)
     for preset in sorted(list_presets()):
         leaf = random_logits(labels).requires_grad_()

@@ -1,0 +1,233 @@
+"""The BF1 surrogate: soft boundary, erosion and window match (docs/method.md §2.3).
+
+Conventions (shapes, void labels, eps, ``None`` when undefined, statistics scope): see
+:mod:`.relaxed`. For probabilities p of the kept classes:
+
+    e = MinPool3x3(p) (pad 1.0),   B~ = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e),
+    P_c = Σ B~ D_gt / (Σ B~ + eps),   R_c = Σ D~ B_gt / (Σ B_gt + eps),
+    F_c = 2 P R / (P + R + eps),
+
+with D_gt the dilated exact ground-truth boundary and D~ the window maximum of B~ (read only at
+ground-truth boundary pixels). :func:`relaxed_bf1` is the definition; the autograd Functions below
+compute its sums with one gradient tensor each, in two interchangeable ways chosen by
+:func:`.ops.fused_bf1`: the compiled kernels (:class:`_FusedBoundaryTerms`) or pure torch
+(:class:`_SoftBoundary`, :func:`.ops.window_argmax`, :class:`_BoundaryMatch`). The erosion and
+dilation are in :mod:`.morphology`.
+"""
+import torch
+
+from . import bezier as _curves
+from . import ops
+from .bezier import curve_pieces, no_double_backward
+from .labels import EPS, LabelInfo
+from .morphology import _erode, _erode_grad_add, _plane_chunks, check_radius, dilate_bool
+
+__all__ = ["relaxed_bf1"]
+
+
+def _soft_boundary_blocks(p, e, curves, need_grad):
+    """B and (if ``need_grad``) dB/dp, dB/de at full size, evaluated in cache-sized blocks."""
+    p_flat, e_flat = p.reshape(-1), e.reshape(-1)
+    soft = torch.empty_like(p_flat)
+    d_p = torch.empty_like(p_flat) if need_grad else None
+    d_e = torch.empty_like(p_flat) if need_grad else None
+    step = _curves.block_size(p_flat)
+    work = _curves.workspace(p_flat, step)
+    values = p_flat.new_empty(4, work.shape[1])
+    for start in range(0, p_flat.numel(), step):
+        sl = slice(start, start + step)
+        size = min(step, p_flat.numel() - start)
+        gp, ge, dp, de = (buf[:size] for buf in values)
+        dp, de = (dp, de) if need_grad else (None, None)
+        # union part: g3(p) + g4(e) - g3(p) g4(e)
+        _curves.evaluate_block(p_flat[sl], curves[2], gp, dp, work)
+        _curves.evaluate_block(e_flat[sl], curves[3], ge, de, work)
+        torch.add(gp, ge, out=soft[sl]).addcmul_(gp, ge, value=-1.0)
+        if need_grad:
+            torch.mul(ge, -1.0, out=d_p[sl]).add_(1.0).mul_(dp)
+            torch.mul(gp, -1.0, out=d_e[sl]).add_(1.0).mul_(de)
+        # minus the intersection g1(p) g2(e)
+        _curves.evaluate_block(p_flat[sl], curves[0], gp, dp, work)
+        _curves.evaluate_block(e_flat[sl], curves[1], ge, de, work)
+        soft[sl].addcmul_(gp, ge, value=-1.0)
+        if need_grad:
+            d_p[sl].addcmul_(dp, ge, value=-1.0)
+            d_e[sl].addcmul_(gp, de, value=-1.0)
+    if not need_grad:
+        return soft.view(p.shape), None, None
+    return soft.view(p.shape), d_p.view(p.shape), d_e.view(p.shape)
+
+
+class _SoftBoundary(torch.autograd.Function):
+    """BF1's soft boundary of (N, K, H, W) probabilities p, erosion fused in (docs/method.md §2.3):
+
+        e = MinPool3x3(p) (pad 1.0),   B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e).
+
+    The four curves and their derivatives are evaluated block by block in cache; only e, B and
+    the two partials are written at full size:
+
+        dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e),
+
+    and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad_add`),
+    computed in place in the partials a chunk of planes at a time (a fresh full-size CPU tensor
+    costs page faults). A second backward through a retained graph recomputes the partials.
+
+    On CPU, :class:`_FusedBoundaryTerms` replaces this and :class:`_BoundaryMatch`.
+    """
+
+    @staticmethod
+    def forward(ctx, p, curves):
+        eroded = _erode(p)
+        soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, ctx.needs_input_grad[0])
+        ctx.save_for_backward(p, eroded)
+        ctx.curves, ctx.partials = curves, (d_p, d_e)
+        return soft
+
+    @staticmethod
+    def backward(ctx, grad):
+        no_double_backward()
+        d_p, d_e = ctx.partials or (None, None)
+        ctx.partials = None
+        p, eroded = ctx.saved_tensors
+        if d_p is None:  # backward through a retained graph: the partials were consumed
+            _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
+        views = [t.flatten(0, 1) for t in (p, eroded, d_p, d_e, grad.expand_as(p))]
+        for chunk in _plane_chunks(p):  # a few planes at a time, reused from cache
+            x, e, dp, de, g = (v[chunk] for v in views)
+            dp.mul_(g)
+            de.mul_(g)
+            _erode_grad_add(x, e, de, dp)
+        return d_p, None
+
+
+class _BoundaryMatch(torch.autograd.Function):
+    """BF1's sums over the soft boundary B (N, K, H, W), with one gradient tensor.
+
+    For the dilated ground-truth boundaries D (N, K, H, W) bool and the flat window-argmax
+    ``index`` (see :func:`.ops.window_argmax`):
+
+        n_fg_k = Σ B_k,   match_fg_k = Σ B_k D_k,   picked = B.flatten()[index],
+
+    and backward assembles ``dL/dB = dL/dn_fg_k + dL/dmatch_fg_k D + scatter(dL/dpicked)`` in
+    place in the float copy of D (instead of autograd adding three full-size tensors).
+    """
+
+    @staticmethod
+    def forward(ctx, soft, dilated, index):
+        n, k = soft.shape[:2]
+        weight = dilated.to(soft.dtype)
+        n_fg = soft.sum(dim=(0, 2, 3))
+        # one dot product per (n, k) plane (bmm: no full-size product tensor, unlike vecdot);
+        # never in reduced precision, even when called under autocast
+        with torch.autocast(device_type=soft.device.type, enabled=False):
+            match_fg = torch.bmm(soft.reshape(n * k, 1, -1), weight.reshape(n * k, -1, 1))
+        match_fg = match_fg.reshape(n, k).sum(0)
+        ctx.save_for_backward(dilated, index)
+        ctx.weight = weight
+        return n_fg, match_fg, soft.reshape(-1).take(index)
+
+    @staticmethod
+    def backward(ctx, grad_n, grad_match, grad_picked):
+        no_double_backward()
+        dilated, index = ctx.saved_tensors
+        grad = ctx.weight if ctx.weight is not None else dilated.to(grad_match.dtype)
+        ctx.weight = None  # consumed in place; a retained graph's next backward rebuilds it
+        k = grad.shape[1]
+        grad.mul_(grad_match.view(1, k, 1, 1)).add_(grad_n.view(1, k, 1, 1))
+        grad.view(-1).index_put_((index,), grad_picked, accumulate=True)
+        return grad, None, None
+
+
+class _FusedBoundaryTerms(torch.autograd.Function):
+    """BF1's soft boundary and its three sums on CPU, in the C++ kernels (see :mod:`.ops`).
+
+    The same as ``_BoundaryMatch(_SoftBoundary(p), dilated, ops.window_argmax(...))`` for
+    probabilities p (N, K, H, W), the dilated ground-truth boundaries ``dilated`` (N, K, H, W)
+    bool and the ground-truth boundary pixels ``positions`` (four (M,) int64 tensors n, k, h, w):
+    returns ``n_fg``, ``match_fg`` (K,) and ``picked`` (M,). The forward kernel computes B, its
+    partials and both per-plane sums in one pass; B itself is dropped after the window maxima are
+    picked. The backward kernel composes ``dL/dB = dL/dn_fg + dL/dmatch_fg D + scatter(dL/dpicked)``
+    band by band while it routes the erosion's gradient, so no full-size dL/dB is stored.
+    """
+
+    @staticmethod
+    def forward(ctx, p, curves, dilated, positions, radius):
+        need_grad = ctx.needs_input_grad[0]
+        p, dilated = p.contiguous(), dilated.contiguous()
+        soft, d_p, d_e, sums = ops.soft_boundary(p, curves, need_grad, dilated)
+        index = ops.window_argmax(soft, *positions, radius)
+        picked = soft.reshape(-1).take(index)
+        n, k = p.shape[:2]
+        totals = sums.view(n, k, 2).sum(dim=0).to(p.dtype)
+        ctx.save_for_backward(p, dilated, index)
+        ctx.curves, ctx.partials = curves, ((d_p, d_e) if need_grad else None)
+        return totals[:, 0].clone(), totals[:, 1].clone(), picked  # outputs with own memory
+
+    @staticmethod
+    def backward(ctx, grad_n, grad_match, grad_picked):
+        no_double_backward()
+        p, dilated, index = ctx.saved_tensors
+        d_p, d_e = ctx.partials or (None, None)
+        ctx.partials = None  # consumed in place; a retained graph's next backward recomputes them
+        if d_p is None:
+            _, d_p, d_e, _ = ops.soft_boundary(p, ctx.curves, True)
+        k = p.shape[1]
+        grad_n = p.new_zeros(k) if grad_n is None else grad_n.to(p.dtype).contiguous()
+        grad_match = (p.new_zeros(k) if grad_match is None
+                      else grad_match.to(p.dtype).contiguous())
+        grad_picked = (p.new_zeros(index.shape) if grad_picked is None
+                       else grad_picked.to(p.dtype))
+        order = torch.argsort(index)
+        grad = ops.soft_boundary_backward_bf1(
+            p, d_p, d_e, dilated, grad_n, grad_match, index[order],
+            grad_picked[order].contiguous(), d_p)
+        return grad, None, None, None, None
+
+
+def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=None):
+    """BF1~ with four curves ``curves = [g1, g2, g3, g4]`` (docs/method.md §2.3).
+
+    e = MinPool3x3(p) (pad 1.0); B~ = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e); the ground-truth
+    boundary B_gt is exact; D~, D_gt are (2 tolerance + 1)^2 max-pool dilations;
+    P_c = Σ B~ D_gt / (Σ B~ + eps), R_c = Σ D~ B_gt / (Σ B_gt + eps), F_c = 2 P R / (P + R + eps);
+    the mean is over classes with a ground-truth boundary in the batch (without class 0 if
+    ``drop_background``). No valid mask (void pixels count for the prediction side). None if no
+    class qualifies.
+    """
+    n, c, h, w = probs.shape
+    tolerance = check_radius(tolerance)
+    info = info or LabelInfo(labels, c)
+    edges = info.boundary
+    n_gt = info.counts(edges).to(probs.dtype)
+    keep_mask = n_gt > 0
+    if drop_background:
+        keep_mask[0] = False
+    keep = torch.nonzero(keep_mask).reshape(-1)
+    k = keep.numel()
+    if k == 0:
+        return None
+    dense = probs if k == c else probs.index_select(1, keep)
+    pieces = [curve_pieces(cp) for cp in curves]
+
+    # Prediction side against the exact dilated ground-truth boundaries of the kept classes;
+    gt_edges = edges.unsqueeze(1) & (info.safe.unsqueeze(1) == keep.view(1, k, 1, 1))
+    gt_dilated = dilate_bool(gt_edges, tolerance)
+    # ground-truth side: the dilated soft boundary is only needed at ground-truth boundary pixels.
+    position = torch.full((c,), -1, dtype=torch.long, device=probs.device)
+    position[keep] = torch.arange(k, device=probs.device)
+    kept_class = position[info.safe]
+    n_idx, h_idx, w_idx = torch.nonzero(edges & (kept_class >= 0), as_tuple=True)
+    c_idx = kept_class[n_idx, h_idx, w_idx]
+    if ops.fused_bf1(dense):
+        n_fg, match_fg, soft_dilated = _FusedBoundaryTerms.apply(
+            dense, pieces, gt_dilated, (n_idx, c_idx, h_idx, w_idx), tolerance)
+    else:
+        soft_edges = _SoftBoundary.apply(dense, pieces)
+        index = ops.window_argmax(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
+        n_fg, match_fg, soft_dilated = _BoundaryMatch.apply(soft_edges, gt_dilated, index)
+    match_gt = probs.new_zeros(k).index_add(0, c_idx, soft_dilated)
+    n_fg, match_fg, match_gt = info.reducer.sums(n_fg, match_fg, match_gt)  # docs/method.md §2.5
+
+    precision = match_fg / (n_fg + EPS)
+    recall = match_gt / (n_gt[keep] + EPS)
+    return (2 * precision * recall / (precision + recall + EPS)).mean()

@@ -1,0 +1,184 @@
+"""The region surrogates: mIoU, fwIoU, BIoU, mACC and pACC (docs/method.md §2.3).
+
+Conventions (shapes, void labels, eps, ``None`` when undefined, statistics scope): see
+:mod:`.relaxed`. Each metric is a ratio of per-class soft sums, all computed by one fused
+autograd Function (:class:`_RegionSums`):
+
+    I_c = Σ g_A(p_c) y_c,    U_c = Σ (g_O(p_c) + y_c - g_O(p_c) y_c) + eps,    n_c = Σ y_c
+
+over the valid pixels (BIoU: those inside the ground-truth trimap). Its only full-size work, the
+dense sum of g_O over the present classes, is :func:`.ops.region_dense` (compiled kernel on CPU,
+pure torch elsewhere).
+"""
+import torch
+
+from . import ops
+from .bezier import curve_pieces, evaluate_curve, no_double_backward
+from .labels import EPS, LabelInfo
+from .morphology import check_radius
+
+__all__ = ["relaxed_fwiou", "relaxed_gacc", "relaxed_biou", "relaxed_macc", "relaxed_miou"]
+
+
+class _RegionSums(torch.autograd.Function):
+    """Fused per-class sums of the region surrogates, with one dense gradient tensor.
+
+    For probabilities p (N, C, L), labels l (N, L), pixel weights w (N, L) (None: all ones),
+    curves g_A, g_O (optional) and the classes ``present`` (None: all) that need the dense sum:
+
+        inter_c = Σ_i w_i g_A(p_{i,c}) [l_i = c],    g_lab_c = Σ_i w_i g_O(p_{i,c}) [l_i = c],
+        g_sum_c = Σ_i w_i g_O(p_{i,c})  (c in present; 0 otherwise).
+
+    The label-pixel terms touch one probability per pixel (a gather). The dense term is the only
+    full-size work: g_O and g_O' are evaluated block by block in cache, g_O(p) is reduced per
+    class at once (it is never stored), and only w g_O'(p) is kept for backward, where
+
+        dL/dp_{i,c} = w_i [g_O'(p_ic) dL/dg_sum_c + [l_i = c] (g_A'(p_ic) dL/dinter_c
+                                                                + g_O'(p_ic) dL/dg_lab_c)]
+
+    is assembled in a single tensor (instead of autograd adding a gather-backward, a scatter and
+    an index_select-backward, each full size). Returns (inter,) without g_O, else
+    (inter, g_sum, g_lab); all (C,).
+    """
+
+    @staticmethod
+    def forward(ctx, probs, labels, weight, and_pieces, or_pieces, present):
+        n, c, length = probs.shape
+        need_grad = ctx.needs_input_grad[0]
+        index = labels.reshape(n, 1, length)
+        flat_labels = labels.reshape(-1)
+        flat_weight = None if weight is None else weight.reshape(-1)
+        p_lab = probs.gather(1, index).reshape(-1)
+
+        def label_sum(pieces):
+            g, d = evaluate_curve(p_lab, pieces, need_grad)
+            if flat_weight is not None:
+                g = g.mul_(flat_weight)
+                d = None if d is None else d.mul_(flat_weight)
+            return probs.new_zeros(c).index_add_(0, flat_labels, g), d
+
+        inter, d_and = label_sum(and_pieces)
+        ctx.shape, ctx.present = probs.shape, present
+        if or_pieces is None:
+            ctx.save_for_backward(index, d_and)
+            return (inter,)
+        g_lab, d_or = label_sum(or_pieces)
+        sums, slopes = ops.region_dense(probs, weight, or_pieces, present, need_grad)
+        g_sum = sums.sum(dim=0)
+        if present is not None:
+            g_sum = probs.new_zeros(c).index_copy_(0, present, g_sum)
+        ctx.save_for_backward(index, d_and, d_or, probs, weight)
+        ctx.or_pieces, ctx.slopes = or_pieces, slopes
+        return inter, g_sum, g_lab
+
+    @staticmethod
+    def backward(ctx, grad_inter, grad_sum=None, grad_lab=None):
+        no_double_backward()
+        n, c, length = ctx.shape
+        present = ctx.present
+        if len(ctx.saved_tensors) == 2:
+            index, d_and = ctx.saved_tensors
+            grad = grad_inter.new_zeros(ctx.shape)
+            at_labels = d_and * grad_inter.index_select(0, index.reshape(-1))
+        else:
+            index, d_and, d_or, probs, weight = ctx.saved_tensors
+            slopes, ctx.slopes = ctx.slopes, None  # used in place: fresh tensors cost page faults
+            if slopes is None:  # backward through a retained graph: recompute
+                _, slopes = ops.region_dense(probs, weight, ctx.or_pieces, present, True)
+            if present is None:
+                grad = slopes.mul_(grad_sum.view(1, c, 1))
+            else:
+                grad = grad_sum.new_zeros(ctx.shape).index_copy_(
+                    1, present, slopes * grad_sum[present].view(1, -1, 1))
+            flat = index.reshape(-1)
+            at_labels = (d_and * grad_inter.index_select(0, flat)).addcmul_(
+                d_or, grad_lab.index_select(0, flat))
+        grad.scatter_add_(1, index, at_labels.view(n, 1, length))
+        return grad, None, None, None, None, None
+
+
+def _intersection_union(probs, info, and_cp, or_cp, mask):
+    """Per-class relaxed intersection, union (None if ``or_cp`` is None) and GT counts.
+
+    I_c = Σ_{mask} g_A(p_c) y_c,  U_c = Σ_{mask} (g_O(p_c) + y_c - g_O(p_c) y_c) + eps,
+    n_c = Σ_{mask} y_c; all (C,) in the dtype of ``probs`` (float32 for half inputs). The sum of
+    g_O is only taken over the classes present in the mask (absent ones have I_c = 0, so their
+    U_c does not matter; see the module docstring). Computed by :class:`_RegionSums`.
+    """
+    n, c, h, w = probs.shape
+    if probs.dtype not in (torch.float32, torch.float64):
+        probs = probs.float()
+    counts = info.counts(mask).to(probs.dtype)
+    weight = None if bool(mask.all()) else mask.to(probs.dtype).reshape(n, h * w)
+    and_pieces = curve_pieces(and_cp)
+    or_pieces = None if or_cp is None else curve_pieces(or_cp)
+    present = torch.nonzero(counts > 0).reshape(-1)
+    present = None if present.numel() == c else present
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        sums = _RegionSums.apply(probs.reshape(n, c, h * w).contiguous(), info.safe, weight,
+                                 and_pieces, or_pieces, present)
+    sums = info.reducer.sums(*sums)  # statistics scope (docs/method.md §2.5)
+    if or_cp is None:
+        return sums[0], None, counts
+    inter, g_sum, g_lab = sums
+    return inter, g_sum + counts - g_lab + EPS, counts
+
+
+def _class_mean(values, counts, present_classes_only):
+    """Mean of the per-class ``values`` over all classes (or the present ones); None (undefined)
+    when no pixel was counted (``counts`` (C,) all zero: e.g. every pixel ignored)."""
+    present = counts > 0
+    if not bool(present.any()):
+        return None
+    return values[present].mean() if present_classes_only else values.mean()
+
+
+def relaxed_miou(probs, labels, and_cp, or_cp, present_classes_only=False, info=None):
+    """mIoU~ = (1/C) Σ_c I_c / U_c over the valid pixels (absent classes add 0 to the mean);
+    None without valid pixels."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, info.valid)
+    return _class_mean(inter / union, counts, present_classes_only)
+
+
+def relaxed_fwiou(probs, labels, and_cp, or_cp, info=None):
+    """fwIoU~ = Σ_{c: n_c>0} n_c I_c / U_c / Σ_c n_c; None without valid pixels."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, info.valid)
+    total = counts.sum()
+    if not bool(total > 0):
+        return None
+    return (counts * (inter / union)).sum() / total
+
+
+def relaxed_biou(probs, labels, and_cp, or_cp, tolerance=5, drop_background=False,
+                 present_classes_only=False, info=None):
+    """BIoU~: mIoU~ over the valid pixels inside the ground-truth trimap band (§2.3).
+
+    The trimap is the union over classes (without class 0 if ``drop_background``) of the
+    ground-truth boundaries dilated by a (2 tolerance + 1)^2 square; exact, no gradient. The mean is
+    over all C classes (background included) unless ``present_classes_only``. None when no valid
+    pixel lies inside the trimap (e.g. no ground-truth boundary, or every pixel ignored).
+    """
+    tolerance = check_radius(tolerance)
+    info = info or LabelInfo(labels, probs.shape[1])
+    mask = info.valid & info.trimap(tolerance, drop_background)
+    inter, union, counts = _intersection_union(probs, info, and_cp, or_cp, mask)
+    return _class_mean(inter / union, counts, present_classes_only)
+
+
+def relaxed_macc(probs, labels, and_cp, present_classes_only=False, info=None):
+    """mACC~ = (1/C) Σ_c Σ g_A(p_c) y_c / (Σ y_c + eps); None without valid pixels."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
+    return _class_mean(inter / (counts + EPS), counts, present_classes_only)
+
+
+def relaxed_gacc(probs, labels, and_cp, info=None):
+    """pACC~ = Σ_c Σ g_A(p_c) y_c / (Σ_c Σ y_c + eps); None without valid pixels."""
+    info = info or LabelInfo(labels, probs.shape[1])
+    inter, _, counts = _intersection_union(probs, info, and_cp, None, info.valid)
+    total = counts.sum()
+    if not bool(total > 0):
+        return None
+    return inter.sum() / (total + EPS)
