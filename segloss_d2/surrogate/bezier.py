@@ -16,7 +16,10 @@ are free in [0, 1]. The x coordinates always increase strictly (g stays a functi
 The curve is only evaluated, never trained by gradient descent (the search is black-box), so
 control points are constants: :func:`bezier_curve` is differentiable with respect to ``x`` only.
 """
+import functools
+
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "CONSTRAINTS",
@@ -364,14 +367,36 @@ def curve_pieces(control_points):
 
 
 def no_double_backward():
-    """Call first in a custom ``backward``: these backwards are first-order only, and autograd runs
-    a backward with grad mode enabled exactly when a higher-order graph is requested
-    (``create_graph=True``), which would otherwise silently miss second-order terms."""
+    """Raise if a higher-order graph is requested: these backwards are first-order only, and
+    autograd runs a backward with grad mode enabled exactly when ``create_graph=True``, which would
+    otherwise silently miss second-order terms. Applied by :func:`first_order_backward`."""
     if torch.is_grad_enabled():
         raise RuntimeError(
             "segloss_d2's surrogates support first-order gradients only; double backward "
             "(create_graph=True) is not implemented"
         )
+
+
+def first_order_backward(backward):
+    """Decorator for the ``backward`` of this package's custom autograd Functions.
+
+    torch's :func:`~torch.autograd.function.once_differentiable` runs the backward without
+    recording a graph. On its own it is not enough: it only defers an error to a node attached
+    to its outputs when an incoming *gradient* requires grad, so a second-order request whose
+    incoming gradients are constants (mACC, pACC), or an ``autograd.grad(..., inputs=x)`` that
+    prunes the error node, would silently drop this backward's second-order terms. So
+    :func:`no_double_backward` raises first, as soon as ``create_graph=True`` reaches it.
+
+    Use below ``@staticmethod``.
+    """
+    inner = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def guarded(ctx, *grads):
+        no_double_backward()
+        return inner(ctx, *grads)
+
+    return guarded
 
 
 class _BezierFunction(torch.autograd.Function):
@@ -382,8 +407,8 @@ class _BezierFunction(torch.autograd.Function):
         return g
 
     @staticmethod
+    @first_order_backward
     def backward(ctx, grad_out):
-        no_double_backward()
         (grad,) = ctx.saved_tensors
         return grad_out * grad, None
 

@@ -18,7 +18,7 @@ import torch
 
 from . import bezier as _curves
 from . import ops
-from .bezier import curve_pieces, no_double_backward
+from .bezier import curve_pieces, first_order_backward
 from .labels import EPS, LabelInfo
 from .morphology import _erode, _erode_grad_add, _plane_chunks, check_radius, dilate_bool
 
@@ -80,12 +80,13 @@ class _SoftBoundary(torch.autograd.Function):
         eroded = _erode(p)
         soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, ctx.needs_input_grad[0])
         ctx.save_for_backward(p, eroded)
+        # scratch, not saved tensors: backward turns the partials into the gradient in place
         ctx.curves, ctx.partials = curves, (d_p, d_e)
         return soft
 
     @staticmethod
+    @first_order_backward
     def backward(ctx, grad):
-        no_double_backward()
         d_p, d_e = ctx.partials or (None, None)
         ctx.partials = None
         p, eroded = ctx.saved_tensors
@@ -123,12 +124,12 @@ class _BoundaryMatch(torch.autograd.Function):
             match_fg = torch.bmm(soft.reshape(n * k, 1, -1), weight.reshape(n * k, -1, 1))
         match_fg = match_fg.reshape(n, k).sum(0)
         ctx.save_for_backward(dilated, index)
-        ctx.weight = weight
+        ctx.weight = weight  # scratch, not a saved tensor: backward builds dL/dB in it in place
         return n_fg, match_fg, soft.reshape(-1).take(index)
 
     @staticmethod
+    @first_order_backward
     def backward(ctx, grad_n, grad_match, grad_picked):
-        no_double_backward()
         dilated, index = ctx.saved_tensors
         grad = ctx.weight if ctx.weight is not None else dilated.to(grad_match.dtype)
         ctx.weight = None  # consumed in place; a retained graph's next backward rebuilds it
@@ -160,12 +161,13 @@ class _FusedBoundaryTerms(torch.autograd.Function):
         n, k = p.shape[:2]
         totals = sums.view(n, k, 2).sum(dim=0).to(p.dtype)
         ctx.save_for_backward(p, dilated, index)
+        # scratch, not saved tensors: the backward kernel writes the gradient into d_p
         ctx.curves, ctx.partials = curves, ((d_p, d_e) if need_grad else None)
         return totals[:, 0].clone(), totals[:, 1].clone(), picked  # outputs with own memory
 
     @staticmethod
+    @first_order_backward
     def backward(ctx, grad_n, grad_match, grad_picked):
-        no_double_backward()
         p, dilated, index = ctx.saved_tensors
         d_p, d_e = ctx.partials or (None, None)
         ctx.partials = None  # consumed in place; a retained graph's next backward recomputes them

@@ -13,7 +13,7 @@ pure torch elsewhere).
 import torch
 
 from . import ops
-from .bezier import curve_pieces, evaluate_curve, no_double_backward
+from .bezier import curve_pieces, evaluate_curve, first_order_backward
 from .labels import EPS, LabelInfo
 from .morphology import check_radius
 
@@ -58,30 +58,32 @@ class _RegionSums(torch.autograd.Function):
             return probs.new_zeros(c).index_add_(0, flat_labels, g), d
 
         inter, d_and = label_sum(and_pieces)
-        ctx.shape, ctx.present = probs.shape, present
+        ctx.shape, ctx.or_pieces = probs.shape, or_pieces
         if or_pieces is None:
-            ctx.save_for_backward(index, d_and)
+            ctx.save_for_backward(index, present, d_and)
             return (inter,)
         g_lab, d_or = label_sum(or_pieces)
         sums, slopes = ops.region_dense(probs, weight, or_pieces, present, need_grad)
         g_sum = sums.sum(dim=0)
         if present is not None:
             g_sum = probs.new_zeros(c).index_copy_(0, present, g_sum)
-        ctx.save_for_backward(index, d_and, d_or, probs, weight)
-        ctx.or_pieces, ctx.slopes = or_pieces, slopes
+        ctx.save_for_backward(index, present, d_and, d_or, probs, weight)
+        # Scratch handed to backward, not a saved tensor: backward turns it into the gradient in
+        # place (a fresh full-size CPU tensor costs page faults), and a saved tensor may not be
+        # modified (its version check would fail a retained graph's next backward).
+        ctx.slopes = slopes
         return inter, g_sum, g_lab
 
     @staticmethod
+    @first_order_backward
     def backward(ctx, grad_inter, grad_sum=None, grad_lab=None):
-        no_double_backward()
         n, c, length = ctx.shape
-        present = ctx.present
-        if len(ctx.saved_tensors) == 2:
-            index, d_and = ctx.saved_tensors
+        if ctx.or_pieces is None:
+            index, present, d_and = ctx.saved_tensors
             grad = grad_inter.new_zeros(ctx.shape)
             at_labels = d_and * grad_inter.index_select(0, index.reshape(-1))
         else:
-            index, d_and, d_or, probs, weight = ctx.saved_tensors
+            index, present, d_and, d_or, probs, weight = ctx.saved_tensors
             slopes, ctx.slopes = ctx.slopes, None  # used in place: fresh tensors cost page faults
             if slopes is None:  # backward through a retained graph: recompute
                 _, slopes = ops.region_dense(probs, weight, ctx.or_pieces, present, True)
