@@ -1,13 +1,15 @@
 // Fused CPU kernels of the Auto Seg-Loss surrogates (segloss_d2._C).
 //
 // Each kernel computes, in one pass over its elements, exactly the formulas of the pure-torch
-// implementation in segloss_d2/surrogate (bezier.py, relaxed.py), which stays the reference, the
+// implementation in segloss_d2/surrogate (bezier.py, ops.py, region.py, boundary.py), which stays the reference, the
 // path on every other device and the fallback when this extension is not built. Registered as
 // torch.ops.segloss_d2.* for CPU tensors; float32 and float64; no autograd (the callers are
 // autograd.Functions that save what these kernels return).
 //
-// Curves arrive as flat per-piece coefficients (see bezier.py, _piece_coefficients):
-//   lo, hi, inv_w, a, b, a2, c1, c2, d1, d2, y_lo   (kCoef numbers per piece)
+// Curves arrive as flat per-piece coefficients, kCoef numbers per piece in the order of
+// SEGLOSS_PIECE_COEFFICIENTS below (bezier.py, class Piece; the module exports the list as
+// _C.PIECE_COEFFICIENTS and segloss_d2.surrogate.kernels checks it against Piece at load time):
+//   lo, hi, inv_w, a, b, a2, c1, c2, d1, d2, y_lo
 // Piece 0 owns x <= hi_0, piece k >= 1 owns lo_k < x (<= hi_k); with u = (x - lo) inv_w,
 //   s = sqrt(a2 + b u),  t = u / (a + s),  g = y_lo + t (c1 + c2 t),  g' = (d1 + d2 t) / s.
 #include <Python.h>
@@ -21,12 +23,31 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace segloss_d2 {
 namespace {
 
-constexpr int64_t kCoef = 11;
+// The per-piece coefficient layout, defined once: the index constants (kLo, ...), their number
+// kCoef and the exported name list all come from this list.
+#define SEGLOSS_PIECE_COEFFICIENTS(X) \
+  X(lo, kLo) X(hi, kHi) X(inv_w, kInvW) X(a, kA) X(b, kB) X(a2, kA2) X(c1, kC1) X(c2, kC2) \
+  X(d1, kD1) X(d2, kD2) X(y_lo, kYLo)
+
+enum PieceCoefficient : int64_t {
+#define SEGLOSS_INDEX(name, index) index,
+  SEGLOSS_PIECE_COEFFICIENTS(SEGLOSS_INDEX)
+#undef SEGLOSS_INDEX
+  kCoef  // numbers per piece
+};
+
+// "lo,hi,...,y_lo," (the trailing comma is dropped on export)
+constexpr const char kPieceCoefficientNames[] =
+#define SEGLOSS_NAME(name, index) #name ","
+    SEGLOSS_PIECE_COEFFICIENTS(SEGLOSS_NAME);
+#undef SEGLOSS_NAME
+
 constexpr int64_t kBlock = 4096;  // elements per block of the blocked reductions
 constexpr int64_t kMaxPieces = 64;  // pieces held in registers/stack; more: a plain loop
 
@@ -49,16 +70,16 @@ Curve<T> make_curve(const double* c, int64_t pieces) {
   Curve<T> out;
   out.pieces = pieces;
   for (int64_t k = 0; k < pieces; ++k, c += kCoef) {
-    out.lo.push_back(static_cast<T>(c[0]));
-    out.inv_w.push_back(static_cast<T>(c[2]));
-    out.a.push_back(static_cast<T>(c[3]));
-    out.b.push_back(static_cast<T>(c[4]));
-    out.a2.push_back(static_cast<T>(c[5]));
-    out.c1.push_back(static_cast<T>(c[6]));
-    out.c2.push_back(static_cast<T>(c[7]));
-    out.d1.push_back(static_cast<T>(c[8]));
-    out.d2.push_back(static_cast<T>(c[9]));
-    out.y_lo.push_back(static_cast<T>(c[10]));
+    out.lo.push_back(static_cast<T>(c[kLo]));  // hi is implied by the next piece's lo
+    out.inv_w.push_back(static_cast<T>(c[kInvW]));
+    out.a.push_back(static_cast<T>(c[kA]));
+    out.b.push_back(static_cast<T>(c[kB]));
+    out.a2.push_back(static_cast<T>(c[kA2]));
+    out.c1.push_back(static_cast<T>(c[kC1]));
+    out.c2.push_back(static_cast<T>(c[kC2]));
+    out.d1.push_back(static_cast<T>(c[kD1]));
+    out.d2.push_back(static_cast<T>(c[kD2]));
+    out.y_lo.push_back(static_cast<T>(c[kYLo]));
   }
   return out;
 }
@@ -614,7 +635,7 @@ at::Tensor row_window_max(const at::Tensor& x, int64_t radius) {
     scalar_t* dst = out.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, kBlock / w);
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      // padded row (-inf), then running maxima of doubling span, as in relaxed._row_window_max
+      // padded row (-inf), then running maxima of doubling span, as in ops.row_window_max
       std::vector<scalar_t> a(static_cast<size_t>(w + 2 * radius)), b(a.size());
       for (int64_t r = begin; r < end; ++r) {
         std::fill(a.begin(), a.begin() + radius, -std::numeric_limits<scalar_t>::infinity());
@@ -720,7 +741,16 @@ TORCH_LIBRARY_IMPL(segloss_d2, CPU, m) {
 }  // namespace segloss_d2
 
 // A Python module, so that `import segloss_d2._C` loads the library (which registers the ops).
+// PIECE_COEFFICIENTS: the per-piece coefficient layout the kernels read, "lo,hi,...,y_lo".
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
+  PyObject* m = PyModule_Create(&module);
+  if (m == nullptr) return nullptr;
+  std::string names(segloss_d2::kPieceCoefficientNames);
+  names.pop_back();  // the trailing comma
+  if (PyModule_AddStringConstant(m, "PIECE_COEFFICIENTS", names.c_str()) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }

@@ -17,6 +17,7 @@ The curve is only evaluated, never trained by gradient descent (the search is bl
 control points are constants: :func:`bezier_curve` is differentiable with respect to ``x`` only.
 """
 import functools
+from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -34,6 +35,7 @@ __all__ = [
     "validate_control_points",
     "bezier_curve",
     "curve_pieces",
+    "Piece",
     "evaluate_curve",
     "block_size",
     "workspace",
@@ -222,8 +224,30 @@ def validate_control_points(control_points, num_pieces, name="control_points",
     return values
 
 
+class Piece(NamedTuple):
+    """One quadratic Bézier piece's precomputed coefficients (see :func:`_piece_coefficients`).
+
+    The field order is the layout the C++ kernels read (``segloss_d2/csrc``: the same names in
+    ``SEGLOSS_PIECE_COEFFICIENTS``; :mod:`.kernels` checks at load time that the built extension
+    declares this layout, and flattens a curve's pieces with
+    :func:`.kernels.flat_coefficients`: ``len(Piece._fields)`` numbers per piece, pieces in order).
+    """
+
+    lo: float  # x_{2k}, the piece's start
+    hi: float  # x_{2k+2}, its end
+    inv_w: float  # 1 / w, w = hi - lo
+    a: float  # (x_{2k+1} - lo) / w, the control point's local abscissa
+    b: float  # 1 - 2a
+    a2: float  # a^2
+    c1: float  # 2 (y_{2k+1} - y_{2k})
+    c2: float  # y_{2k} - 2 y_{2k+1} + y_{2k+2}
+    d1: float  # c1 / (2 w)
+    d2: float  # c2 / w
+    y_lo: float  # y_{2k}, the height at lo
+
+
 def _piece_coefficients(control_points):
-    """Per-piece float64 coefficients ``(lo, hi, inv_w, a, b, a2, c1, c2, d1, d2, y_lo)``.
+    """Per-piece float64 coefficients: one :class:`Piece` per piece.
 
     Piece k spans ``[lo, hi] = [x_{2k}, x_{2k+2}]`` with width ``w = hi - lo`` and control point
     ``(x_{2k+1}, y_{2k+1})``. Its local coordinate is ``u = (x - lo) / w`` and ``a = (x_{2k+1} - lo)
@@ -238,7 +262,7 @@ def _piece_coefficients(control_points):
         c2 = y_{2k} - 2 y_{2k+1} + y_{2k+2},
         dg/dx = (c1 + 2 c2 t) / (2 w s) = (d1 + d2 t) / s,   d1 = c1 / (2 w),   d2 = c2 / w,
 
-    and ``y_lo = y_{2k}``. This tuple layout is also the input of the C++ kernels
+    and ``y_lo = y_{2k}``. This layout (:class:`Piece`) is also the input of the C++ kernels
     (``segloss_d2/csrc``).
     """
     xs, ys = control_point_coordinates(control_points)
@@ -249,8 +273,8 @@ def _piece_coefficients(control_points):
         w = x2 - x0
         a = (xc - x0) / w
         c1, c2 = 2.0 * (yc - y0), y0 - 2.0 * yc + y2
-        pieces.append((x0, x2, 1.0 / w, a, 1.0 - 2.0 * a, a * a, c1, c2, c1 / (2.0 * w), c2 / w,
-                       y0))
+        pieces.append(Piece(lo=x0, hi=x2, inv_w=1.0 / w, a=a, b=1.0 - 2.0 * a, a2=a * a, c1=c1,
+                            c2=c2, d1=c1 / (2.0 * w), d2=c2 / w, y_lo=y0))
     return pieces
 
 
@@ -280,7 +304,9 @@ def evaluate_block(x, pieces, g_out, d_out, work):
     shape, size = x.shape, x.numel()
     u, s, tmp, above = (buf[:size].view(shape) for buf in work)
     last = len(pieces) - 1
-    for k, (lo, hi, inv_w, a, b, a2, c1, c2, d1, d2, _) in enumerate(pieces):
+    for k, piece in enumerate(pieces):
+        lo, hi, inv_w, a, b, a2 = piece.lo, piece.hi, piece.inv_w, piece.a, piece.b, piece.a2
+        c1, c2, d1, d2 = piece.c1, piece.c2, piece.d1, piece.d2
         if k == 0 and k < last:
             u = torch.clamp(x, max=hi, out=u)
         elif k > 0:
@@ -311,7 +337,7 @@ def evaluate_block(x, pieces, g_out, d_out, work):
         else:
             slope = t.mul_(d2).add_(d1).div_(root)
             d_out.addcmul_(d_out, above, value=-1.0).addcmul_(slope, above)
-    y_start = pieces[0][10]
+    y_start = pieces[0].y_lo
     if y_start != 0.0:
         g_out.add_(y_start)
 

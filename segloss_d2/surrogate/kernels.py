@@ -16,16 +16,39 @@ import os
 
 import torch
 
-__all__ = ["available", "use_kernels", "flat_coefficients", "load_error"]
+from .bezier import Piece
+
+__all__ = ["COEFFICIENTS", "available", "use_kernels", "flat_coefficients", "load_error"]
 
 logger = logging.getLogger(__name__)
 
+# The per-piece coefficient layout shared with the kernels: a curve reaches them as the flat list
+# of its pieces' :class:`~.bezier.Piece` fields, in this order (len(COEFFICIENTS) numbers per
+# piece). The extension declares the layout it reads (``_C.PIECE_COEFFICIENTS``, from
+# ``SEGLOSS_PIECE_COEFFICIENTS`` in csrc); a build that disagrees, or predates the declaration,
+# is not used (the pure-torch path runs, with the warning below).
+COEFFICIENTS = Piece._fields
+
+
+def _check_layout(module):
+    """None if ``module`` (``segloss_d2._C``) reads :data:`COEFFICIENTS`, else the error."""
+    declared = getattr(module, "PIECE_COEFFICIENTS", None)
+    if declared is None:
+        return ImportError("segloss_d2._C was built from older sources (it declares no curve "
+                           "coefficient layout)")
+    declared = tuple(declared.split(","))
+    if declared != COEFFICIENTS:
+        return ImportError(f"segloss_d2._C reads curve coefficients as {declared}, but "
+                           f"segloss_d2 writes {COEFFICIENTS}: stale build")
+    return None
+
+
 try:
-    from segloss_d2 import _C  # noqa: F401  (loading it registers torch.ops.segloss_d2.*)
+    from segloss_d2 import _C  # loading it registers torch.ops.segloss_d2.*
 except (ImportError, OSError) as e:  # not built, or built against another torch
     _LOAD_ERROR = e
 else:
-    _LOAD_ERROR = None
+    _LOAD_ERROR = _check_layout(_C)
 
 # Module switch (tests flip it to compare both paths); read by use_kernels on every call.
 ENABLED = _LOAD_ERROR is None and os.environ.get("SEGLOSS_DISABLE_CPU_KERNELS", "0") != "1"
@@ -60,5 +83,18 @@ def use_kernels(*tensors):
 
 
 def flat_coefficients(pieces):
-    """One curve's per-piece coefficients (from :func:`.bezier.curve_pieces`) as a flat list."""
+    """One curve's pieces as the flat list of floats the kernels read.
+
+    Args:
+        pieces: the non-empty list of :class:`~.bezier.Piece` of one curve
+            (:func:`.bezier.curve_pieces`).
+
+    Returns:
+        ``len(pieces) * len(COEFFICIENTS)`` floats, piece by piece in :data:`COEFFICIENTS` order.
+    """
+    if not pieces or not all(isinstance(piece, Piece) for piece in pieces):
+        got = [type(piece).__name__ for piece in pieces] if isinstance(pieces, (list, tuple)) \
+            else type(pieces).__name__
+        raise TypeError(f"a curve must be a non-empty list of bezier.Piece (from curve_pieces), "
+                        f"got {got}")
     return [float(v) for piece in pieces for v in piece]

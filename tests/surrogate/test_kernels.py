@@ -287,3 +287,38 @@ def test_missing_extension_warns_once_and_falls_back(monkeypatch, caplog):
     assert not kernels.use_kernels(torch.zeros(3, dtype=torch.float16))
     assert not kernels.use_kernels(torch.zeros(3, device="meta"))
     assert kernels.use_kernels(x, torch.zeros(2, dtype=torch.float64))
+
+
+def test_extension_reads_the_piece_layout_python_writes():
+    """The coefficient layout is declared once per side and the two must agree."""
+    import segloss_d2._C as ext
+
+    from segloss_d2.surrogate.bezier import Piece
+
+    assert tuple(ext.PIECE_COEFFICIENTS.split(",")) == kernels.COEFFICIENTS == Piece._fields
+    cp = _random_curve(3, 5)
+    pieces = curve_pieces(cp)
+    assert all(isinstance(piece, Piece) for piece in pieces)
+    flat = kernels.flat_coefficients(pieces)
+    assert len(flat) == 3 * len(kernels.COEFFICIENTS)
+    width = len(kernels.COEFFICIENTS)
+    assert flat[width + kernels.COEFFICIENTS.index("lo")] == pieces[1].lo == pieces[0].hi
+    assert flat[2 * width + kernels.COEFFICIENTS.index("y_lo")] == pieces[2].y_lo
+
+
+def test_stale_extension_layout_is_refused():
+    from types import SimpleNamespace
+
+    assert kernels._check_layout(SimpleNamespace(PIECE_COEFFICIENTS=",".join(
+        kernels.COEFFICIENTS))) is None
+    error = kernels._check_layout(SimpleNamespace(PIECE_COEFFICIENTS="lo,hi,a"))
+    assert isinstance(error, ImportError) and "('lo', 'hi', 'a')" in str(error)
+    assert "older sources" in str(kernels._check_layout(SimpleNamespace()))
+
+
+def test_flat_coefficients_rejects_anything_but_pieces():
+    pieces = curve_pieces([0.5, 0.5])
+    with pytest.raises(TypeError, match=r"bezier.Piece .* got \['tuple'\]"):
+        kernels.flat_coefficients([tuple(pieces[0])])
+    with pytest.raises(TypeError, match=r"got \[\]"):
+        kernels.flat_coefficients([])
