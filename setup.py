@@ -29,7 +29,10 @@ ext_modules = []
 if os.environ.get("SEGLOSS_NO_EXT", "0") != "1":
     ext_modules.append(CppExtension(
         "segloss_d2._C",
-        ["segloss_d2/csrc/surrogate_cpu.cpp"],
+        # one extension, one file per op family (shared code: segloss_d2/csrc/surrogate.h)
+        ["segloss_d2/csrc/ops.cpp", "segloss_d2/csrc/region_cpu.cpp",
+         "segloss_d2/csrc/boundary_cpu.cpp"],
+        depends=["segloss_d2/csrc/surrogate.h"],
         # -fno-math-errno lets sqrt vectorize; no -ffast-math: results keep IEEE semantics.
         # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds (torch ships the runtime).
         extra_compile_args=["-O3", "-fno-math-errno", "-fopenmp"],
