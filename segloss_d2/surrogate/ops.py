@@ -7,21 +7,18 @@ float32/float64, extension loaded, ``SEGLOSS_DISABLE_CPU_KERNELS`` unset; tests 
 compute the same formulas; the torch code is the reference, what every other device runs and the
 fallback without the extension. The rest of the package calls these functions only.
 
-======================================  ============================  ===========================
-function                                compiled op                   pure-torch fallback
-======================================  ============================  ===========================
-:func:`bezier`                          ``bezier``                    block loop of
-                                                                      :func:`.bezier.evaluate_block`
-:func:`region_dense`                    ``region_dense``              same, per class block
-:func:`row_window_max`                  ``row_window_max``            doubling-span maxima
-:func:`window_argmax`                   ``window_argmax``             separable: dense row maxima
-:func:`soft_boundary` (kernel only)     ``soft_boundary``             --- (see :func:`fused_bf1`)
-:func:`soft_boundary_backward_bf1`      ``soft_boundary_backward_bf1``  --- (see :func:`fused_bf1`)
-======================================  ============================  ===========================
+Function (= compiled op) and its pure-torch fallback:
+
+- :func:`bezier`: one curve elementwise; fallback: a block loop of :func:`.bezier.evaluate_block`.
+- :func:`region_dense`: the dense per-class sums of the region surrogates; fallback: the same
+  block loop, per class.
+- :func:`row_window_max`: BF1's row-window maxima; fallback: maxima of doubling span.
+- :func:`window_argmax`: BF1's window argmax at sparse positions; fallback: separable, from the
+  dense row maxima.
+- :func:`soft_boundary`, :func:`soft_boundary_backward_bf1`: kernel only (see below).
 
 The two BF1 kernels replace a chain of autograd Functions rather than one torch op, so their
-fallback is chosen one level up: :func:`fused_bf1` says which of the two BF1 paths of
-:mod:`.boundary` runs.
+fallback is that chain (in :mod:`.boundary`); the choice is still made here, by :func:`fused_bf1`.
 
 The curve coefficients handed to the kernels are flattened by :func:`.kernels.flat_coefficients`
 (layout: :data:`.kernels.COEFFICIENTS`).
