@@ -134,7 +134,7 @@ fi
 
 # 5. segloss_d2 (editable) --------------------------------------------------------------------
 # setup.py and the C++ sources: an editable install does not rebuild segloss_d2._C by itself
-fingerprint="$(cat setup.py segloss_d2/csrc/*.cpp | sha1sum | cut -c1-16) $EXTRAS ${SEGLOSS_NO_EXT:-0}"
+fingerprint="$(cat setup.py segloss_d2/csrc/*.cpp segloss_d2/csrc/*.h | sha1sum | cut -c1-16) $EXTRAS ${SEGLOSS_NO_EXT:-0}"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$fingerprint" ] && have segloss_d2; then
   say "segloss_d2: keeping $(info segloss_d2) (editable, extras: $EXTRAS)"
 else
