@@ -1,7 +1,7 @@
 """Cache blocking of the curve evaluations: results must not depend on the block size.
 
 ``bezier.block_size`` decides how many elements one cache block holds (``BLOCK_ELEMENTS`` per
-CPU thread). The consumers (``bezier.evaluate_curve`` and the fused Functions of ``relaxed``) are
+CPU thread). The consumers (``ops``, ``boundary`` and ``morphology``, through ``bezier``) are
 run here with monkeypatched block sizes: a single element, sizes that divide nothing, the row
 length of the (N, K, H*W) layout and one more, and more than the whole tensor. Every call of the
 block kernel is counted, so a patch that does not take effect fails instead of testing nothing.
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from segloss_d2.surrogate import bezier, kernels, relaxed
+from segloss_d2.surrogate import bezier, kernels
 from segloss_d2.surrogate.bezier import (
     ACCELERATOR_BLOCK_ELEMENTS,
     BLOCK_ELEMENTS,
@@ -53,11 +53,10 @@ def _use_block_size(monkeypatch, step):
 
     Also (re)selects the pure-torch path: the tests call ``monkeypatch.undo()`` between steps."""
     monkeypatch.setattr(kernels, "ENABLED", False)
-    for module in (bezier, relaxed):
-        monkeypatch.setattr(module, "block_size", lambda x: step)
+    # every consumer (ops, boundary, morphology) reads these from the bezier module at call time
+    monkeypatch.setattr(bezier, "block_size", lambda x: step)
     counter = _Counter(bezier.evaluate_block)
     monkeypatch.setattr(bezier, "evaluate_block", counter)
-    monkeypatch.setattr(relaxed, "evaluate_block", counter)
     return counter
 
 
@@ -162,13 +161,11 @@ def _simulate_accelerator(monkeypatch, cap):
         blocks.append(work.shape[1])
         return work
 
-    for module in (bezier, relaxed):
-        monkeypatch.setattr(module, "block_size",  # x's size on a device other than the CPU
-                            lambda x: real_block_size(torch.empty(x.shape, device="meta")))
-        monkeypatch.setattr(module, "workspace", recording_workspace)
+    monkeypatch.setattr(bezier, "block_size",  # x's size on a device other than the CPU
+                        lambda x: real_block_size(torch.empty(x.shape, device="meta")))
+    monkeypatch.setattr(bezier, "workspace", recording_workspace)
     counter = _Counter(bezier.evaluate_block)
     monkeypatch.setattr(bezier, "evaluate_block", counter)
-    monkeypatch.setattr(relaxed, "evaluate_block", counter)
     return counter, blocks
 
 
