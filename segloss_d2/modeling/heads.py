@@ -96,7 +96,8 @@ class SegLossHeadMixin(LossFnHead):
                 by ``LOSS_WEIGHT`` already).
             input_shape, kwargs: as the wrapped head.
         """
-        super().__init__(input_shape, **kwargs)
+        super().__init__(input_shape=input_shape, **kwargs)  # by keyword: a LazyConfig passes
+        # input_shape as a DictConfig, which detectron2 would take for a config if positional
         self.loss_fn = loss_fn
 
     @classmethod
