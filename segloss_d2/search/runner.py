@@ -193,30 +193,43 @@ def build_controller(cfg) -> PPOController:
 
 def write_search_results(cfg, state: SearchState, result: SearchResult,
                          config_file: str = "") -> Dict[str, str]:
-    """Write ``best_params.json``, ``final_mu_params.json`` and the PNGs; returns their paths."""
+    """Write ``best_params.json``, ``final_mu_params.json`` and the PNGs; returns their paths.
+
+    Raises:
+        SearchFailedError: no trial succeeded (every one diverged); only ``reward_curve.png`` is
+            written then, no params file (the final mean would be the starting curves).
+    """
     from .plots import plot_reward_curve, plot_searched_curves
 
     out, space = state.output_dir, search_space(cfg)
-    paths = {}
+    paths = {"reward_curve": os.path.join(out, "reward_curve.png")}
+    trials = state.all_trials()
+    mu_is_sample_0 = cfg.SEARCH.METHOD == "ppo" and cfg.SEARCH.BASELINE == "mu"
+    if result.best_trial is None:
+        plot_reward_curve(trials, paths["reward_curve"], cfg.SEARCH.TARGET_METRIC,
+                          title="every trial diverged", mu_is_sample_0=mu_is_sample_0)
+        raise SearchFailedError(
+            f"every one of the {len(trials)} trials diverged (non-finite loss, weights or "
+            f"reward; see trials.jsonl in {out}), so the search learned nothing and no params "
+            "file was written. Check the proxy's SOLVER.BASE_LR and MODEL.WEIGHTS and the data, "
+            "then start over (--overwrite)."
+        )
     base = {"source": "segloss_d2 search", "config_file": config_file,
             "target_metric": cfg.SEARCH.TARGET_METRIC, "seed": int(cfg.SEARCH.SEED),
             "iterations": int(cfg.SEARCH.ITERATIONS),
             "samples_per_iter": int(cfg.SEARCH.SAMPLES_PER_ITER)}
     best = result.best_trial
-    if best is not None:
-        params = space.to_params(
-            best["theta"], reward=best["reward"],
-            provenance={**base, "selection": "best sampled theta by reward (ties: later)",
-                        "iteration": best["iteration"], "index": best["index"],
-                        "metrics": best["metrics"]},
-        )
-        paths["best_params"] = os.path.join(out, "best_params.json")
-        save_params(params, paths["best_params"])
-        paths["best_curves"] = os.path.join(out, "best_curves.png")
-        plot_searched_curves(params, paths["best_curves"],
-                             f"best sampled (reward {best['reward']:.4f})")
-    else:
-        logger.warning("no trial succeeded: best_params.json is not written")
+    params = space.to_params(
+        best["theta"], reward=best["reward"],
+        provenance={**base, "selection": "best sampled theta by reward (ties: later)",
+                    "iteration": best["iteration"], "index": best["index"],
+                    "metrics": best["metrics"]},
+    )
+    paths["best_params"] = os.path.join(out, "best_params.json")
+    save_params(params, paths["best_params"])
+    paths["best_curves"] = os.path.join(out, "best_curves.png")
+    plot_searched_curves(params, paths["best_curves"],
+                         f"best sampled (reward {best['reward']:.4f})")
     mu_params = space.to_params(
         result.final_mu,
         provenance={**base, "selection": "final mean of the search distribution",
@@ -226,10 +239,9 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
     save_params(mu_params, paths["final_mu_params"])
     paths["final_mu_curves"] = os.path.join(out, "final_mu_curves.png")
     plot_searched_curves(mu_params, paths["final_mu_curves"], "final mean")
-    paths["reward_curve"] = os.path.join(out, "reward_curve.png")
-    plot_reward_curve(state.all_trials(), paths["reward_curve"],
+    plot_reward_curve(trials, paths["reward_curve"],
                       f"{cfg.SEARCH.TARGET_METRIC} ({cfg.SEARCH.METHOD})",
-                      mu_is_sample_0=cfg.SEARCH.METHOD == "ppo" and cfg.SEARCH.BASELINE == "mu")
+                      mu_is_sample_0=mu_is_sample_0)
     return paths
 
 
@@ -360,24 +372,10 @@ class SearchRunner:
             finally:
                 board.close()
                 backend.close()
-            best = result.best_trial
-            if best is None:
-                from .plots import plot_reward_curve
-
-                path = os.path.join(self.state.output_dir, "reward_curve.png")
-                trials = self.state.all_trials()
-                plot_reward_curve(trials, path, cfg.SEARCH.TARGET_METRIC,
-                                  title="every trial diverged")
-                raise SearchFailedError(
-                    f"every one of the {len(trials)} trials diverged (non-finite loss, weights "
-                    f"or reward; see trials.jsonl in {self.state.output_dir}), so the search "
-                    "learned nothing and no params file was written. Check the proxy's "
-                    "SOLVER.BASE_LR and MODEL.WEIGHTS and the data, then start over "
-                    "(--overwrite)."
-                )
             paths = write_search_results(cfg, self.state, result, self.config_file)
         finally:
             self.close()
+        best = result.best_trial
         self.log(f"[search] done: best reward {best['reward']:.4f} (iteration "
                  f"{best['iteration'] + 1}, index {best['index']})")
         for name, path in paths.items():
