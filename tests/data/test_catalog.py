@@ -1,7 +1,6 @@
 """The pre-flight dataset check (``segloss_d2/data/catalog.py``) and where it runs: the trainer,
 ``tools/train_net.py`` and the search; detectron2's own registrations stay untouched."""
 import ast
-import importlib.util
 import os
 import subprocess
 import sys
@@ -22,16 +21,11 @@ from segloss_d2.data.builtin import BUILTIN_DATASET_CHECKS  # noqa: E402
 from segloss_d2.data.catalog import SeglossLoader  # noqa: E402
 from segloss_d2.engine import SegLossTrainer, get_segloss_cfg  # noqa: E402
 
+from .._tools import load_tool  # noqa: E402
 from ..search._tiny import REPO, TINY_OPTS, TINY_SEARCH_CONFIG  # noqa: E402
 
 CITYSCAPES_TRAIN = "cityscapes_fine_sem_seg_train"
 
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -135,7 +129,7 @@ def test_trainer_loaders_run_the_preflight(no_cityscapes):
 @pytest.mark.parametrize("eval_only", [False, True])
 def test_train_net_missing_cityscapes_is_one_clear_error_before_training(
         no_cityscapes, tmp_path, monkeypatch, eval_only):
-    tool = _tool("train_net")
+    tool = load_tool("train_net")
 
     class NotBuilt:  # the check must stop main before any model or trainer is built
         def __init__(self, *args, **kwargs):
@@ -160,7 +154,7 @@ def test_train_net_missing_cityscapes_is_one_clear_error_before_training(
 
 
 def test_train_net_eval_only_does_not_need_the_training_data(tmp_path, monkeypatch):
-    tool = _tool("train_net")
+    tool = load_tool("train_net")
     checked = []
     monkeypatch.setattr(tool, "check_config_datasets", lambda cfg, keys: checked.append(keys))
     monkeypatch.setattr(tool, "SegLossTrainer", type("T", (), {
@@ -176,7 +170,7 @@ def test_train_net_eval_only_does_not_need_the_training_data(tmp_path, monkeypat
 
 
 def test_search_refuses_missing_cityscapes_before_writing(no_cityscapes, tmp_path):
-    tool = _tool("search_net")
+    tool = load_tool("search_net")
     out = tmp_path / "search"
     argv = ["--config-file", TINY_SEARCH_CONFIG] + [str(v) for v in TINY_OPTS + [
         "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{CITYSCAPES_TRAIN}',)",

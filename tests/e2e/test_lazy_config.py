@@ -1,5 +1,4 @@
 """A detectron2 LazyConfig (configs/lazy/) trains and evaluates with a searched surrogate."""
-import importlib.util
 import json
 import os
 
@@ -11,16 +10,11 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
 from segloss_d2.surrogate import SurrogateLoss  # noqa: E402
 
+from .._tools import load_tool  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "lazy", "tiny_deeplab_searched.py")
 
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "lazy_train_net", os.path.join(ROOT, "tools", "lazy_train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_loss_is_an_object_of_the_config_and_overridable():
@@ -33,7 +27,7 @@ def test_the_loss_is_an_object_of_the_config_and_overridable():
 
 
 def test_lazy_config_trains_then_evaluates(tmp_path):
-    tool = _tool()
+    tool = load_tool("lazy_train_net")
     out = str(tmp_path)
     args = tool.default_argument_parser().parse_args(
         ["--config-file", CONFIG, "train.max_iter=3", "train.log_period=1",
@@ -52,7 +46,7 @@ def test_lazy_config_trains_then_evaluates(tmp_path):
 
 
 def test_unreadable_init_checkpoint_is_one_error_line(tmp_path):
-    tool = _tool()
+    tool = load_tool("lazy_train_net")
     args = tool.default_argument_parser().parse_args(
         ["--config-file", CONFIG, f"train.init_checkpoint={tmp_path / 'missing.pth'}",
          f"train.output_dir={tmp_path}"])

@@ -5,7 +5,6 @@ Each test reproduces one case of the reliability sweep through ``tools/search_ne
 process, or as real subprocesses where another process is the point) on the tiny shapes config.
 """
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -22,18 +21,13 @@ from segloss_d2.search import state as state_module  # noqa: E402
 from segloss_d2.search.runner import _TensorBoard, search_runtime  # noqa: E402
 from segloss_d2.search.state import SearchState  # noqa: E402
 
+from .._tools import load_tool  # noqa: E402
 from ..search._tiny import REPO, TINY_OPTS, TINY_SEARCH_CONFIG, strip_timing  # noqa: E402
 
 # 2 iterations x 3 candidates, one candidate per group (so a hang or kill lands between trials).
 OPTS = TINY_OPTS + ["SEARCH.MODELS_PER_WORKER", 1, "MODEL.DEVICE", "cpu"]
 WEIGHTS_URL = "http://127.0.0.1:9/DeepLab/R-103.pkl"  # the discard port: refused, like offline
 
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _argv(out, *extra, resume=False, flags=()):
@@ -43,7 +37,7 @@ def _argv(out, *extra, resume=False, flags=()):
 
 
 def _search(out, *extra, resume=False, flags=()):
-    tool = _tool("search_net")
+    tool = load_tool("search_net")
     return tool.main(tool.argument_parser().parse_args(_argv(out, *extra, resume=resume,
                                                              flags=flags)))
 
@@ -258,7 +252,7 @@ def test_unreachable_weights_are_refused_before_anything_is_written(tmp_path):
 
 def test_train_net_offline_weights_is_one_clear_paragraph(tmp_path):
     """Case 7: tools/train_net.py with unreachable MODEL.WEIGHTS."""
-    tool = _tool("train_net")
+    tool = load_tool("train_net")
     config = os.path.join(REPO, "configs", "shapes", "tiny_deeplab_ce.yaml")
     args = tool.default_argument_parser().parse_args(
         ["--config-file", config, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", WEIGHTS_URL,

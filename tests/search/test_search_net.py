@@ -1,5 +1,4 @@
 """tools/search_net.py: a run from the command line, and clear errors that overwrite nothing."""
-import importlib.util
 import json
 import os
 
@@ -7,22 +6,15 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from ._tiny import REPO, TINY_OPTS, TINY_SEARCH_CONFIG  # noqa: E402
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "search_net", os.path.join(REPO, "tools", "search_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .._tools import load_tool  # noqa: E402
+from ._tiny import TINY_OPTS, TINY_SEARCH_CONFIG  # noqa: E402
 
 
 def _main(out, *extra, resume=False, flags=()):
     argv = ["--config-file", TINY_SEARCH_CONFIG] + (["--resume"] if resume else []) + list(flags)
     opts = TINY_OPTS + ["SEARCH.ITERATIONS", 1, "SEARCH.SAMPLES_PER_ITER", 2,
                         "SEARCH.PROXY.MAX_ITER", 2, "OUTPUT_DIR", str(out)] + list(extra)
-    tool = _tool()
+    tool = load_tool("search_net")
     return tool.main(tool.argument_parser().parse_args(argv + [str(v) for v in opts]))
 
 
