@@ -12,7 +12,8 @@ from typing import Iterable, List
 __all__ = ["METRICS", "ALIASES", "canonical_metric", "canonical_metrics"]
 
 METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "BIoU", "BF1")
-"""The six metrics, in the column order of the paper's Table 1 and of segloss_d2's tables."""
+"""The six metrics, in the evaluator's order (detectron2's four, then the boundary metrics);
+tables that follow the paper's Table 1 order them as ``compare.TABLE_METRICS``."""
 
 ALIASES = {"FWIoU": "fwIoU", "mAcc": "mACC", "gAcc": "pACC"}
 """Other accepted spellings (the paper's) -> the name in :data:`METRICS`."""

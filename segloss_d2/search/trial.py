@@ -46,6 +46,7 @@ from detectron2.utils.events import EventStorage
 
 from ..data.mapper import SemSegDatasetMapper
 from ..evaluation.evaluator import build_seg_metrics, load_sem_seg_gt
+from ..metric_names import METRICS
 from ..modeling.build import build_surrogate_loss
 from ..modeling.heads import LossFnHead
 from ..surrogate.params import SurrogateParams
@@ -68,9 +69,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_EVAL_METRICS = ("mIoU", "fwIoU", "mACC", "pACC", "BIoU", "BF1")
-
 
 def search_space(cfg) -> SearchSpace:
     """The :class:`~segloss_d2.search.space.SearchSpace` of a search config (validated)."""
@@ -363,7 +361,7 @@ def _evaluate(cfg, candidates, reward_dicts, reward_set) -> List[Optional[Dict[s
     meters = {}
     for c in live:
         c.model.eval()
-        meters[id(c)] = build_seg_metrics(cfg, metrics=_EVAL_METRICS)
+        meters[id(c)] = build_seg_metrics(cfg, metrics=METRICS)  # the six, not BoundaryIoU
     for inputs, gts in _reward_batches(cfg, reward_dicts, max(1, cfg.SOLVER.IMS_PER_BATCH),
                                        reward_set):
         for c in live:
