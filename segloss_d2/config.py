@@ -99,6 +99,18 @@ def add_search_config(cfg):
     cfg.SEARCH.RATIO = "per_dim"
     # Advantage baseline: "mu" = reward of the mean (sample 0, reference code) or "mean" reward.
     cfg.SEARCH.BASELINE = "mu"
+    # Advantages from rewards (docs/method.md §4.6): "raw" = reward - baseline (paper), "normalized"
+    # = that / std of the iteration's rewards, "rank" = centered ranks in [-1/2, 1/2] before the
+    # baseline (fitness shaping; needed with PROXY.HALVING).
+    cfg.SEARCH.ADVANTAGE = "raw"
+    # Mirrored (antithetic) sampling: the random candidates come in pairs drawn from u and 1 - u.
+    cfg.SEARCH.MIRRORED = False
+    # Linear sigma schedule: SIGMA at the first iteration down to SIGMA_END at the last; 0 = fixed
+    # SIGMA (paper).
+    cfg.SEARCH.SIGMA_END = 0.0
+    # Trust region: the largest move of one coordinate of the mean per iteration, in [0, 1] units;
+    # 0 = unbounded (paper).
+    cfg.SEARCH.MAX_MU_STEP = 0.0
     # Bézier pieces per curve; 0 = the paper's choice per metric (2, and 1 for BF1).
     cfg.SEARCH.NUM_PIECES = 0
     # Curve parameterization: "all" = the paper's truth-table and monotonicity constraints;
@@ -117,6 +129,23 @@ def add_search_config(cfg):
     cfg.SEARCH.PROXY = CN()
     # Training iterations of each proxy network (paper: 1000; the proxy's SOLVER keys apply).
     cfg.SEARCH.PROXY.MAX_ITER = 1000
+    # Proxy seeds (initial weights, data order, augmentations): "fixed" = SEARCH.SEED for every
+    # proxy of the search; "per_iteration" = a new seed each iteration, shared by all candidates of
+    # that iteration (common random numbers within it, no search tuned to one seed's luck).
+    cfg.SEARCH.PROXY.SEEDS = "fixed"
+    # Successive halving: fractions of MAX_ITER (increasing, in (0, 1)) at which every proxy of a
+    # group (MODELS_PER_WORKER candidates trained side by side) is scored on the reward set and the
+    # worse half stops; [] = off (paper). Needs SEARCH.ADVANTAGE "rank".
+    cfg.SEARCH.PROXY.HALVING = []
+
+    cfg.SEARCH.SELECTION = CN()
+    # Answer selection against the winner's curse (docs/method.md §4.6): the TOP_K best sampled
+    # candidates and the final mean are re-trained with SEEDS fresh proxy seeds each, and
+    # best_params.json is the one with the best mean reward over them; 0 = the best sampled
+    # candidate by its one reward (paper). Costs (TOP_K + 1) * SEEDS proxy trainings.
+    cfg.SEARCH.SELECTION.TOP_K = 0
+    # Fresh proxy seeds per re-evaluated candidate.
+    cfg.SEARCH.SELECTION.SEEDS = 2
 
     # Dotted path of the detectron2 DefaultTrainer subclass whose build_model, build_optimizer,
     # build_lr_scheduler and build_train_loader classmethods make every proxy (docs/method.md §4.4):

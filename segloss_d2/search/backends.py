@@ -15,7 +15,7 @@ number of threads that trained it, which each result records as ``threads`` (the
 """
 import logging
 import os
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -35,9 +35,17 @@ def _with_threads(results):
     return [dict(result, threads=threads) for result in results]
 
 
-def _groups(indices: List[int], thetas: torch.Tensor, size: int):
-    for start in range(0, len(indices), size):
-        yield indices[start:start + size], thetas[start:start + size]
+def _groups(indices: List[int], thetas: torch.Tensor, seeds: List[Optional[int]], size: int):
+    """Consecutive runs of trials with the same proxy seed, cut into groups of ``size``:
+    ``(indices, thetas, seed)``. A group trains side by side on one data stream, so it never
+    mixes seeds."""
+    start = 0
+    while start < len(indices):
+        stop = start + 1
+        while stop < len(indices) and stop - start < size and seeds[stop] == seeds[start]:
+            stop += 1
+        yield indices[start:stop], thetas[start:stop], seeds[start]
+        start = stop
 
 
 class LocalBackend:
@@ -49,10 +57,15 @@ class LocalBackend:
         self.train_dicts, self.reward_dicts = search_datasets(cfg)
 
     def __call__(self, iteration: int, indices: List[int], thetas: torch.Tensor,
-                 on_trial_done: Callable) -> None:
-        for group, group_thetas in _groups(indices, thetas, self.models_per_worker):
-            results = _with_threads(train_candidates(self.cfg, group_thetas, self.train_dicts,
-                                                     self.reward_dicts))
+                 on_trial_done: Callable, seeds: Optional[List[Optional[int]]] = None,
+                 stage: str = "search") -> None:
+        """Train ``thetas`` (group by group, each with its proxy seed; successive halving only in
+        the "search" stage) and report each result."""
+        seeds = seeds or [None] * len(indices)
+        for group, group_thetas, seed in _groups(indices, thetas, seeds, self.models_per_worker):
+            results = _with_threads(train_candidates(
+                self.cfg, group_thetas, self.train_dicts, self.reward_dicts, seed=seed,
+                halving=stage == "search"))
             for index, result in zip(group, results):
                 on_trial_done(index, result)
 
@@ -60,7 +73,8 @@ class LocalBackend:
         pass
 
 
-def _ray_train_group(cfg_yaml: str, thetas: List[List[float]]):
+def _ray_train_group(cfg_yaml: str, thetas: List[List[float]], seed: Optional[int] = None,
+                     halving: bool = True):
     """Body of a Ray task: rebuild the config, register segloss_d2, train one group."""
     from detectron2.config import CfgNode
 
@@ -69,7 +83,7 @@ def _ray_train_group(cfg_yaml: str, thetas: List[List[float]]):
     cfg = CfgNode.load_cfg(cfg_yaml)
     train_dicts, reward_dicts = search_datasets(cfg)
     return _with_threads(train_candidates(cfg, torch.tensor(thetas, dtype=torch.float32),
-                                          train_dicts, reward_dicts))
+                                          train_dicts, reward_dicts, seed=seed, halving=halving))
 
 
 def import_ray():
@@ -123,11 +137,16 @@ class RayBackend:
         self._cfg_yaml = cfg.dump()
 
     def __call__(self, iteration: int, indices: List[int], thetas: torch.Tensor,
-                 on_trial_done: Callable) -> None:
+                 on_trial_done: Callable, seeds: Optional[List[Optional[int]]] = None,
+                 stage: str = "search") -> None:
+        """Train the groups as Ray tasks (as :class:`LocalBackend`) and report each result."""
         ray = self.ray
+        seeds = seeds or [None] * len(indices)
         pending = {
-            self._remote.remote(self._cfg_yaml, group_thetas.tolist()): group
-            for group, group_thetas in _groups(indices, thetas, self.models_per_worker)
+            self._remote.remote(self._cfg_yaml, group_thetas.tolist(), seed,
+                                stage == "search"): group
+            for group, group_thetas, seed in _groups(indices, thetas, seeds,
+                                                     self.models_per_worker)
         }
         failures = []
         while pending:

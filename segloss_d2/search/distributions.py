@@ -106,7 +106,8 @@ class TruncatedNormal:
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf))
 
     @torch.no_grad()
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               antithetic: bool = False) -> torch.Tensor:
         """Draw ``n`` independent samples with the inverse CDF of docs/method.md §4.2.
 
         ``alpha = (low - mu) / sigma``, ``beta = (high - mu) / sigma``, ``U ~ Uniform(0, 1)``,
@@ -121,6 +122,9 @@ class TruncatedNormal:
             generator (torch.Generator, optional): source of ``U``. The uniforms are drawn on the
                 generator's device and moved to ``mu``'s device, so a CPU generator gives the same
                 samples for a CUDA ``mu``.
+            antithetic (bool): draw ``ceil(n / 2)`` uniforms and use each ``U`` and ``1 - U``:
+                rows ``2k`` and ``2k + 1`` are a mirrored pair (each other's reflection in
+                probability around the median); an odd ``n`` drops the last mirror image.
 
         Returns:
             Tensor: shape ``(n, *S)``, dtype/device of ``mu``, values in ``[low, high]``; no grad.
@@ -129,7 +133,12 @@ class TruncatedNormal:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
         mu = self.mu.detach()
         device = generator.device if generator is not None else mu.device
-        u = torch.rand((n, *mu.shape), generator=generator, dtype=mu.dtype, device=device)
+        if antithetic:
+            half = torch.rand(((n + 1) // 2, *mu.shape), generator=generator, dtype=mu.dtype,
+                              device=device)
+            u = torch.stack([half, 1.0 - half], dim=1).flatten(0, 1)[:n]
+        else:
+            u = torch.rand((n, *mu.shape), generator=generator, dtype=mu.dtype, device=device)
         u = u.to(mu.device)
         alpha, beta = self._alpha_beta
         erf_a = torch.erf(alpha.detach() / _SQRT2)

@@ -18,11 +18,12 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 import torch
 
 from .ppo import PPOController
+from .selection import Selection
 from .state import STATUSES, SearchState
 
 __all__ = ["run_search", "SearchResult"]
 
-_RESERVED = ("iteration", "index", "theta")
+_RESERVED = ("iteration", "index", "theta", "stage", "proxy_seed")
 logger = logging.getLogger(__name__)
 
 
@@ -30,13 +31,17 @@ class SearchResult(NamedTuple):
     """What :func:`run_search` returns.
 
     Attributes:
-        best_trial (dict or None): the best logged trial record with status "ok" (ties: the later
-            one), or None if no trial succeeded.
+        best_trial (dict or None): the best sampled trial record with status "ok"
+            (:meth:`SearchState.best_trial`), or None if no trial succeeded.
         final_mu (list of float): the controller's mean after the last update.
+        selected (dict or None): with a :class:`~segloss_d2.search.selection.Selection`, the
+            candidate chosen by its mean reward over fresh proxy seeds
+            (:meth:`Selection.choose`), else None.
     """
 
     best_trial: Optional[Dict[str, Any]]
     final_mu: List[float]
+    selected: Optional[Dict[str, Any]] = None
 
 
 def _format_seconds(seconds: float) -> str:
@@ -46,11 +51,12 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _make_record(iteration: int, index: int, theta: torch.Tensor, result) -> Dict[str, Any]:
+def _make_record(iteration: int, index: int, theta: torch.Tensor, result,
+                 extra: Mapping[str, Any]) -> Dict[str, Any]:
     """Turn a backend result into a trial record; a non-finite reward becomes 0 / "diverged"."""
     if not isinstance(result, Mapping) or "reward" not in result:
         raise ValueError(f"trial result must be a dict with a 'reward', got {result!r}")
-    clash = [k for k in _RESERVED if k in result]
+    clash = [k for k in (*_RESERVED, *extra) if k in result]
     if clash:
         raise ValueError(f"trial result must not set {clash}; run_search fills them in")
     record = {"control_points": None, "metrics": {}, "seconds": None, "status": "ok"}
@@ -60,37 +66,41 @@ def _make_record(iteration: int, index: int, theta: torch.Tensor, result) -> Dic
         reward, record["status"] = 0.0, "diverged"
     if record["status"] not in STATUSES:
         raise ValueError(f"trial status must be one of {STATUSES}, got {record['status']!r}")
+    record.update(extra)
     record.update(iteration=iteration, index=index, theta=theta.tolist(), reward=reward)
     return record
 
 
 class _Progress:
-    """Counts trials finished in this process and formats the per-trial log line with ETA."""
+    """Counts trials finished in this process; formats the per-trial log line with the elapsed
+    time and an estimate of the time left."""
 
-    def __init__(self, iterations: int, samples_per_iter: int, log: Callable[[str], None]):
-        self.iterations, self.samples_per_iter, self.log = iterations, samples_per_iter, log
-        self.total = iterations * samples_per_iter
+    def __init__(self, iterations: int, total: int, log: Callable[[str], None]):
+        self.iterations, self.total, self.log = iterations, total, log
         self.start, self.done_here = time.monotonic(), 0
 
-    def trial_done(self, state: SearchState, record: Dict[str, Any]) -> None:
+    def trial_done(self, state: SearchState, record: Dict[str, Any], size: int) -> None:
         self.done_here += 1
         n_done = len(state.all_trials())
-        eta = (time.monotonic() - self.start) / self.done_here * (self.total - n_done)
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done_here * max(self.total - n_done, 0)
         best = state.best_trial()
+        stage = (f"iter {record['iteration'] + 1}/{self.iterations}"
+                 if record.get("stage", "search") == "search" else "selection")
         self.log(
-            f"[search] iter {record['iteration'] + 1}/{self.iterations} "
-            f"trial {record['index'] + 1}/{self.samples_per_iter} "
+            f"[search] {stage} trial {record['index'] + 1}/{size} "
             f"reward {record['reward']:.4f} ({record['status']}) | "
             f"best {format(best['reward'], '.4f') if best else '- (none ok yet)'} | "
-            f"{n_done}/{self.total} trials | ETA {_format_seconds(eta)}"
+            f"{n_done}/{self.total} trials | elapsed {_format_seconds(elapsed)} | "
+            f"ETA {_format_seconds(eta)}"
         )
 
 
-def _evaluate_iteration(state, evaluate_fn, t: int, samples: torch.Tensor, progress) -> None:
-    """Evaluate the candidates of iteration ``t`` that are not logged yet, logging each one."""
+def _evaluate_stage(state, evaluate_fn, t: int, samples: torch.Tensor, seeds: List[int],
+                    stage: str, progress) -> List[Dict[str, Any]]:
+    """Evaluate the candidates of iteration ``t`` (or of the selection stage) that are not logged
+    yet, logging each one; returns all ``len(samples)`` records, ordered by index."""
     pending = [i for i in range(samples.shape[0]) if i not in state.finished_trials(t)]
-    if not pending:
-        return
 
     def on_trial_done(index: int, result: Mapping[str, Any]) -> None:
         index = operator.index(index)
@@ -98,20 +108,35 @@ def _evaluate_iteration(state, evaluate_fn, t: int, samples: torch.Tensor, progr
             raise ValueError(f"trial index {index!r} of iteration {t} was not requested")
         if index in state.finished_trials(t):
             raise ValueError(f"trial {index} of iteration {t} was already reported")
-        record = _make_record(t, index, samples[index], result)
+        record = _make_record(t, index, samples[index], result,
+                              {"stage": stage, "proxy_seed": seeds[index]})
         state.append_trial(record)
-        progress.trial_done(state, record)
+        progress.trial_done(state, record, samples.shape[0])
 
-    returned = evaluate_fn(t, list(pending), samples[pending], on_trial_done)
-    if returned is not None:
-        if len(returned) != len(pending):
-            raise ValueError(
-                f"evaluate_fn returned {len(returned)} results for {len(pending)} trials"
-            )
-        finished = state.finished_trials(t)
-        for index, result in zip(pending, returned):
-            if index not in finished:
-                on_trial_done(index, result)
+    if pending:
+        returned = evaluate_fn(t, list(pending), samples[pending], on_trial_done,
+                               seeds=[seeds[i] for i in pending], stage=stage)
+        if returned is not None:
+            if len(returned) != len(pending):
+                raise ValueError(
+                    f"evaluate_fn returned {len(returned)} results for {len(pending)} trials"
+                )
+            finished = state.finished_trials(t)
+            for index, result in zip(pending, returned):
+                if index not in finished:
+                    on_trial_done(index, result)
+    records = state.finished_trials(t)
+    missing = [i for i in range(samples.shape[0]) if i not in records]
+    if missing:
+        raise RuntimeError(f"evaluate_fn returned without finishing trials {missing} of "
+                           f"iteration {t}")
+    return [records[i] for i in range(samples.shape[0])]
+
+
+def _trained(records) -> Optional[List[float]]:
+    """How long each proxy trained (``proxy_iters``), if the backend reports it."""
+    trained = [r.get("proxy_iters") for r in records]
+    return None if None in trained else trained
 
 
 def run_search(
@@ -122,8 +147,11 @@ def run_search(
     samples_per_iter: int,
     log: Callable[[str], None] = logger.info,
     on_iteration_end: Optional[Callable[[int, Dict[str, Any], List[Dict[str, Any]]], None]] = None,
+    proxy_seed: Optional[Callable[[int], int]] = None,
+    selection: Optional[Selection] = None,
 ) -> SearchResult:
-    """Run (or continue) the search until ``iterations`` controller updates are done.
+    """Run (or continue) the search until ``iterations`` controller updates are done, then (with
+    ``selection``) re-evaluate its best candidates.
 
     If ``state`` holds a controller checkpoint (a resumed search), ``controller`` is first restored
     from it; otherwise ``controller`` is used as given. The number of completed iterations is the
@@ -131,21 +159,31 @@ def run_search(
 
     1. unless the checkpoint already holds the samples of ``t``, draw ``samples_per_iter`` thetas
        and checkpoint them (so a resumed run evaluates exactly the same candidates);
-    2. call ``evaluate_fn(t, indices, thetas, on_trial_done)`` with only the candidates of ``t``
-       that are not logged yet: ``indices`` is a list of ints, ``thetas`` the float32
-       ``(len(indices), D)`` tensor of their search variables in ``[0, 1]``;
-    3. once all candidates of ``t`` are logged, ``controller.update`` with the logged rewards,
-       checkpoint, call ``on_iteration_end(t, stats, records)`` (records ordered by index).
+    2. call ``evaluate_fn(t, indices, thetas, on_trial_done, seeds=..., stage="search")`` with
+       only the candidates of ``t`` that are not logged yet: ``indices`` is a list of ints,
+       ``thetas`` the float32 ``(len(indices), D)`` tensor of their search variables in
+       ``[0, 1]``, ``seeds`` their proxy seeds (all ``proxy_seed(t)``: every candidate of an
+       iteration trains with the same seed, common random numbers);
+    3. once all candidates of ``t`` are logged, ``controller.update`` with the logged rewards
+       (and, if every result reports ``proxy_iters``, how long each proxy trained), checkpoint,
+       call ``on_iteration_end(t, stats, records)`` (records ordered by index).
+
+    With ``selection``, a last stage (logged as iteration ``iterations``, ``stage``
+    "selection") trains :meth:`Selection.plan`'s candidates, each with every fresh seed
+    (``evaluate_fn(..., stage="selection")``: full proxy trainings), and
+    :meth:`Selection.choose` picks the answer; its candidates are checkpointed first, like an
+    iteration's, so a resumed selection runs only what is missing.
 
     Reporting trials: the backend should call ``on_trial_done(index, result)`` as soon as a trial
-    finishes, so that it is logged durably (and a log line with ETA is printed) right away; call it
-    from the thread that runs ``evaluate_fn`` (it is not thread-safe). It may
-    instead, or additionally, return a list of results aligned with ``indices``; results not yet
-    reported through the callback are then logged in that order. A result is a dict with
-    ``reward`` (float; NaN/inf is logged as reward 0.0 with status "diverged") and optionally
-    ``metrics`` (dict), ``status`` ("ok" | "diverged", default "ok"), ``seconds``,
-    ``control_points`` and any further JSON-able keys; ``iteration``, ``index`` and ``theta`` are
-    filled in here. Rewards fed to the controller are the values read back from the log, so an
+    finishes, so that it is logged durably (and a log line with the elapsed time and ETA is
+    printed) right away; call it from the thread that runs ``evaluate_fn`` (it is not
+    thread-safe). It may instead, or additionally, return a list of results aligned with
+    ``indices``; results not yet reported through the callback are then logged in that order. A
+    result is a dict with ``reward`` (float; NaN/inf is logged as reward 0.0 with status
+    "diverged") and optionally ``metrics`` (dict), ``status`` ("ok" | "diverged", default "ok"),
+    ``seconds``, ``control_points``, ``proxy_iters`` and any further JSON-able keys;
+    ``iteration``, ``index``, ``theta``, ``stage`` and ``proxy_seed`` are filled in here.
+    Rewards fed to the controller are the values read back from the log, so an
     interrupted-and-resumed search reaches bit-identically the same controller state and trials
     as an uninterrupted one with the same seed.
 
@@ -160,9 +198,12 @@ def run_search(
             module's logger, at level INFO).
         on_iteration_end (callable, optional): e.g. TensorBoard scalars; called once per update,
             after its checkpoint (not repeated on resume).
+        proxy_seed (callable, optional): iteration -> the proxy seed of its candidates; None: the
+            backend's own (``seeds`` are then None).
+        selection (Selection, optional): re-evaluate the best candidates before answering.
 
     Returns:
-        SearchResult: best trial and final mu.
+        SearchResult: best sampled trial, final mu and the selected candidate.
     """
     for name, value in (("iterations", iterations), ("samples_per_iter", samples_per_iter)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -171,35 +212,58 @@ def run_search(
     samples = None
     if ckpt is not None:
         samples = ckpt["samples"]
-        if samples is not None and samples.shape[0] != samples_per_iter:
+        if (samples is not None and ckpt["iteration"] < iterations
+                and samples.shape[0] != samples_per_iter):
             raise ValueError(
                 f"the checkpoint holds {samples.shape[0]} samples for iteration "
                 f"{ckpt['iteration']}, but samples_per_iter={samples_per_iter}"
             )
         controller.load_state_dict(ckpt["controller"])
-    progress = _Progress(iterations, samples_per_iter, log)
+    total = iterations * samples_per_iter + (selection.max_trainings if selection else 0)
+    progress = _Progress(iterations, total, log)
 
     while controller.iteration < iterations:
         t = controller.iteration
         if samples is None:
             samples = controller.sample(samples_per_iter)
             state.save_controller(t, controller.state_dict(), samples)
-        _evaluate_iteration(state, evaluate_fn, t, samples, progress)
-        records = state.finished_trials(t)
-        missing = [i for i in range(samples_per_iter) if i not in records]
-        if missing:
-            raise RuntimeError(f"evaluate_fn returned without finishing trials {missing} of "
-                               f"iteration {t}")
-        ordered = [records[i] for i in range(samples_per_iter)]
-        stats = controller.update(samples, [r["reward"] for r in ordered])
+        seed = None if proxy_seed is None else proxy_seed(t)
+        ordered = _evaluate_stage(state, evaluate_fn, t, samples, [seed] * samples_per_iter,
+                                  "search", progress)
+        stats = controller.update(samples, [r["reward"] for r in ordered], _trained(ordered))
         samples = None
         state.save_controller(controller.iteration, controller.state_dict(), None)
         log(
             f"[search] iteration {t + 1}/{iterations} done: mean reward "
             f"{stats['reward_mean']:.4f}, baseline {stats['baseline']:.4f}, "
-            f"max {stats['reward_max']:.4f}, mu {[round(m, 4) for m in stats['mu']]}"
+            f"max {stats['reward_max']:.4f}, mu {[round(m, 4) for m in stats['mu']]}, "
+            f"largest mu step {stats['mu_step']:.3f}, sigma {stats['sigma']:.3f}"
         )
         if on_iteration_end is not None:
             on_iteration_end(t, stats, ordered)
 
-    return SearchResult(state.best_trial(), controller.mu.tolist())
+    final_mu = controller.mu.tolist()
+    if selection is None or state.best_trial() is None:
+        return SearchResult(state.best_trial(), final_mu)
+    candidates = selection.candidates(state.all_trials(), final_mu)
+    thetas, seeds = selection.plan(candidates)
+    if samples is None:
+        samples = thetas
+        state.save_controller(iterations, controller.state_dict(), samples,
+                              samples_per_iter=samples_per_iter)
+    elif not torch.equal(samples, thetas):
+        raise ValueError("the checkpointed candidates of the selection stage differ from the "
+                         "ones the trial log gives; the search directory is inconsistent")
+    log(f"[search] selection: re-evaluating {len(candidates)} candidates (the best "
+        f"{len(candidates) - (candidates[-1]['source'] == 'mu')} sampled and the final mean) "
+        f"with {len(selection.seeds)} fresh proxy seeds {selection.seeds}")
+    records = _evaluate_stage(state, evaluate_fn, iterations, samples, seeds, "selection",
+                              progress)
+    chosen = selection.choose(candidates, records)
+    for row in chosen["table"]:
+        log(f"[search] selection: {row['source']} search reward "
+            f"{'-' if row['search_reward'] is None else format(row['search_reward'], '.4f')}"
+            f", fresh seeds {[round(r, 4) for r in row['rewards']]} "
+            f"mean {row['mean_reward']:.4f}")
+    log(f"[search] selection: chose {chosen['source']} (mean reward {chosen['mean_reward']:.4f})")
+    return SearchResult(state.best_trial(), final_mu, chosen)

@@ -13,7 +13,7 @@ bit-reproducible across machines and independent of the device the proxy models 
 import copy
 import math
 from numbers import Real
-from typing import Dict, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
@@ -23,6 +23,12 @@ __all__ = ["PPOController", "RandomSearchController", "CONTROLLERS"]
 
 _RATIOS = ("per_dim", "joint")
 _BASELINES = ("mu", "mean")
+ADVANTAGES = ("raw", "normalized", "rank")
+"""``SEARCH.ADVANTAGE``: how rewards become PPO advantages (:meth:`PPOController.advantages`)."""
+# Hyper-parameters added after the first release, with the value that reproduces a checkpoint
+# written before them (the paper's settings), so such a search still resumes.
+_LATER_DEFAULTS = {"advantage": "raw", "mirrored": False, "sigma_end": None,
+                   "iterations": None, "max_mu_step": 0.0}
 
 
 def _check_positive(name, value, integer=False):
@@ -32,6 +38,27 @@ def _check_positive(name, value, integer=False):
         raise ValueError(f"{name} must be {what} > 0, got {value!r}")
     if not integer and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+# Bounds of the trust-region box of mu: the open interval sigmoid(mu_x) can represent in float32.
+_MU_MIN, _MU_MAX = 1e-6, 1.0 - 1e-6
+
+
+def _centered_ranks(keys: Sequence) -> torch.Tensor:
+    """``(rank - 1) / (n - 1) - 1/2`` of each of ``n`` sortable keys (ranks 1..n, ties share their
+    mean rank): float64 ``(n,)`` in ``[-1/2, 1/2]``, 0 for ``n = 1``."""
+    n = len(keys)
+    order = sorted(range(n), key=lambda i: keys[i])
+    ranks = [0.0] * n
+    start = 0
+    while start < n:
+        stop = start
+        while stop + 1 < n and keys[order[stop + 1]] == keys[order[start]]:
+            stop += 1
+        for j in range(start, stop + 1):
+            ranks[order[j]] = (start + stop) / 2  # 0-based mean rank of the tie
+        start = stop + 1
+    return torch.tensor(ranks, dtype=torch.float64) / max(n - 1, 1) - 0.5
 
 
 class PPOController:
@@ -53,8 +80,23 @@ class PPOController:
             joint densities (product over dimensions), clipped once per sample (paper formula).
         baseline (str): ``"mu"`` (default): row 0 of every :meth:`sample` is ``mu`` itself and the
             advantage is ``R_i - R_0``; ``"mean"``: all rows are random draws and the advantage is
-            ``R_i - mean(R)``. Advantages are never divided by the reward std (reference code).
+            ``R_i - mean(R)``.
         seed (int): seed of the controller's own ``torch.Generator``; the global RNG is never used.
+        advantage (str): ``"raw"`` (reference code, default): ``A = R - b``, never divided by the
+            reward std; ``"normalized"``: ``(R - b) / std(R)``; ``"rank"``: rewards replaced by
+            centered ranks in ``[-1/2, 1/2]`` before the baseline (fitness shaping: one outlier
+            proxy cannot dominate the step). See :meth:`advantages`.
+        mirrored (bool): antithetic sampling: the random rows come in pairs drawn from the
+            uniforms ``u`` and ``1 - u`` (mirror images around ``mu`` in probability), so the
+            pair's noise cancels to first order in the update; an odd count leaves the last row
+            unpaired.
+        sigma_end (float or None): None (default): ``sigma`` is fixed (paper). Otherwise every
+            dimension's scale decays linearly from ``sigma`` at the first iteration to
+            ``sigma_end`` at iteration ``iterations - 1`` (and stays there).
+        iterations (int or None): the search's number of iterations; needed with ``sigma_end``.
+        max_mu_step (float): 0 (default): unbounded. Otherwise a trust region: after every Adam
+            step each coordinate of ``mu`` is projected back into ``[mu_t - s, mu_t + s]`` (``mu_t``:
+            the mean before the update), so one update moves no coordinate by more than ``s``.
     """
 
     method = "ppo"
@@ -70,6 +112,11 @@ class PPOController:
         ratio: str = "per_dim",
         baseline: str = "mu",
         seed: int = 0,
+        advantage: str = "raw",
+        mirrored: bool = False,
+        sigma_end: Optional[float] = None,
+        iterations: Optional[int] = None,
+        max_mu_step: float = 0.0,
     ):
         _check_positive("dim", dim, integer=True)
         _check_positive("mu_lr", mu_lr)
@@ -83,6 +130,19 @@ class PPOController:
             raise ValueError(f"baseline must be one of {_BASELINES}, got {baseline!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if advantage not in ADVANTAGES:
+            raise ValueError(f"advantage must be one of {ADVANTAGES}, got {advantage!r}")
+        if not isinstance(mirrored, bool):
+            raise ValueError(f"mirrored must be a bool, got {mirrored!r}")
+        if sigma_end is not None:
+            _check_positive("sigma_end", sigma_end)
+            _check_positive("iterations (needed with sigma_end)", iterations, integer=True)
+        elif iterations is not None:
+            _check_positive("iterations", iterations, integer=True)
+        if isinstance(max_mu_step, bool) or not isinstance(max_mu_step, Real) or not (
+                0 <= max_mu_step <= 1):
+            raise ValueError(f"max_mu_step must be a number in [0, 1] (0 = unbounded), got "
+                             f"{max_mu_step!r}")
         mu0 = self._per_dim("mu_init", mu_init, dim)
         if not ((mu0 > 0) & (mu0 < 1)).all():
             raise ValueError(f"mu_init must lie in the open interval (0, 1), got {mu0.tolist()}")
@@ -98,6 +158,11 @@ class PPOController:
         self.ratio = ratio
         self.baseline = baseline
         self.seed = seed
+        self.advantage = advantage
+        self.mirrored = mirrored
+        self.sigma_end = None if sigma_end is None else float(sigma_end)
+        self.iterations = iterations
+        self.max_mu_step = float(max_mu_step)
         self.iteration = 0
         self.mu_x = torch.nn.Parameter(torch.logit(mu0))
         self.optimizer = torch.optim.Adam([self.mu_x], lr=self.mu_lr)
@@ -122,9 +187,25 @@ class PPOController:
         """Current mean ``sigmoid(mu_x)``: float32 tensor of shape ``(D,)`` in (0, 1), no grad."""
         return torch.sigmoid(self.mu_x.detach())
 
+    def sigma_at(self, iteration: int) -> torch.Tensor:
+        """The scale ``(D,)`` of iteration ``iteration`` (``sigma``, or the linear schedule
+        towards ``sigma_end``)."""
+        if self.sigma_end is None:
+            return self.sigma
+        frac = min(iteration, self.iterations - 1) / max(self.iterations - 1, 1)
+        return self.sigma + (self.sigma_end - self.sigma) * frac
+
+    @property
+    def current_sigma(self) -> torch.Tensor:
+        """The scale of the iteration about to be sampled / updated."""
+        return self.sigma_at(self.iteration)
+
     def distribution(self) -> TruncatedNormal:
         """The current search distribution (differentiable in ``mu_x``)."""
-        return TruncatedNormal(torch.sigmoid(self.mu_x), self.sigma)
+        return TruncatedNormal(torch.sigmoid(self.mu_x), self.current_sigma)
+
+    def _draw(self, dist: TruncatedNormal, n: int) -> torch.Tensor:
+        return dist.sample(n, self.generator, antithetic=self.mirrored)
 
     def sample(self, num_samples: int) -> torch.Tensor:
         """Draw the candidates of one iteration from the controller's generator.
@@ -137,12 +218,12 @@ class PPOController:
             :attr:`mu` exactly and rows ``1..M-1`` are random; with ``"mean"`` all rows are random.
         """
         _check_positive("num_samples", num_samples, integer=True)
-        dist = TruncatedNormal(self.mu, self.sigma)
+        dist = TruncatedNormal(self.mu, self.current_sigma)
         if self.baseline == "mu":
-            return torch.cat([self.mu[None], dist.sample(num_samples - 1, self.generator)])
-        return dist.sample(num_samples, self.generator)
+            return torch.cat([self.mu[None], self._draw(dist, num_samples - 1)])
+        return self._draw(dist, num_samples)
 
-    def _check_batch(self, thetas, rewards):
+    def _check_batch(self, thetas, rewards, trained=None):
         thetas = torch.as_tensor(thetas, dtype=torch.float32)
         if thetas.dim() != 2 or thetas.shape[1] != self.dim or thetas.shape[0] < 1:
             raise ValueError(f"thetas must have shape (M, {self.dim}), got {tuple(thetas.shape)}")
@@ -156,40 +237,86 @@ class PPOController:
             )
         if not torch.isfinite(rewards).all():
             raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
+        if trained is not None:
+            trained = torch.as_tensor(trained, dtype=torch.float64)
+            if trained.shape != rewards.shape or not torch.isfinite(trained).all():
+                raise ValueError(f"trained must hold {rewards.shape[0]} finite numbers (how "
+                                 f"long each proxy trained), got {trained.tolist()}")
+            if self.advantage != "rank" and bool((trained != trained.max()).any()):
+                raise ValueError(
+                    "candidates trained for different lengths (successive halving) have rewards "
+                    "on different scales; they can only be compared by rank: use advantage "
+                    f"'rank' (SEARCH.ADVANTAGE), got {self.advantage!r}")
         if (self.method == "ppo" and self.baseline == "mu"
                 and not torch.allclose(thetas[0], self.mu, rtol=0, atol=1e-6)):
             raise ValueError(
                 "baseline='mu' needs thetas[0] == mu (the first row of sample()), got "
                 f"thetas[0]={thetas[0].tolist()} and mu={self.mu.tolist()}"
             )
-        return thetas, rewards
+        return thetas, rewards, trained
 
-    def update(self, thetas, rewards) -> Dict[str, object]:
+    def advantages(self, rewards: torch.Tensor, trained: Optional[torch.Tensor] = None
+                   ) -> torch.Tensor:
+        """``(M,)`` advantages of ``(M,)`` rewards under ``advantage`` and ``baseline``.
+
+        - "raw": ``A_i = R_i - b``, ``b = R_0`` (baseline "mu") or ``mean(R)`` ("mean");
+        - "normalized": the same divided by ``std(R)`` (population std; 0 if all rewards tie);
+        - "rank": ``R`` replaced by its centered ranks ``(rank - 1) / (M - 1) - 1/2`` (ties share
+          their mean rank) before the baseline. With ``trained`` (how long each proxy trained,
+          successive halving) candidates are ranked by ``(trained, R)``: a proxy stopped early
+          ranks below every proxy trained longer.
+        """
+        if self.advantage == "rank":
+            r = rewards.tolist()
+            t = [0.0] * len(r) if trained is None else trained.tolist()
+            values = _centered_ranks(list(zip(t, r)))
+        else:
+            values = rewards
+        baseline = values[0] if self.baseline == "mu" else values.mean()
+        adv = (values - baseline).float()
+        if self.advantage == "normalized":
+            std = rewards.std(unbiased=False)
+            adv = adv / std if float(std) > 0 else torch.zeros_like(adv)
+        return adv
+
+    def _project(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.mu_x.copy_(torch.logit(torch.sigmoid(self.mu_x).clamp(low, high)))
+
+    def update(self, thetas, rewards, trained=None) -> Dict[str, object]:
         """One PPO2 update of ``mu`` from the rewards of the candidates of :meth:`sample`.
 
-        ``A_i = R_i - b`` with ``b = R_0`` (baseline "mu") or ``mean(R)`` (baseline "mean");
-        ``r = p_mu(theta) / p_mu_t(theta)`` per dimension (``(M, D)``, "per_dim") or for the joint
-        density (``(M,)``, "joint"); the loss
-        ``-sum_d mean_i min(r A, clip(r, 1 - eps, 1 + eps) A)`` is minimized with ``ppo_steps``
-        Adam steps on ``mu_x``.
+        ``A`` = :meth:`advantages`; ``r = p_mu(theta) / p_mu_t(theta)`` per dimension
+        (``(M, D)``, "per_dim") or for the joint density (``(M,)``, "joint"), both with this
+        iteration's scale; the loss ``-sum_d mean_i min(r A, clip(r, 1 - eps, 1 + eps) A)`` is
+        minimized with ``ppo_steps`` Adam steps on ``mu_x`` (each followed by the trust-region
+        projection when ``max_mu_step`` > 0).
 
         Args:
             thetas (Tensor or array): ``(M, D)`` candidates in ``[0, 1]`` (from :meth:`sample`).
             rewards (sequence or Tensor): ``(M,)`` finite rewards, aligned with ``thetas``.
+            trained (sequence, optional): ``(M,)`` proxy training lengths; unequal lengths
+                (successive halving) need ``advantage="rank"``.
 
         Returns:
             dict: ``loss`` (float, loss at the last step), ``reward_mean``, ``reward_max``,
-            ``baseline`` (floats), ``mu`` (list of D floats after the update) and ``iteration``
-            (number of updates done so far, this one included).
+            ``baseline`` (reward of mu or mean reward), ``sigma`` (mean scale of this iteration),
+            ``mu`` (list of D floats after the update), ``mu_step`` (largest change of one
+            coordinate of mu) and ``iteration`` (updates done so far, this one included).
         """
-        thetas, rewards = self._check_batch(thetas, rewards)
-        baseline = rewards[0] if self.baseline == "mu" else rewards.mean()
-        adv = rewards - baseline
+        thetas, rewards, trained = self._check_batch(thetas, rewards, trained)
+        adv = self.advantages(rewards, trained)
+        sigma = self.current_sigma
+        mu_before = self.mu
         with torch.no_grad():
-            old_log_p = TruncatedNormal(self.mu, self.sigma).log_prob(thetas)
+            old_log_p = TruncatedNormal(mu_before, sigma).log_prob(thetas)
         low, high = 1.0 - self.clip_eps, 1.0 + self.clip_eps
+        if self.max_mu_step:
+            box = ((mu_before - self.max_mu_step).clamp(min=_MU_MIN),
+                   (mu_before + self.max_mu_step).clamp(max=_MU_MAX))
         for _ in range(self.ppo_steps):
-            log_ratio = self.distribution().log_prob(thetas) - old_log_p  # (M, D)
+            log_ratio = TruncatedNormal(torch.sigmoid(self.mu_x), sigma).log_prob(
+                thetas) - old_log_p  # (M, D)
             if self.ratio == "per_dim":
                 r, a = torch.exp(log_ratio), adv[:, None]
             else:
@@ -199,13 +326,21 @@ class PPOController:
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
+            if self.max_mu_step:
+                self._project(*box)
         self.iteration += 1
+        return self._stats(rewards, float(loss.detach()), sigma, mu_before)
+
+    def _stats(self, rewards, loss, sigma, mu_before) -> Dict[str, object]:
         return {
-            "loss": float(loss.detach()),
+            "loss": loss,
             "reward_mean": float(rewards.mean()),
             "reward_max": float(rewards.max()),
-            "baseline": float(baseline),
+            "baseline": float(rewards[0] if self.baseline == "mu" and self.method == "ppo"
+                              else rewards.mean()),
+            "sigma": float(sigma.mean()),
             "mu": self.mu.tolist(),
+            "mu_step": float((self.mu - mu_before).abs().max()),
             "iteration": self.iteration,
         }
 
@@ -219,6 +354,11 @@ class PPOController:
             "ratio": self.ratio,
             "baseline": self.baseline,
             "method": self.method,
+            "advantage": self.advantage,
+            "mirrored": self.mirrored,
+            "sigma_end": self.sigma_end,
+            "iterations": self.iterations,
+            "max_mu_step": self.max_mu_step,
         }
 
     def state_dict(self) -> Dict[str, object]:
@@ -235,11 +375,13 @@ class PPOController:
 
     def load_state_dict(self, state: Dict[str, object]) -> None:
         """Restore a :meth:`state_dict`. Raises ValueError if it was made by a controller with other
-        hyper-parameters (dim, sigma, mu_lr, ppo_steps, clip_eps, ratio, baseline)."""
+        hyper-parameters (dim, sigma, mu_lr, ppo_steps, clip_eps, ratio, baseline, advantage,
+        mirrored, sigma schedule, max_mu_step); a checkpoint older than the later ones is read
+        with their paper values."""
         missing = {"mu_x", "optimizer", "generator", "iteration", "config"} - set(state)
         if missing:
             raise ValueError(f"controller state lacks keys {sorted(missing)}")
-        saved = state["config"]
+        saved = {**_LATER_DEFAULTS, **state["config"]}
         diff = {k: (saved.get(k), v) for k, v in self._config().items() if saved.get(k) != v}
         if diff:
             raise ValueError(
@@ -259,8 +401,9 @@ class RandomSearchController(PPOController):
     Every iteration draws all ``M`` candidates at random from the *initial* distribution
     (``TruncNormal(mu_init, sigma)``; no row is spent on ``mu``, which never moves), and
     :meth:`update` only reports statistics. Same arguments, state and reproducibility as
-    :class:`PPOController` (``mu_lr``, ``ppo_steps``, ``clip_eps``, ``ratio`` and ``baseline``
-    are unused; the reported "baseline" is the mean reward).
+    :class:`PPOController` (``mu_lr``, ``ppo_steps``, ``clip_eps``, ``ratio``, ``baseline``,
+    ``advantage`` and ``max_mu_step`` are unused; ``mirrored`` and the ``sigma`` schedule apply to
+    the draws; the reported "baseline" is the mean reward).
     """
 
     method = "random"
@@ -268,20 +411,14 @@ class RandomSearchController(PPOController):
     def sample(self, num_samples: int) -> torch.Tensor:
         """``(M, D)`` float32 draws from the initial distribution, all random."""
         _check_positive("num_samples", num_samples, integer=True)
-        return TruncatedNormal(self.mu, self.sigma).sample(num_samples, self.generator)
+        return self._draw(TruncatedNormal(self.mu, self.current_sigma), num_samples)
 
-    def update(self, thetas, rewards) -> Dict[str, object]:
-        """Record one iteration (mean, max and baseline reward); ``mu`` stays where it is."""
-        _, rewards = self._check_batch(thetas, rewards)
+    def update(self, thetas, rewards, trained=None) -> Dict[str, object]:
+        """Record one iteration (mean, max and mean-as-baseline reward); ``mu`` stays."""
+        _, rewards, _ = self._check_batch(thetas, rewards, trained)
+        sigma = self.current_sigma
         self.iteration += 1
-        return {
-            "loss": 0.0,
-            "reward_mean": float(rewards.mean()),
-            "reward_max": float(rewards.max()),
-            "baseline": float(rewards.mean()),
-            "mu": self.mu.tolist(),
-            "iteration": self.iteration,
-        }
+        return self._stats(rewards, 0.0, sigma, self.mu)
 
 
 CONTROLLERS = {"ppo": PPOController, "random": RandomSearchController}

@@ -4,7 +4,7 @@
 
     cfg = get_segloss_cfg(); cfg.merge_from_file("configs/shapes/search_tiny_bf1.yaml")
     runner = SearchRunner(cfg, resume=False, config_file="configs/shapes/search_tiny_bf1.yaml")
-    result = runner.run()       # SearchResult(best_trial, final_mu)
+    result = runner.run()       # SearchResult(best_trial, final_mu, selected)
 
 Everything that can be wrong (SEARCH values, datasets, unreachable ``MODEL.WEIGHTS``, a directory
 held by another process, a corrupt or foreign state directory on resume, an existing search
@@ -14,9 +14,11 @@ holds the directory's lock from the constructor until :meth:`SearchRunner.run` r
 
 Outputs in ``SEARCH.OUTPUT_DIR`` (or ``OUTPUT_DIR``): ``meta.json``, ``trials.jsonl`` and
 ``controller.pt`` (:class:`SearchState`), TensorBoard event files (``reward/trial``,
-``reward/mean``, ``reward/max``, ``reward/best``, ``mu/<d>``), ``best_params.json`` and
-``final_mu_params.json`` (loadable with ``LOSS_TYPE searched`` + ``SURROGATE.PARAMS <path>``),
-``reward_curve.png``, ``best_curves.png`` and ``final_mu_curves.png``.
+``reward/mean``, ``reward/max``, ``reward/best``, ``mu/<d>``), ``best_params.json`` (the answer)
+and ``final_mu_params.json`` (loadable with ``LOSS_TYPE searched`` + ``SURROGATE.PARAMS <path>``),
+``best_sampled_params.json`` (with ``SEARCH.SELECTION.TOP_K``: the best sampled candidate, which
+the selection may have overruled), ``reward_curve.png``, ``best_curves.png`` and
+``final_mu_curves.png``.
 """
 import glob
 import logging
@@ -34,8 +36,10 @@ from ..surrogate.params import save_params
 from .backends import BACKENDS, build_backend, import_ray
 from .holdout import search_datasets
 from .loop import SearchResult, run_search
-from .ppo import CONTROLLERS, PPOController
-from .state import SearchState
+from .ppo import ADVANTAGES, CONTROLLERS, PPOController
+from .seeds import PROXY_SEED_MODES, iteration_seed, selection_seeds
+from .selection import Selection
+from .state import SearchState, search_stage_trials
 from .trial import search_space, validate_proxy_training
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "search_output_dir",
     "search_fingerprint_config",
     "build_controller",
+    "build_selection",
     "write_search_results",
     "search_runtime",
     "SearchFailedError",
@@ -52,8 +57,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # What a search writes besides its SearchState files; ``overwrite`` deletes exactly these.
-RESULT_FILES = ("best_params.json", "final_mu_params.json", "best_curves.png",
-                "final_mu_curves.png", "reward_curve.png", "events.out.tfevents.*")
+RESULT_FILES = ("best_params.json", "best_sampled_params.json", "final_mu_params.json",
+                "best_curves.png", "final_mu_curves.png", "reward_curve.png",
+                "events.out.tfevents.*")
 
 
 class SearchFailedError(RuntimeError):
@@ -147,12 +153,57 @@ def validate_search_config(cfg) -> None:
         raise ValueError(f"SEARCH.BASELINE must be 'mu' or 'mean', got {cfg.SEARCH.BASELINE!r}")
     if cfg.SEARCH.BACKEND not in BACKENDS:
         raise ValueError(f"SEARCH.BACKEND must be one of {BACKENDS}, got {cfg.SEARCH.BACKEND!r}")
+    _check_search_options(cfg)
     if (cfg.SEARCH.METHOD == "ppo" and cfg.SEARCH.BASELINE == "mu"
             and cfg.SEARCH.SAMPLES_PER_ITER < 2):
         raise ValueError("SEARCH.SAMPLES_PER_ITER must be >= 2 with SEARCH.BASELINE 'mu' (sample 0 "
                          "is the mean itself, the baseline)")
     _check_head_takes_loss_fn(cfg)
     validate_proxy_training(cfg)  # SEARCH.TRAINER, SOLVER.AMP.ENABLED vs MODEL.DEVICE
+
+
+def _check_search_options(cfg) -> None:
+    """The options of docs/method.md §4.6 (advantage, mirrored sampling, sigma schedule, trust
+    region, proxy seeds, successive halving, selection)."""
+    s = cfg.SEARCH
+    if s.ADVANTAGE not in ADVANTAGES:
+        raise ValueError(f"SEARCH.ADVANTAGE must be one of {ADVANTAGES}, got {s.ADVANTAGE!r}")
+    if not isinstance(s.MIRRORED, bool):
+        raise ValueError(f"SEARCH.MIRRORED must be True or False, got {s.MIRRORED!r}")
+    _number(cfg, "SEARCH.SIGMA_END", 0.0, low_open=False)
+    _number(cfg, "SEARCH.MAX_MU_STEP", 0.0, 1.0, low_open=False)
+    if s.PROXY.SEEDS not in PROXY_SEED_MODES:
+        raise ValueError(f"SEARCH.PROXY.SEEDS must be one of {PROXY_SEED_MODES}, got "
+                         f"{s.PROXY.SEEDS!r}")
+    halving = s.PROXY.HALVING
+    ok = isinstance(halving, (list, tuple)) and all(
+        isinstance(f, Real) and not isinstance(f, bool) and 0 < f < 1 for f in halving) and all(
+        a < b for a, b in zip(halving, halving[1:]))
+    if not ok:
+        raise ValueError(f"SEARCH.PROXY.HALVING must be a list of increasing fractions of "
+                         f"SEARCH.PROXY.MAX_ITER in (0, 1) (e.g. [0.5]), or [] for off; got "
+                         f"{halving!r}")
+    if halving and s.METHOD == "ppo" and s.ADVANTAGE != "rank":
+        raise ValueError(
+            f"SEARCH.PROXY.HALVING {list(halving)} stops the worse half of the proxies early, and "
+            "their rewards are not comparable with fully trained ones: the PPO update can only "
+            f"rank them; set SEARCH.ADVANTAGE 'rank' (got {s.ADVANTAGE!r})")
+    rungs = [round(f * s.PROXY.MAX_ITER) for f in halving]
+    if halving and (rungs[0] < 1 or len(set(rungs)) != len(rungs) or rungs[-1] >= s.PROXY.MAX_ITER):
+        raise ValueError(f"SEARCH.PROXY.HALVING {list(halving)} of SEARCH.PROXY.MAX_ITER "
+                         f"{s.PROXY.MAX_ITER} gives the stops {rungs}: they must be distinct "
+                         "iterations in [1, MAX_ITER)")
+    _int_at_least(cfg, "SEARCH.SELECTION.TOP_K", 0)
+    _int_at_least(cfg, "SEARCH.SELECTION.SEEDS", 1)
+
+
+def build_selection(cfg) -> Optional[Selection]:
+    """The :class:`~segloss_d2.search.selection.Selection` of ``SEARCH.SELECTION`` (None when
+    ``TOP_K`` is 0: the best sampled candidate is the answer, as in the paper)."""
+    sel = cfg.SEARCH.SELECTION
+    if not sel.TOP_K:
+        return None
+    return Selection(int(sel.TOP_K), selection_seeds(cfg.SEARCH.SEED, int(sel.SEEDS)))
 
 
 def search_output_dir(cfg) -> str:
@@ -172,7 +223,10 @@ def search_fingerprint_config(cfg) -> Dict[str, Any]:
     """The config as a JSON-able dict without the keys that do not change results (backend,
     models per worker, Ray settings, output paths, device); what SearchState fingerprints."""
     plain = _to_plain(cfg)
-    for path in _NOT_FINGERPRINTED:
+    not_fingerprinted = _NOT_FINGERPRINTED
+    if cfg.SEARCH.PROXY.HALVING:  # halving ranks the proxies of a group: K changes the results
+        not_fingerprinted = [p for p in not_fingerprinted if p != ("SEARCH", "MODELS_PER_WORKER")]
+    for path in not_fingerprinted:
         node = plain
         for part in path[:-1]:
             node = node.get(part, {})
@@ -184,16 +238,20 @@ def build_controller(cfg) -> PPOController:
     """The controller of a search config (``SEARCH.METHOD``: PPO or random search), starting at
     the identity curves (docs/method.md)."""
     s, space = cfg.SEARCH, search_space(cfg)
+    schedule = {"sigma_end": float(s.SIGMA_END), "iterations": s.ITERATIONS} if s.SIGMA_END else {}
     return CONTROLLERS[s.METHOD](
         space.dim, space.initial_mu(), sigma=float(s.SIGMA), mu_lr=float(s.MU_LR),
         ppo_steps=s.PPO_STEPS, clip_eps=float(s.CLIP_EPS), ratio=s.RATIO, baseline=s.BASELINE,
-        seed=s.SEED,
+        seed=s.SEED, advantage=s.ADVANTAGE, mirrored=s.MIRRORED,
+        max_mu_step=float(s.MAX_MU_STEP), **schedule,
     )
 
 
 def write_search_results(cfg, state: SearchState, result: SearchResult,
                          config_file: str = "") -> Dict[str, str]:
-    """Write ``best_params.json``, ``final_mu_params.json`` and the PNGs; returns their paths.
+    """Write ``best_params.json`` (the answer: the selected candidate with
+    ``SEARCH.SELECTION.TOP_K``, else the best sampled one), ``final_mu_params.json``,
+    ``best_sampled_params.json`` (with a selection) and the PNGs; returns their paths.
 
     Raises:
         SearchFailedError: no trial succeeded (every one diverged); only ``reward_curve.png`` is
@@ -203,7 +261,7 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
 
     out, space = state.output_dir, search_space(cfg)
     paths = {"reward_curve": os.path.join(out, "reward_curve.png")}
-    trials = state.all_trials()
+    trials = search_stage_trials(state.all_trials(), ok_only=False)
     mu_is_sample_0 = cfg.SEARCH.METHOD == "ppo" and cfg.SEARCH.BASELINE == "mu"
     if result.best_trial is None:
         plot_reward_curve(trials, paths["reward_curve"], cfg.SEARCH.TARGET_METRIC,
@@ -219,17 +277,33 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
             "iterations": int(cfg.SEARCH.ITERATIONS),
             "samples_per_iter": int(cfg.SEARCH.SAMPLES_PER_ITER)}
     best = result.best_trial
-    params = space.to_params(
+    sampled = space.to_params(
         best["theta"], reward=best["reward"],
         provenance={**base, "selection": "best sampled theta by reward (ties: later)",
                     "iteration": best["iteration"], "index": best["index"],
                     "metrics": best["metrics"]},
     )
+    title = f"best sampled (reward {best['reward']:.4f})"
+    params, chosen = sampled, result.selected
+    if chosen is not None:
+        paths["best_sampled_params"] = os.path.join(out, "best_sampled_params.json")
+        save_params(sampled, paths["best_sampled_params"])
+        params = space.to_params(
+            chosen["theta"], reward=chosen["mean_reward"],
+            provenance={**base, "selection": (
+                f"best mean reward over {len(chosen['rewards'])} fresh proxy seeds among the "
+                f"{cfg.SEARCH.SELECTION.TOP_K} best sampled candidates and the final mean"),
+                "source": chosen["source"], "search_reward": chosen["search_reward"],
+                "fresh_rewards": chosen["rewards"],
+                "candidates": [{k: row[k] for k in ("source", "search_reward", "mean_reward")}
+                               for row in chosen["table"]]},
+        )
+        title = (f"selected: {chosen['source']} (mean reward {chosen['mean_reward']:.4f} over "
+                 f"{len(chosen['rewards'])} fresh proxy seeds)")
     paths["best_params"] = os.path.join(out, "best_params.json")
     save_params(params, paths["best_params"])
     paths["best_curves"] = os.path.join(out, "best_curves.png")
-    plot_searched_curves(params, paths["best_curves"],
-                         f"best sampled (reward {best['reward']:.4f})")
+    plot_searched_curves(params, paths["best_curves"], title)
     mu_params = space.to_params(
         result.final_mu,
         provenance={**base, "selection": "final mean of the search distribution",
@@ -368,6 +442,9 @@ class SearchRunner:
                 result = run_search(
                     self.controller, self.state, backend, cfg.SEARCH.ITERATIONS,
                     cfg.SEARCH.SAMPLES_PER_ITER, log=self.log, on_iteration_end=board,
+                    proxy_seed=lambda t: iteration_seed(cfg.SEARCH.SEED, cfg.SEARCH.PROXY.SEEDS,
+                                                        t),
+                    selection=build_selection(cfg),
                 )
             finally:
                 board.close()
@@ -376,8 +453,11 @@ class SearchRunner:
         finally:
             self.close()
         best = result.best_trial
-        self.log(f"[search] done: best reward {best['reward']:.4f} (iteration "
+        self.log(f"[search] done: best sampled reward {best['reward']:.4f} (iteration "
                  f"{best['iteration'] + 1}, index {best['index']})")
+        if result.selected is not None:
+            self.log(f"[search] answer (selection): {result.selected['source']}, mean reward "
+                     f"{result.selected['mean_reward']:.4f} over fresh proxy seeds")
         for name, path in paths.items():
             self.log(f"[search] {name}: {path}")
         return result

@@ -16,12 +16,16 @@ A trial record is a JSON object with at least::
     reward (finite float), metrics (dict), seconds (float or null),
     status ("ok" | "diverged")
 
-and possibly more JSON-able keys added by the caller. The controller checkpoint is a dict::
+and possibly more JSON-able keys added by the caller; the search adds ``stage`` ("search", or
+"selection" for the re-evaluations after the last iteration, logged as iteration ``ITERATIONS``),
+``proxy_seed`` and ``proxy_iters`` (how long the proxy trained). The controller checkpoint is a
+dict::
 
     format_version, fingerprint, iteration (int: completed controller updates),
-    controller (PPOController.state_dict()), samples (float32 (M, D) Tensor of iteration
-    ``iteration``, or None when that iteration has not been sampled yet),
-    samples_per_iter (int M, or None before the first sample)
+    controller (PPOController.state_dict()), samples (float32 (N, D) Tensor of the candidates of
+    iteration ``iteration``, or of the selection stage once ``iteration`` is the last; None when
+    that stage has not been sampled yet), samples_per_iter (int M of the search iterations, or
+    None before the first sample)
 
 A kill at any moment loses at most the trials in flight: a torn last line of ``trials.jsonl``
 (necessarily a trial of the iteration in progress, since an iteration is checkpointed as complete
@@ -56,7 +60,7 @@ import torch
 from .lock import DirectoryLock, SearchLockedError
 
 __all__ = ["SearchState", "SearchLockedError", "config_fingerprint", "config_differences",
-           "validate_record", "STATUSES"]
+           "validate_record", "STATUSES", "trial_order_key", "search_stage_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +145,21 @@ def validate_record(record: Mapping[str, Any]) -> None:
         raise ValueError(f"trial record metrics must be a dict, got {record['metrics']!r}")
     if not isinstance(record["theta"], (list, tuple)):
         raise ValueError(f"trial record theta must be a list, got {record['theta']!r}")
+
+
+def trial_order_key(record: Mapping[str, Any]):
+    """Sort key of a trial record, larger = better: proxies trained longer first (successive
+    halving stops the worse half early, and a shorter training's reward is not comparable), then
+    the reward, then the later trial."""
+    return (record.get("proxy_iters") or 0, record["reward"], record["iteration"],
+            record["index"])
+
+
+def search_stage_trials(trials, ok_only: bool = True) -> List[Dict[str, Any]]:
+    """The trials the search sampled (``stage`` "search", the default), without the
+    re-evaluations of the selection stage (``stage`` "selection"); only "ok" ones by default."""
+    return [r for r in trials if r.get("stage", "search") == "search"
+            and (r["status"] == "ok" or not ok_only)]
 
 
 class SearchState:
@@ -470,16 +489,17 @@ class SearchState:
         return {r["index"]: r for r in self._trials if r["iteration"] == iteration}
 
     def best_trial(self) -> Optional[Dict[str, Any]]:
-        """The trial with status "ok" and the highest reward; ties go to the later one (larger
-        (iteration, index)), docs/method.md §9. None if no trial succeeded."""
-        ok = [r for r in self._trials if r["status"] == "ok"]
-        if not ok:
-            return None
-        return max(ok, key=lambda r: (r["reward"], r["iteration"], r["index"]))
+        """The best sampled trial by :func:`trial_order_key` among those with status "ok" (the
+        highest reward of the longest-trained proxies; ties go to the later one), docs/method.md
+        §9; re-evaluations of the selection stage are not sampled trials. None if no trial
+        succeeded."""
+        ok = search_stage_trials(self._trials)
+        return max(ok, key=trial_order_key) if ok else None
 
     # ------------------------------------------------------------------ controller
     def save_controller(
-        self, iteration: int, controller_state: Dict[str, Any], samples: Optional[torch.Tensor]
+        self, iteration: int, controller_state: Dict[str, Any], samples: Optional[torch.Tensor],
+        samples_per_iter: Optional[int] = None,
     ) -> None:
         """Atomically replace ``controller.pt``.
 
@@ -489,6 +509,8 @@ class SearchState:
             controller_state (dict): ``PPOController.state_dict()``.
             samples (Tensor or None): ``(M, D)`` candidates of ``iteration``, saved before any of
                 its trials runs, or None right after an update (next iteration not sampled yet).
+            samples_per_iter (int, optional): M of the search iterations, when ``samples`` are
+                not an iteration's (the selection stage); default ``len(samples)``.
         """
         self._check_open()
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
@@ -502,8 +524,9 @@ class SearchState:
             if not isinstance(samples, torch.Tensor) or samples.dim() != 2:
                 raise ValueError(f"samples must be a (M, D) tensor or None, got {samples!r}")
             samples = samples.detach().to("cpu").clone()
-        samples_per_iter = (samples.shape[0] if samples is not None else
-                            (self._checkpoint or {}).get("samples_per_iter"))
+        if samples_per_iter is None:
+            samples_per_iter = (samples.shape[0] if samples is not None else
+                                (self._checkpoint or {}).get("samples_per_iter"))
         ckpt = {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,

@@ -295,6 +295,7 @@ class _Candidate:
         if self.device.type == "cuda":
             self.cuda_rng = _seeded_cuda_rng_state(self.device, seed)
         self.status, self.error, self.last_loss = "ok", None, float("nan")
+        self.scored_at, self.metrics = None, None  # set by stop()
 
     def step(self, batch, iteration: int) -> None:
         """One SGD step on ``batch`` with this candidate's RNG; a non-finite loss -> diverged."""
@@ -333,6 +334,11 @@ class _Candidate:
     def diverge(self, message: str) -> None:
         self.status, self.error = "diverged", message
         self.model = self.optimizer = self.scheduler = self.scaler = None  # free memory early
+
+    def stop(self, iteration: int, metrics: Optional[Dict[str, float]]) -> None:
+        """Training ends here: record the score (None if diverged) and free the model."""
+        self.scored_at, self.metrics = iteration, metrics
+        self.model = self.optimizer = self.scheduler = self.scaler = None
 
     def check_finite_weights(self) -> None:
         if self.model is not None and not all(
@@ -396,14 +402,40 @@ def _build_template(trainer, cfg, seed):
     return template
 
 
+def halving_stops(cfg) -> List[int]:
+    """The proxy iterations of ``SEARCH.PROXY.HALVING`` (fractions of ``SEARCH.PROXY.MAX_ITER``)
+    at which the worse half of a group stops."""
+    return [round(f * cfg.SEARCH.PROXY.MAX_ITER) for f in cfg.SEARCH.PROXY.HALVING]
+
+
+def _halve(cfg, space, candidates, iteration, reward_dicts, reward_set) -> None:
+    """Successive halving at ``iteration``: score the candidates still training, keep the better
+    half (at least one; ties: the earlier candidate), stop the others with their score."""
+    live = [c for c in candidates if c.scored_at is None]
+    metrics = _evaluate(cfg, live, reward_dicts, reward_set)
+    rewards = [space.reward(m) if m is not None else -math.inf for m in metrics]
+    rewards = [r if math.isfinite(r) else -math.inf for r in rewards]
+    order = sorted(range(len(live)), key=lambda j: (-rewards[j], j))
+    for j in order[max(1, len(live) // 2):]:
+        live[j].stop(iteration, metrics[j])
+    for j in order[:max(1, len(live) // 2)]:
+        if live[j].model is not None:
+            live[j].model.train()
+
+
 def train_candidates(
     cfg,
     thetas,
     train_dicts: Sequence[Dict],
     reward_dicts: Sequence[Dict],
     seed: Optional[int] = None,
+    halving: bool = True,
 ) -> List[Dict]:
     """Train one proxy per candidate side by side on the same batches, then score them.
+
+    With ``SEARCH.PROXY.HALVING`` (and ``halving``), the group is scored at each of
+    :func:`halving_stops` and its worse half stops there (successive halving); a survivor's
+    batches, and so its result, are the same as without halving.
 
     Args:
         cfg (CfgNode): the search config (segloss + search keys); proxies use its MODEL, INPUT,
@@ -415,12 +447,16 @@ def train_candidates(
         reward_dicts (list of dict): the reward set.
         seed (int or None): seed of the initial weights, the data order and the augmentations
             (every candidate gets the same); None = ``SEARCH.SEED``.
+        halving (bool): apply ``SEARCH.PROXY.HALVING`` (False: every proxy trains fully, as the
+            re-evaluations of the selection stage do).
 
     Returns:
         list of K dicts: ``reward`` (float in [0, 1]; 0.0 for a diverged candidate), ``status``
         ("ok" or "diverged"), ``metrics`` (SegMetrics summary in percent, empty if diverged),
         ``control_points`` (per metric, per curve), ``train_loss`` (last loss), ``error``
-        (None or why it diverged), ``seconds`` (wall time of the group / K) and ``group_size`` K.
+        (None or why it diverged), ``seconds`` (wall time of the group / K), ``group_size`` K,
+        ``proxy_iters`` (the training iteration at which the candidate was scored: the last one,
+        or the halving stop where it was dropped).
     """
     start = time.perf_counter()
     thetas = torch.as_tensor(thetas, dtype=torch.float32)
@@ -443,21 +479,29 @@ def train_candidates(
         seed_all_rng(seed)
         with _shared_random_seed(seed):
             loader = trainer.build_train_loader(cfg)  # one data pipeline for the K candidates
+        stops = halving_stops(cfg) if halving else []
         with EventStorage(0):
             for iteration, batch in zip(range(cfg.SOLVER.MAX_ITER), loader):
-                live = [c for c in candidates if c.model is not None]
+                live = [c for c in candidates if c.model is not None and c.scored_at is None]
                 if not live:
                     break
                 for c in live:
                     c.step(batch, iteration)
+                if iteration + 1 in stops:
+                    for c in candidates:
+                        c.check_finite_weights()
+                    _halve(cfg, space, candidates, iteration + 1, reward_dicts, reward_set)
         del loader
-    for c in candidates:
+    final = [c for c in candidates if c.scored_at is None]
+    for c in final:
         c.check_finite_weights()
-    metrics = _evaluate(cfg, candidates, reward_dicts, reward_set)
+    for c, m in zip(final, _evaluate(cfg, final, reward_dicts, reward_set)):
+        c.stop(cfg.SOLVER.MAX_ITER, m)
 
     seconds = (time.perf_counter() - start) / len(candidates)
     results = []
-    for c, m in zip(candidates, metrics):
+    for c in candidates:
+        m = c.metrics
         reward = 0.0
         if m is not None:
             reward = space.reward(m)
@@ -474,5 +518,6 @@ def train_candidates(
             "error": c.error,
             "seconds": seconds,
             "group_size": len(candidates),
+            "proxy_iters": c.scored_at,
         })
     return results

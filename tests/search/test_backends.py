@@ -34,16 +34,22 @@ def test_local_backend_groups_and_reports_every_trial(monkeypatch):
     cfg = tiny_search_cfg(opts=["SEARCH.MODELS_PER_WORKER", 2])
     calls = []
 
-    def fake_train(cfg, thetas, train_dicts, reward_dicts):
-        calls.append(thetas.shape[0])
+    def fake_train(cfg, thetas, train_dicts, reward_dicts, seed=None, halving=True):
+        calls.append((thetas.shape[0], seed, halving))
         return [{"reward": float(t[0])} for t in thetas]
 
     monkeypatch.setattr(backends, "train_candidates", fake_train)
     thetas = torch.rand(5, 20)
     reported = _collect(LocalBackend(cfg), [3, 4, 5, 6, 7], thetas)
-    assert calls == [2, 2, 1]
+    assert calls == [(2, None, True), (2, None, True), (1, None, True)]
     assert [i for i, _ in reported] == [3, 4, 5, 6, 7]
     assert [r["reward"] for _, r in reported] == [float(t[0]) for t in thetas]
+    # a group never mixes proxy seeds (it trains on one data stream); the selection stage
+    # trains every proxy fully
+    calls.clear()
+    LocalBackend(cfg)(3, [0, 1, 2, 3, 4], thetas, lambda i, r: None, seeds=[5, 5, 5, 7, 7],
+                      stage="selection")
+    assert calls == [(2, 5, False), (1, 5, False), (2, 7, False)]
 
 
 def test_build_backend_rejects_unknown():
@@ -103,7 +109,7 @@ class _FakeRay:
         return ref.value
 
 
-def _fake_train(cfg, thetas, train_dicts, reward_dicts):
+def _fake_train(cfg, thetas, train_dicts, reward_dicts, seed=None, halving=True):
     return [{"reward": float(t.mean()), "metrics": {"mean": float(t.mean())}} for t in thetas]
 
 

@@ -31,7 +31,7 @@ def _evaluate(budget=None, report=True):
     """A backend that finishes ``budget`` trials in this 'process' and then gets killed."""
     done = [0]
 
-    def evaluate(iteration, indices, thetas, on_trial_done):
+    def evaluate(iteration, indices, thetas, on_trial_done, **kwargs):
         assert thetas.shape == (len(indices), DIM)
         results = []
         for index, theta in zip(indices, thetas):
@@ -174,7 +174,7 @@ def test_default_log_is_the_module_logger(tmp_path, caplog, capsys):
 
 
 def test_non_finite_reward_is_logged_as_diverged(tmp_path):
-    def evaluate(iteration, indices, thetas, on_trial_done):
+    def evaluate(iteration, indices, thetas, on_trial_done, **kwargs):
         return [dict(_result(t), reward=float("nan") if i == 2 else _result(t)["reward"])
                 for i, t in zip(indices, thetas)]
 
@@ -186,16 +186,16 @@ def test_non_finite_reward_is_logged_as_diverged(tmp_path):
 @pytest.mark.parametrize(
     "evaluate,err,match",
     [
-        (lambda t, idx, th, done: None, RuntimeError, "without finishing"),
-        (lambda t, idx, th, done: done(7, {"reward": 0.1}), ValueError, "not requested"),
-        (lambda t, idx, th, done: [done(0, {"reward": 0.1}), done(0, {"reward": 0.1})],
+        (lambda t, idx, th, done, **kw: None, RuntimeError, "without finishing"),
+        (lambda t, idx, th, done, **kw: done(7, {"reward": 0.1}), ValueError, "not requested"),
+        (lambda t, idx, th, done, **kw: [done(0, {"reward": 0.1}), done(0, {"reward": 0.1})],
          ValueError, "already reported"),
-        (lambda t, idx, th, done: [{"reward": 0.1}], ValueError, "returned 1 results"),
-        (lambda t, idx, th, done: [{"reward": 0.1, "index": 3}] * len(idx), ValueError,
+        (lambda t, idx, th, done, **kw: [{"reward": 0.1}], ValueError, "returned 1 results"),
+        (lambda t, idx, th, done, **kw: [{"reward": 0.1, "index": 3}] * len(idx), ValueError,
          "must not set"),
-        (lambda t, idx, th, done: [{"reward": 0.1, "status": "weird"}] * len(idx), ValueError,
+        (lambda t, idx, th, done, **kw: [{"reward": 0.1, "status": "weird"}] * len(idx), ValueError,
          "status"),
-        (lambda t, idx, th, done: [{"metrics": {}}] * len(idx), ValueError, "'reward'"),
+        (lambda t, idx, th, done, **kw: [{"metrics": {}}] * len(idx), ValueError, "'reward'"),
     ],
 )
 def test_bad_backend_behaviour_raises(tmp_path, evaluate, err, match):
