@@ -12,7 +12,6 @@ retrainings and noise measurements are reused.
 """
 import argparse
 import dataclasses
-import logging
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from segloss_d2.search.study import PLANS, SearchStudy  # noqa: E402
+from segloss_d2.search.study import PLANS, SearchStudy, route_library_logs  # noqa: E402
 from segloss_d2.search.study_report import write_report  # noqa: E402
 
 SEARCH_CONFIG = os.path.join(REPO, "configs", "shapes", "search_tiny_bf1.yaml")
@@ -38,7 +37,11 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", default="", help="default: output/study_{quick,full}")
     p.add_argument("--report-dir", default="", help="also copy the report and plots here")
     p.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
-                   help="override a StudyPlan field, e.g. --set retrain_iters 50 (tests)")
+                   help="override a StudyPlan field, e.g. --set retrain_iters 50 or --set "
+                        "methods ppo,random (tests, extra methods)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="worker processes (default 2: on 2 cores, two 1-thread processes train "
+                        "~1.5x the proxies of one 2-thread process)")
     return p.parse_args(argv)
 
 
@@ -50,26 +53,25 @@ def main(argv=None):
         if name not in fields:
             raise SystemExit(f"study_search: --set {name}: unknown field; one of {sorted(fields)}")
         current = getattr(plan, name)
-        if isinstance(current, tuple):
+        if isinstance(current, bool):
+            value = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, tuple):
             value = tuple(int(v) if v.lstrip("-").isdigit() else v for v in value.split(",") if v)
         elif isinstance(current, int):
             value = int(value)
         plan = dataclasses.replace(plan, **{name: value})
     out = args.output_dir or os.path.join("output", f"study_{plan.name}")
     os.makedirs(out, exist_ok=True)
-    for name in ("detectron2", "fvcore", "segloss_d2"):  # their INFO lines go to a file only
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-        logger.addHandler(logging.FileHandler(os.path.join(out, "log.txt")))
+    route_library_logs(os.path.join(out, "log.txt"))  # their INFO lines go to a file only
     start = time.perf_counter()
     try:
-        study = SearchStudy(plan, out, log=lambda line: print(line, flush=True))
+        study = SearchStudy(plan, out, log=lambda line: print(line, flush=True), jobs=args.jobs)
     except ValueError as e:
         raise SystemExit(f"study_search: {e}") from None
     results = study.run()
     report = write_report(results, out)
-    print(f"[study] done in {(time.perf_counter() - start) / 60:.1f} min: {report}")
+    print(f"[study] done in {(time.perf_counter() - start) / 60:.1f} min (wall time, {args.jobs} "
+          f"jobs): {report}")
     if args.report_dir:
         os.makedirs(args.report_dir, exist_ok=True)
         for name in os.listdir(out):

@@ -95,8 +95,9 @@ class PPOController:
             ``sigma_end`` at iteration ``iterations - 1`` (and stays there).
         iterations (int or None): the search's number of iterations; needed with ``sigma_end``.
         max_mu_step (float): 0 (default): unbounded. Otherwise a trust region: after every Adam
-            step each coordinate of ``mu`` is projected back into ``[mu_t - s, mu_t + s]`` (``mu_t``:
-            the mean before the update), so one update moves no coordinate by more than ``s``.
+            step each coordinate of ``mu`` is projected back into ``[mu_t - s, mu_t + s]``
+            (``mu_t``: the mean before the update), so one update moves no coordinate by more
+            than ``s``.
     """
 
     method = "ppo"

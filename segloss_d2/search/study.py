@@ -1,12 +1,13 @@
-"""Search-quality study: does the search find better losses than chance, at equal budget?
+"""Search-quality study: which search settings find losses that beat chance, at equal budget?
 
 One :class:`StudyPlan` describes everything; :class:`SearchStudy` runs it, resumably (every search
-is a resumable :class:`~segloss_d2.search.runner.SearchRunner` directory, every retraining and
-every noise measurement a JSON file that is reused when present), and returns the numbers
-:func:`segloss_d2.search.study_report.write_report` turns into tables and plots::
+is a resumable :class:`~segloss_d2.search.runner.SearchRunner` directory, every retraining,
+screening and noise measurement a JSON file that is reused when present), in ``jobs`` worker
+processes, and returns the numbers :func:`segloss_d2.search.study_report.write_report` turns into
+tables and plots::
 
     plan = PLANS["quick"].with_configs(search_config, train_config)
-    study = SearchStudy(plan, "output/study_quick", log=print)
+    study = SearchStudy(plan, "output/study_quick", log=print, jobs=2)
     results = study.run()
 
 Phases (docs/search_study.md explains the design):
@@ -14,32 +15,38 @@ Phases (docs/search_study.md explains the design):
 1. **reward noise**: the identity curves and a few random candidates, each trained as a proxy
    with several proxy seeds on one reward set: the seed-to-seed std of one θ's reward, against
    the spread of rewards across θ at one seed;
-2. **searches**: per target metric and search seed, PPO (the paper's) and random search
-   (``SEARCH.METHOD random``) with the same number of proxy trainings;
-3. **constraint ablation**: PPO searches of one target with ``SEARCH.CONSTRAINTS`` =
-   ``no_truth_table``, ``no_monotonic``, ``none`` (``all`` is the PPO search of phase 2);
-4. **retraining**: the best sampled θ of every search, and the unsearched losses (cross-entropy,
-   ``naive`` identity curves, the released VOC preset of the target), each trained from scratch with
-   every training seed and evaluated on the validation split;
-5. **proxy fidelity**: candidates of one search spread over its reward range, retrained fully: the
+2. **searches**: per target metric, search method (:data:`METHODS`: the paper's PPO, random
+   search, and one variant per option of docs/method.md §4.6) and search seed, all at the same
+   budget in proxy training iterations;
+3. **screening**: the answer of every search (and the identity, the unsearched start), trained
+   as proxies with fresh seeds side by side on its hold-out set: the answer's reward gain over the
+   identity, measured without the search's selection bias;
+4. **constraint ablation** (optional): PPO with ``SEARCH.CONSTRAINTS`` relaxed;
+5. **budget curve**: the best screened method and random search at several budgets;
+6. **retraining**: the answers of the retrained methods, and the unsearched losses
+   (cross-entropy, ``naive`` identity curves, the released VOC preset of the target), each
+   trained with every training seed and evaluated on the validation split;
+7. **proxy fidelity**: candidates of one search spread over its reward range, retrained: the
    Spearman rank correlation between proxy reward and retrained target metric.
 """
+import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..surrogate.params import METRICS
+from ..metric_names import METRICS
 from .ppo import PPOController
-from .space import REWARD_KEYS
 from .state import META
 
-__all__ = ["StudyPlan", "PLANS", "SearchStudy", "spearman", "mean_std", "UNSEARCHED",
-           "PRESET_OF_TARGET", "EVAL_KEY", "METHODS", "rewards_across_seeds", "best_so_far"]
+__all__ = ["StudyPlan", "PLANS", "SearchStudy", "Method", "METHODS", "spearman", "mean_std",
+           "UNSEARCHED", "PRESET_OF_TARGET", "rewards_across_seeds", "best_so_far",
+           "method_opts", "search_budget", "answer_names", "route_library_logs"]
 
 UNSEARCHED = ("cross_entropy", "naive", "preset")
 """The losses every searched one is compared with: CE, the identity curves, the released preset."""
@@ -48,15 +55,123 @@ PRESET_OF_TARGET = {"mIoU": "voc_miou", "fwIoU": "voc_fwiou", "BIoU": "voc_biou"
                     "BF1": "voc_bf1", "mACC": "voc_macc", "pACC": "voc_gacc"}
 """The released (VOC-searched) parameters of each target: the transfer baseline."""
 
-METHODS = {
-    "ppo": (),
-    "ppo_joint": ("SEARCH.RATIO", "joint"),
-    "random": ("SEARCH.METHOD", "random"),
-}
-"""Search method of the study -> its config overrides (``ppo``: the search config as it is)."""
+# The paper's settings of every option of docs/method.md §4.6: the reference method sets them
+# explicitly, so it stays the paper's whatever the config's defaults are.
+PAPER_OPTS = ("SEARCH.METHOD", "ppo", "SEARCH.RATIO", "per_dim", "SEARCH.BASELINE", "mu",
+              "SEARCH.ADVANTAGE", "raw", "SEARCH.MIRRORED", False, "SEARCH.SIGMA_END", 0.0,
+              "SEARCH.MAX_MU_STEP", 0.0, "SEARCH.MU_LR", 0.2, "SEARCH.SIGMA", 0.2,
+              "SEARCH.PROXY.SEEDS", "fixed", "SEARCH.PROXY.HALVING", [],
+              "SEARCH.SELECTION.TOP_K", 0, "SEARCH.NUM_PIECES", 0, "SEARCH.CONSTRAINTS", "all")
 
-EVAL_KEY = REWARD_KEYS
-"""Search target -> the evaluator's key of the same metric (the same name, aliases mapped)."""
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A search method of the study: the paper's settings plus ``opts``.
+
+    Attributes:
+        label (str): for tables.
+        opts (tuple): KEY, VALUE overrides on top of :data:`PAPER_OPTS`.
+        selection (bool): re-evaluate the best candidates before answering
+            (``SEARCH.SELECTION``); to keep the budget, it costs one iteration: ``TOP_K = M / 2 -
+            1`` candidates and the mean, 2 fresh seeds each, and one iteration fewer.
+        halving (bool): successive halving at half the proxy length, with as many more candidates
+            per iteration as the same budget allows (all of an iteration in one group).
+        targets (tuple of str): the targets it applies to (() = all; e.g. 2-piece curves change
+            only BF1, whose paper curves have 1 piece).
+    """
+
+    label: str
+    opts: Tuple = ()
+    selection: bool = False
+    halving: bool = False
+    targets: Tuple[str, ...] = ()
+
+
+METHODS: Dict[str, Method] = {
+    "ppo": Method("PPO, paper settings (per-dim ratio, raw advantage, fixed σ, best sampled)"),
+    "random": Method("random search", ("SEARCH.METHOD", "random")),
+    "ppo_joint": Method("PPO, joint ratio (paper formula)", ("SEARCH.RATIO", "joint")),
+    "ppo_norm": Method("PPO, normalized advantages", ("SEARCH.ADVANTAGE", "normalized")),
+    "ppo_rank": Method("PPO, rank advantages", ("SEARCH.ADVANTAGE", "rank")),
+    "ppo_mirrored": Method("PPO, mirrored sampling", ("SEARCH.MIRRORED", True)),
+    "ppo_sigma": Method("PPO, σ 0.2 → 0.05", ("SEARCH.SIGMA_END", 0.05)),
+    "ppo_trust": Method("PPO, trust region 0.1", ("SEARCH.MAX_MU_STEP", 0.1)),
+    "ppo_lr": Method("PPO, MU_LR 0.05", ("SEARCH.MU_LR", 0.05)),
+    "ppo_seeds": Method("PPO, per-iteration proxy seeds", ("SEARCH.PROXY.SEEDS",
+                                                           "per_iteration")),
+    "ppo_select": Method("PPO + selection by re-evaluation", selection=True),
+    "random_select": Method("random search + selection", ("SEARCH.METHOD", "random"),
+                            selection=True),
+    "ppo_halving": Method("PPO + successive halving (rank advantages)",
+                          ("SEARCH.ADVANTAGE", "rank"), halving=True),
+    "ppo_2piece": Method("PPO, 2-piece curves", ("SEARCH.NUM_PIECES", 2), targets=("BF1",)),
+    "ppo_no_truth_table": Method("PPO without the truth-table constraint",
+                                 ("SEARCH.CONSTRAINTS", "no_truth_table")),
+    "ppo_no_monotonic": Method("PPO without monotonicity", ("SEARCH.CONSTRAINTS", "no_monotonic")),
+    "ppo_none": Method("PPO without both constraints", ("SEARCH.CONSTRAINTS", "none")),
+}
+"""Search methods of the study by name. A name joining several with '+' (e.g.
+``ppo_select+ppo_trust``) combines their options (the first's label)."""
+
+ABLATION = ("ppo", "ppo_no_truth_table", "ppo_no_monotonic", "ppo_none")
+
+
+def _method(name: str) -> Method:
+    parts = name.split("+")
+    bad = [p for p in parts if p not in METHODS]
+    if bad:
+        raise ValueError(f"unknown study method {name!r}: {bad} not among {sorted(METHODS)} "
+                         "(several joined by '+')")
+    ms = [METHODS[p] for p in parts]
+    targets = [set(m.targets) for m in ms if m.targets]
+    return Method(" + ".join(m.label for m in ms), sum((m.opts for m in ms), ()),
+                  any(m.selection for m in ms), any(m.halving for m in ms),
+                  tuple(sorted(set.intersection(*targets))) if targets else ())
+
+
+def _halving_group(m: int) -> int:
+    """Candidates per iteration with one halving at half length that cost what ``m`` full
+    proxies cost: the largest ``n`` with ``n + n // 2 <= 2 m``."""
+    n = m
+    while (n + 1) + (n + 1) // 2 <= 2 * m:
+        n += 1
+    return n
+
+
+def method_opts(name: str, iterations: int, samples_per_iter: int) -> List:
+    """Config overrides of study method ``name`` at a budget of ``iterations`` x
+    ``samples_per_iter`` full proxy trainings."""
+    m = _method(name)
+    opts = list(PAPER_OPTS) + list(m.opts)
+    its, samples = iterations, samples_per_iter
+    if m.selection:
+        if iterations < 2 or samples_per_iter < 4 or samples_per_iter % 2:
+            raise ValueError(f"method {name!r} spends one iteration on the selection: it needs "
+                             f">= 2 iterations and an even samples_per_iter >= 4, got "
+                             f"{iterations} x {samples_per_iter}")
+        its -= 1
+        opts += ["SEARCH.SELECTION.TOP_K", samples_per_iter // 2 - 1,
+                 "SEARCH.SELECTION.SEEDS", 2]
+    if m.halving:
+        samples = _halving_group(samples_per_iter)
+        opts += ["SEARCH.PROXY.HALVING", [0.5], "SEARCH.MODELS_PER_WORKER", samples]
+    return opts + ["SEARCH.ITERATIONS", its, "SEARCH.SAMPLES_PER_ITER", samples]
+
+
+def search_budget(cfg) -> int:
+    """Proxy training iterations a search config spends: every iteration's proxies (with
+    successive halving, each up to where it stops) plus the selection's re-evaluations."""
+    s = cfg.SEARCH
+    t, m, k = s.PROXY.MAX_ITER, s.SAMPLES_PER_ITER, s.MODELS_PER_WORKER
+    per_group = []
+    for size in [k] * (m // k) + ([m % k] if m % k else []):
+        cost, live, last = 0, size, 0
+        for stop in [round(f * t) for f in s.PROXY.HALVING]:
+            cost += live * (stop - last)
+            live, last = max(1, live // 2), stop
+        per_group.append(cost + live * (t - last))
+    selection = (s.SELECTION.TOP_K + 1) * s.SELECTION.SEEDS * t if s.SELECTION.TOP_K else 0
+    return s.ITERATIONS * sum(per_group) + selection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,19 +187,30 @@ class StudyPlan:
         iterations, samples_per_iter, proxy_iters, holdout_size (int): the search budget
             (``SEARCH.ITERATIONS``, ``SAMPLES_PER_ITER``, ``PROXY.MAX_ITER``, ``HOLDOUT.SIZE``).
         retrain_iters (int): ``SOLVER.MAX_ITER`` of every retraining.
+        methods (tuple of str): the search methods (:data:`METHODS`) searched and screened.
+        retrain (tuple of str): answers retrained with every training seed: a method's answer
+            (``best_params.json``), ``"<method>:mu"`` (its final mean), ``"<method>:sampled"``
+            (its best sampled candidate, which a selection may have overruled), or ``"best"``
+            (the best screened method of the target).
+        retrain_top (int): also retrain the answers of the ``retrain_top`` best screened methods.
+        screen_seeds (tuple of int): fresh proxy seeds of the screening (() = no screening).
+        budget_iterations (tuple of int): budgets of the budget curve, in iterations of
+            ``samples_per_iter`` full proxies (() = no curve).
+        budget_methods (tuple of str): methods of the budget curve ("best" allowed).
+        budget_seeds (tuple of int): search seeds of the budget curve (() = ``search_seeds``).
         ablation_target (str): target of the constraint ablation ("" = none).
         ablation_seeds (tuple of int): search seeds of the ablation.
         fidelity_candidates (int): candidates of the fidelity check (0 = none).
         noise_seeds (tuple of int): proxy seeds of the reward-noise measurement.
         noise_thetas (int): candidates of the noise measurement (the identity + random ones).
+        scratch_noise (bool): also measure the noise of the search config's own proxy (from
+            random weights).
         search_config, train_config (str): config files of the searches and of the retraining.
         search_opts (tuple): extra KEY, VALUE overrides of every search config.
         pretrain_iters (int): 0 = proxies and retrained models start from random weights; else
             from the train config's model pretrained with cross-entropy for that many
             iterations on segloss_shapes_pretrain (:func:`segloss_d2.pretrain.pretrained_weights`,
-            the toy's ImageNet); the noise phase then also measures the from-scratch proxy.
-        methods (tuple of str): the search methods compared, keys of :data:`METHODS`; the first
-            is the one of the constraint ablation and the fidelity check.
+            the toy's ImageNet).
     """
 
     name: str
@@ -96,16 +222,23 @@ class StudyPlan:
     proxy_iters: int
     holdout_size: int
     retrain_iters: int
-    ablation_target: str
-    ablation_seeds: Tuple[int, ...]
-    fidelity_candidates: int
-    noise_seeds: Tuple[int, ...]
+    methods: Tuple[str, ...] = ("ppo", "random")
+    retrain: Tuple[str, ...] = ("ppo", "random")
+    retrain_top: int = 0
+    screen_seeds: Tuple[int, ...] = ()
+    budget_iterations: Tuple[int, ...] = ()
+    budget_methods: Tuple[str, ...] = ("best", "random")
+    budget_seeds: Tuple[int, ...] = ()
+    ablation_target: str = ""
+    ablation_seeds: Tuple[int, ...] = ()
+    fidelity_candidates: int = 0
+    noise_seeds: Tuple[int, ...] = (1, 2, 3)
     noise_thetas: int = 4
+    scratch_noise: bool = False
     search_config: str = ""
     train_config: str = ""
     search_opts: Tuple = ()
     pretrain_iters: int = 0
-    methods: Tuple[str, ...] = ("ppo", "random")
 
     def with_configs(self, search_config: str, train_config: str) -> "StudyPlan":
         """A copy with the two config files set."""
@@ -123,42 +256,68 @@ class StudyPlan:
         for name in ("search_seeds", "train_seeds", "noise_seeds"):
             if not getattr(self, name):
                 raise ValueError(f"StudyPlan.{name} must not be empty")
-        if (isinstance(self.pretrain_iters, bool) or not isinstance(self.pretrain_iters, int)
-                or self.pretrain_iters < 0):
-            raise ValueError(f"StudyPlan.pretrain_iters must be an int >= 0, got "
-                             f"{self.pretrain_iters!r}")
+        for name in ("pretrain_iters", "retrain_top", "fidelity_candidates"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"StudyPlan.{name} must be an int >= 0, got {value!r}")
         for name in ("iterations", "samples_per_iter", "proxy_iters", "holdout_size",
                      "retrain_iters", "noise_thetas"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"StudyPlan.{name} must be an int >= 1, got {value!r}")
-        bad = [m for m in self.methods if m not in METHODS]
-        if not self.methods or bad:
-            raise ValueError(f"StudyPlan.methods must be among {sorted(METHODS)}, got "
-                             f"{self.methods}")
         if self.samples_per_iter < 2:
             raise ValueError("StudyPlan.samples_per_iter must be >= 2 (PPO spends one on mu)")
+        if not self.methods:
+            raise ValueError("StudyPlan.methods must not be empty")
+        for name in self.methods + tuple(m for m in self.budget_methods if m != "best"):
+            method_opts(name, max(self.budget_iterations + (self.iterations,)),
+                        self.samples_per_iter)  # unknown names, impossible budgets
+        for answer in self.retrain:
+            method = answer.split(":")[0]
+            if answer != "best" and method not in self.methods:
+                raise ValueError(f"StudyPlan.retrain {answer!r}: {method!r} is not among the "
+                                 f"searched methods {self.methods}")
+            if answer.count(":") > 1 or answer.split(":")[1:] not in ([], ["mu"], ["sampled"]):
+                raise ValueError(f"StudyPlan.retrain {answer!r}: expected '<method>', "
+                                 "'<method>:mu', '<method>:sampled' or 'best'")
+        if ("best" in self.retrain or self.retrain_top or "best" in self.budget_methods) and (
+                not self.screen_seeds):
+            raise ValueError("StudyPlan: 'best' and retrain_top need screen_seeds (the best "
+                             "method is the best screened one)")
+        if any(b < 2 for b in self.budget_iterations):
+            raise ValueError(f"StudyPlan.budget_iterations must be >= 2 each, got "
+                             f"{self.budget_iterations}")
         for name in ("search_config", "train_config"):
             if not os.path.isfile(getattr(self, name)):
                 raise ValueError(f"StudyPlan.{name}: no config file {getattr(self, name)!r}")
 
 
+# Budget and proxy: 100-iteration proxies fine-tuned at the retraining's lr from the pretrained
+# weights, 40-image hold-out (docs/search_study.md explains why).
+_SHAPES = dict(holdout_size=40, search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300)
+
 PLANS = {
-    # What a reviewer runs: every phase on small budgets (about 13 minutes on 2 CPU cores).
+    # What a reviewer runs in <= 15 minutes on 2 CPU cores (2 jobs): the reference PPO, random
+    # search and the new default on both targets, 2 search x 2 training seeds, screened and
+    # retrained; no ablation, budget curve or fidelity check.
     "quick": StudyPlan(
         name="quick", targets=("BF1", "mIoU"), search_seeds=(1, 2), train_seeds=(1, 2),
-        iterations=3, samples_per_iter=6, proxy_iters=60, holdout_size=40, retrain_iters=200,
-        ablation_target="mIoU", ablation_seeds=(1,), fidelity_candidates=8,
-        noise_seeds=(1, 2, 3), search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300,
+        iterations=3, samples_per_iter=6, proxy_iters=60, retrain_iters=200,
+        methods=("ppo", "random", "ppo_select"), retrain=("ppo", "random", "ppo_select"),
+        screen_seeds=(901, 902), noise_seeds=(1, 2, 3), **_SHAPES,
     ),
-    # The study of docs/search_study.md: 4 x 8 proxies of 100 iterations fine-tuned from the
-    # pretrained weights, 3 search seeds x 3 training seeds (about 70 minutes on 2 CPU cores;
-    # add the paper's joint PPO ratio with --set methods ppo,ppo_joint,random).
+    # The study of docs/search_study.md: 4 x 8 proxies of 100 iterations, 3 search seeds x 3
+    # training seeds, every option screened, finalists retrained, a budget curve.
     "full": StudyPlan(
         name="full", targets=("BF1", "mIoU"), search_seeds=(1, 2, 3), train_seeds=(1, 2, 3),
-        iterations=4, samples_per_iter=8, proxy_iters=100, holdout_size=40, retrain_iters=400,
-        ablation_target="mIoU", ablation_seeds=(1,), fidelity_candidates=8,
-        noise_seeds=(1, 2, 3, 4, 5), search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300,
+        iterations=4, samples_per_iter=8, proxy_iters=100, retrain_iters=400,
+        methods=("ppo", "random", "ppo_joint", "ppo_rank", "ppo_mirrored",
+                 "ppo_sigma", "ppo_trust", "ppo_lr", "ppo_seeds", "ppo_select", "random_select",
+                 "ppo_halving", "ppo_2piece"),
+        retrain=("ppo", "ppo:mu", "random", "ppo_select", "ppo_select:sampled", "best"),
+        retrain_top=0, screen_seeds=(901, 902, 903), budget_iterations=(2, 4, 8),
+        budget_methods=("best", "random"), fidelity_candidates=0,
+        noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
     ),
 }
 
@@ -195,21 +354,41 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def rewards_across_seeds(cfg, thetas, seeds: Sequence[int]) -> Dict[int, List[float]]:
-    """Proxy rewards of candidates ``thetas`` ``(K, D)`` trained with each proxy seed of
-    ``seeds`` on the search data of ``cfg`` (one hold-out split, ``SEARCH.SEED``'s): how much of
-    a reward is the candidate and how much the seed. Returns {seed: [K rewards]}."""
+    """Proxy rewards of candidates ``thetas`` ``(K, D)`` trained side by side with each proxy
+    seed of ``seeds`` on the search data of ``cfg`` (one hold-out split, ``SEARCH.SEED``'s),
+    fully (no halving): how much of a reward is the candidate and how much the seed. Returns
+    {seed: [K rewards]}."""
     from .holdout import search_datasets
     from .trial import train_candidates
 
     train_dicts, reward_dicts = search_datasets(cfg)
-    return {int(seed): [r["reward"] for r in train_candidates(cfg, thetas, train_dicts,
-                                                              reward_dicts, seed=int(seed))]
-            for seed in seeds}
+    return {int(seed): [r["reward"] for r in train_candidates(
+        cfg, thetas, train_dicts, reward_dicts, seed=int(seed), halving=False)]
+        for seed in seeds}
+
+
+def answer_names(answer: str) -> Tuple[str, str]:
+    """``"ppo_select:sampled"`` -> ("ppo_select", "best_sampled_params.json") etc."""
+    method, _, kind = answer.partition(":")
+    return method, {"": "best_params.json", "mu": "final_mu_params.json",
+                    "sampled": "best_sampled_params.json"}[kind]
+
+
+# One retraining iteration (one model) costs about what one proxy iteration of one candidate does
+# (candidates of a group share the data pipeline).
+_RETRAIN_COST = 1.1
+
+_COMPARED = ("targets", "iterations", "samples_per_iter", "proxy_iters", "holdout_size",
+             "retrain_iters", "noise_thetas", "search_opts", "pretrain_iters", "search_config",
+             "train_config")
+"""Plan fields that change results already on disk (the others only add or select work)."""
 
 
 def _comparable(plan_dict: Dict) -> Dict:
-    """A plan as compared on resume: config files by name (a study may move with its checkout)."""
-    return {k: os.path.basename(v) if k.endswith("_config") else v for k, v in plan_dict.items()}
+    """The fields of a plan compared on resume; config files by name (a study may move with its
+    checkout)."""
+    return {k: os.path.basename(v) if k.endswith("_config") else v
+            for k, v in plan_dict.items() if k in _COMPARED and k != "targets"}
 
 
 def _read_json(path: str):
@@ -219,10 +398,50 @@ def _read_json(path: str):
 
 def _write_json(path: str, data) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
     os.replace(tmp, path)
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds)) if math.isfinite(seconds) else 0
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------------------------- job running
+_WORKER = {}
+
+
+def route_library_logs(path: str) -> None:
+    """Send the INFO lines of detectron2, fvcore and segloss_d2 (training progress, model dumps)
+    to the file ``path`` only, so that the study's own progress lines stay readable."""
+    import logging
+
+    for name in ("detectron2", "fvcore", "segloss_d2"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        if not any(getattr(h, "baseFilename", None) == os.path.abspath(path)
+                   for h in logger.handlers):
+            logger.addHandler(logging.FileHandler(path))
+
+
+def _init_worker(plan_dict, out, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    route_library_logs(os.path.join(out, "log.txt"))
+    plan = StudyPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan_dict.items()})
+    _WORKER["study"] = SearchStudy(plan, out, log=lambda line: print(line, flush=True),
+                                   _worker=True)
+
+
+def _run_in_worker(job):
+    kind, args = job
+    start = time.perf_counter()
+    result = getattr(_WORKER["study"], kind)(*args)
+    return result, time.perf_counter() - start
 
 
 class SearchStudy:
@@ -230,22 +449,30 @@ class SearchStudy:
 
     Args:
         plan (StudyPlan): validated here.
-        output_dir (str): holds ``search/``, ``retrain/``, ``noise/`` and ``timings.json``.
+        output_dir (str): holds ``search/``, ``screen/``, ``retrain/``, ``noise/``,
+            ``plan.json`` and ``timings.json``.
         log (callable): progress lines.
+        jobs (int): worker processes (spawned, each with ``cpu_count // jobs`` torch threads);
+            1 = everything in this process.
     """
 
-    def __init__(self, plan: StudyPlan, output_dir: str, log: Callable[[str], None] = print):
+    def __init__(self, plan: StudyPlan, output_dir: str, log: Callable[[str], None] = print,
+                 jobs: int = 1, _worker: bool = False):
+        self.plan, self.out, self.log, self.jobs = plan, output_dir, log, jobs
+        self._timings_path = os.path.join(output_dir, "timings.json")
+        if _worker:
+            return
         plan.validate()
-        self.plan, self.out, self.log = plan, output_dir, log
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
         os.makedirs(output_dir, exist_ok=True)
         plan_path = os.path.join(output_dir, "plan.json")
         plan_dict = json.loads(json.dumps(dataclasses.asdict(plan)))
         if os.path.exists(plan_path) and _comparable(_read_json(plan_path)) != _comparable(
                 plan_dict):
-            raise ValueError(f"{output_dir} holds a study with another plan ({plan_path}); "
-                             "choose another --output-dir or delete it")
+            raise ValueError(f"{output_dir} holds a study with another budget or proxy "
+                             f"({plan_path}); choose another --output-dir or delete it")
         _write_json(plan_path, plan_dict)
-        self._timings_path = os.path.join(output_dir, "timings.json")
         self.timings = _read_json(self._timings_path) if os.path.exists(
             self._timings_path) else {}
 
@@ -258,29 +485,30 @@ class SearchStudy:
 
         return pretrained_weights(self.plan.train_config, self.plan.pretrain_iters)
 
-    def search_cfg(self, target: str, seed: int, method: str = "ppo", constraints: str = "all",
-                   scratch: bool = False):
-        """The frozen config of one search of the study (``scratch``: the search config's own
-        proxy, from random weights, whatever the plan says)."""
+    def search_cfg(self, target: str, seed: int, method: str = "ppo",
+                   iterations: Optional[int] = None, scratch: bool = False):
+        """The frozen config of one search of the study (``iterations``: a budget of the budget
+        curve, default the plan's; ``scratch``: the search config's own proxy, from random
+        weights, whatever the plan says)."""
         from ..engine import get_segloss_cfg
 
         p = self.plan
         cfg = get_segloss_cfg()
         cfg.merge_from_file(p.search_config)
-        out = self.search_dir(target, seed, method, constraints)
+        out = self.search_dir(target, seed, method, iterations)
         cfg.merge_from_list([
             "SEARCH.TARGET_METRIC", target, "SEARCH.SEED", seed,
-            "SEARCH.CONSTRAINTS", constraints, "SEARCH.ITERATIONS", p.iterations,
-            "SEARCH.SAMPLES_PER_ITER", p.samples_per_iter, "SEARCH.PROXY.MAX_ITER", p.proxy_iters,
-            "SEARCH.HOLDOUT.SIZE", p.holdout_size, *METHODS[method],
+            "SEARCH.PROXY.MAX_ITER", p.proxy_iters, "SEARCH.HOLDOUT.SIZE", p.holdout_size,
+            *method_opts(method, iterations or p.iterations, p.samples_per_iter),
             *(() if scratch else (*p.search_opts, "MODEL.WEIGHTS", self.weights())),
             "OUTPUT_DIR", out, "SEARCH.OUTPUT_DIR", out,
         ])
         cfg.freeze()
         return cfg
 
-    def search_dir(self, target, seed, method="ppo", constraints="all") -> str:
-        return os.path.join(self.out, "search", f"{target}_{method}_{constraints}_s{seed}")
+    def search_dir(self, target, seed, method="ppo", iterations=None) -> str:
+        budget = "" if iterations in (None, self.plan.iterations) else f"_b{iterations}"
+        return os.path.join(self.out, "search", f"{target}_{method}{budget}_s{seed}")
 
     def loss_opts(self, target: str, loss: str, params_path: str = "") -> List:
         """Config overrides of one retraining loss: a searched params file, or an unsearched
@@ -298,36 +526,32 @@ class SearchStudy:
                     "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", PRESET_OF_TARGET[target]]
         raise ValueError(f"unknown unsearched loss {loss!r}; expected one of {UNSEARCHED}")
 
-    # ------------------------------------------------------------------ phases
+    # ------------------------------------------------------------------ jobs (one file each)
     def _search_line(self, line: str) -> None:
-        if line.startswith("[search] iteration"):  # one line per iteration, not per trial
+        if line.startswith(("[search] iteration", "[search] selection: chose")):
             self.log("  " + line)
 
-    def _timed(self, phase: str, seconds: float) -> None:
-        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
-        _write_json(self._timings_path, self.timings)
-
-    def search(self, target, seed, method="ppo", constraints="all") -> Dict:
-        """Run (or finish, or reuse) one search; returns its trials and best params path."""
-        from .runner import SearchRunner
+    def search(self, target, seed, method="ppo", iterations=None) -> Dict:
+        """Run (or finish, or reuse) one search; returns its trials, answer files and budget."""
+        from .runner import SearchRunner, search_fingerprint_config
         from .state import SearchState
 
-        cfg = self.search_cfg(target, seed, method, constraints)
+        cfg = self.search_cfg(target, seed, method, iterations)
         out = cfg.SEARCH.OUTPUT_DIR
         best = os.path.join(out, "best_params.json")
         done = os.path.exists(best) and os.path.exists(os.path.join(out, "final_mu_params.json"))
         if not done:
-            start = time.perf_counter()
-            self.log(f"[study] search {target} {method} constraints={constraints} seed {seed}")
+            self.log(f"[study] search {target} {method} seed {seed}"
+                     f"{'' if iterations is None else f' ({iterations} iterations)'}")
             resume = os.path.exists(os.path.join(out, META))
             SearchRunner(cfg, resume=resume, log=self._search_line).run()
-            self._timed("searches", time.perf_counter() - start)
-        trials = SearchState.resume(out, _fingerprint_config(cfg)).all_trials()
-        return {"trials": trials, "best_params": best}
+        with SearchState.resume(out, search_fingerprint_config(cfg)) as state:
+            trials = state.all_trials()
+        return {"trials": trials, "dir": out, "budget": search_budget(cfg)}
 
     def retrain(self, target: str, name: str, train_seed: int, loss_opts: List) -> Dict:
-        """Train the tiny model from scratch with one loss and seed (or reuse the result);
-        returns the evaluator's results on the validation split (percent)."""
+        """Train the tiny model with one loss and seed (or reuse the result); returns the
+        evaluator's results on the validation split (percent)."""
         from ..compare import train_and_evaluate
         from ..engine import get_segloss_cfg
 
@@ -335,7 +559,6 @@ class SearchStudy:
         path = os.path.join(out, "study_results.json")
         if os.path.exists(path):
             return _read_json(path)["results"]
-        start = time.perf_counter()
         cfg = get_segloss_cfg()
         cfg.merge_from_file(self.plan.train_config)
         cfg.merge_from_list(["SOLVER.MAX_ITER", self.plan.retrain_iters, "SEED", train_seed,
@@ -347,45 +570,277 @@ class SearchStudy:
             self.log(f"[study] retrain {target} {name} seed {train_seed} diverged: {e}")
             results = {"diverged": str(e)}
         _write_json(path, {"loss_opts": [str(v) for v in loss_opts], "results": results})
-        self._timed("retraining", time.perf_counter() - start)
-        key = EVAL_KEY[target]
-        self.log(f"[study] retrain {target} {name} seed {train_seed}: {key} "
-                 f"{results.get(key, math.nan):.2f}")
+        self.log(f"[study] retrain {target} {name} seed {train_seed}: {target} "
+                 f"{results.get(target, math.nan):.2f}")
         return results
 
-    def reward_noise(self, target: str, scratch: bool = False) -> Dict:
-        """Rewards of ``noise_thetas`` candidates (row 0: the identity curves) under every proxy
-        seed, on the hold-out split of the first search seed (``scratch``: with the from-scratch
-        proxy of the search config)."""
+    def _noise_thetas(self, cfg):
         from .runner import build_controller
 
-        p = self.plan
-        path = os.path.join(self.out, "noise", f"{target}{'_scratch' if scratch else ''}.json")
-        cached = _read_json(path) if os.path.exists(path) else {"rewards": {}}
-        cfg = self.search_cfg(target, p.search_seeds[0], scratch=scratch)
         controller = build_controller(cfg)
-        thetas = PPOController(controller.dim, controller.mu.tolist(),
-                               sigma=float(cfg.SEARCH.SIGMA), seed=0).sample(p.noise_thetas)
-        for seed in p.noise_seeds:
-            if str(seed) in cached["rewards"]:
-                continue
-            start = time.perf_counter()
-            rewards = rewards_across_seeds(cfg, thetas, [seed])[seed]
-            cached["rewards"][str(seed)] = rewards
-            cached["thetas"] = thetas.tolist()
-            _write_json(path, cached)
-            self._timed("noise", time.perf_counter() - start)
-            self.log(f"[study] noise {target}{' (scratch proxy)' if scratch else ''} proxy seed "
-                     f"{seed}: {[round(r, 4) for r in rewards]}")
-        return cached
+        return PPOController(controller.dim, controller.mu.tolist(),
+                             sigma=float(cfg.SEARCH.SIGMA), seed=0).sample(self.plan.noise_thetas)
+
+    def noise(self, target: str, proxy_seed: int, scratch: bool = False) -> List[float]:
+        """Rewards of ``noise_thetas`` candidates (row 0: the identity curves) trained with one
+        proxy seed on the hold-out split of the first search seed (``scratch``: the search
+        config's own proxy, from random weights)."""
+        path = os.path.join(self.out, "noise", f"{target}{'_scratch' if scratch else ''}",
+                            f"p{proxy_seed}.json")
+        if os.path.exists(path):
+            return _read_json(path)["rewards"]
+        cfg = self.search_cfg(target, self.plan.search_seeds[0], scratch=scratch)
+        thetas = self._noise_thetas(cfg)
+        rewards = rewards_across_seeds(cfg, thetas, [proxy_seed])[proxy_seed]
+        _write_json(path, {"thetas": thetas.tolist(), "rewards": rewards})
+        self.log(f"[study] noise {target}{' (scratch proxy)' if scratch else ''} proxy seed "
+                 f"{proxy_seed}: {[round(r, 4) for r in rewards]}")
+        return rewards
+
+    def methods_of(self, target: str) -> List[str]:
+        """The plan's methods that apply to ``target``."""
+        return [m for m in self.plan.methods
+                if not _method(m).targets or target in _method(m).targets]
+
+    def screen_answers(self, target: str) -> List[str]:
+        """What the screening trains besides the identity: every method's answer, PPO's final
+        mean and, for methods with a selection, the best sampled candidate it overruled."""
+        names = []
+        for method in self.methods_of(target):
+            names.append(method)
+            if _method(method).selection:
+                names.append(f"{method}:sampled")
+            if method == "ppo":
+                names.append("ppo:mu")
+        return names
+
+    def screen(self, target: str, seed: int, screen_seed: int) -> Dict[str, float]:
+        """The identity and the answers of every search of (``target``, ``seed``), trained side
+        by side as proxies with the fresh seed ``screen_seed`` on that search's hold-out set;
+        returns {answer: reward} ("identity" included)."""
+        from ..surrogate.params import load_params
+
+        path = os.path.join(self.out, "screen", target, f"s{seed}_p{screen_seed}.json")
+        names = self.screen_answers(target)
+        cached = _read_json(path) if os.path.exists(path) else {}
+        if set(cached) >= set(names) | {"identity"}:
+            return cached
+        import torch
+
+        from .space import SearchSpace
+
+        # One group per search space (e.g. 1- and 2-piece curves): the groups train with the same
+        # seed, hence on the same batches from the same weights (common random numbers).
+        cfg = self.search_cfg(target, seed)
+        groups = {repr(SearchSpace.from_config(cfg)): (cfg, ["identity"], [
+            SearchSpace.from_config(cfg).initial_mu()])}
+        for name in names:
+            method, file = answer_names(name)
+            params = load_params(os.path.join(self.search_dir(target, seed, method), file))
+            method_cfg = self.search_cfg(target, seed, method)
+            group = groups.setdefault(repr(SearchSpace.from_config(method_cfg)),
+                                      (method_cfg, [], []))
+            group[1].append(name)
+            group[2].append([v for term in params.thetas for curve in term for v in curve])
+        result = {}
+        for group_cfg, group_names, thetas in groups.values():
+            rewards = rewards_across_seeds(group_cfg, torch.tensor(thetas, dtype=torch.float32),
+                                           [screen_seed])[screen_seed]
+            result.update(zip(group_names, rewards))
+        _write_json(path, result)
+        self.log(f"[study] screen {target} seed {seed} proxy seed {screen_seed}: identity "
+                 f"{result['identity']:.4f}, best answer {max(names, key=result.get)} "
+                 f"{max(result[n] for n in names):.4f}")
+        return result
+
+    # ------------------------------------------------------------------ phases
+    def _timed(self, phase: str, seconds: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+        _write_json(self._timings_path, self.timings)
+
+    def _map(self, phase: str, jobs: List[Tuple[str, tuple]], costs: List[float]) -> List:
+        """Run ``jobs`` ((method name, args), each writing its own file) in the worker pool,
+        logging progress with the elapsed time and the estimated time left; returns their
+        results in order."""
+        results = [None] * len(jobs)
+
+        def finished(i, result, seconds):
+            results[i] = result
+            self._cost_left -= costs[i]
+            if seconds > 1:  # a cached result costs nothing and says nothing about speed
+                self._timed(phase, seconds)
+                self._cost_done += costs[i]
+                self._busy = time.perf_counter() - self._start
+            left = (self._busy / self._cost_done * self._cost_left if self._cost_done
+                    else math.nan)
+            self.log(f"[study] {phase}: {sum(r is not None for r in results)}/{len(jobs)} "
+                     f"done | elapsed {_format_seconds(time.perf_counter() - self._start)} | "
+                     f"estimated time left {_format_seconds(left) if left == left else '?'}")
+
+        if self.jobs == 1 or len(jobs) <= 1:
+            for i, (kind, args) in enumerate(jobs):
+                t = time.perf_counter()
+                finished(i, getattr(self, kind)(*args), time.perf_counter() - t)
+            return results
+        plan_dict = json.loads(json.dumps(dataclasses.asdict(self.plan)))
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        with concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(plan_dict, self.out, threads)) as pool:
+            futures = {pool.submit(_run_in_worker, job): i for i, job in enumerate(jobs)}
+            for future in concurrent.futures.as_completed(futures):
+                result, seconds = future.result()
+                finished(futures[future], result, seconds)
+        return results
+
+    def _prepare(self) -> None:
+        """What every job needs, made once here (not raced by the workers): the pretrained
+        weights and the generated datasets."""
+        from detectron2.data import DatasetCatalog
+
+        from .. import engine  # noqa: F401  (registers the datasets)
+
+        self.weights()
+        for name in ("segloss_shapes_train", "segloss_shapes_val", "segloss_shapes_pretrain"):
+            DatasetCatalog.get(name)
+
+    def best_method(self, target: str, screen: Dict) -> str:
+        """The method whose answers gained most over the identity in the screening."""
+        methods = self.methods_of(target)
+        gains = {m: _screen_gain(screen, m)[0] for m in methods}
+        return max(methods, key=lambda m: (gains[m], -methods.index(m)))
+
+    def run(self) -> Dict:
+        """Run every phase (reusing finished work); returns the collected results."""
+        p, self._start = self.plan, time.perf_counter()
+        self._cost_left, self._cost_done, self._busy = self._estimated_cost(), 0.0, 0.0
+        self._prepare()
+        proxy = p.samples_per_iter * p.proxy_iters
+        results = {"plan": dataclasses.asdict(p), "noise": {}, "noise_scratch": {},
+                   "searches": {}, "budgets": {}, "screen": {}, "best": {}, "retrain": {},
+                   "ablation": {}, "budget_curve": {}, "fidelity": {}}
+
+        jobs = [("noise", (t, s, scratch)) for t in p.targets for s in p.noise_seeds
+                for scratch in ((False, True) if p.scratch_noise else (False,))]
+        for (_, (t, s, scratch)), rewards in zip(jobs, self._map("noise", jobs, [
+                p.noise_thetas * p.proxy_iters] * len(jobs))):
+            results["noise_scratch" if scratch else "noise"].setdefault(t, {})[str(s)] = rewards
+
+        ablation = [(p.ablation_target, m, s) for m in ABLATION[1:] for s in p.ablation_seeds
+                    if p.ablation_target]
+        explicit_budget = [m for m in p.budget_methods if m != "best"]
+        curve = [(t, m, s, b) for t in p.targets for m in explicit_budget
+                 for s in (p.budget_seeds or p.search_seeds) for b in p.budget_iterations]
+        jobs = ([("search", (t, s, m)) for s in p.search_seeds for t in p.targets
+                 for m in self.methods_of(t)] + [("search", (t, s, m)) for t, m, s in ablation])
+        self._collect_searches(results, jobs, self._map(
+            "searches", jobs, [proxy * p.iterations] * len(jobs)))
+
+        jobs = [("screen", (t, s, q)) for t in p.targets for s in p.search_seeds
+                for q in p.screen_seeds]
+        for (_, (t, s, q)), rewards in zip(jobs, self._map("screening", jobs, [
+                (len(self.screen_answers(a[0])) + 1) * p.proxy_iters for _, a in jobs])):
+            results["screen"].setdefault(t, {}).setdefault(str(s), {})[str(q)] = rewards
+        if p.screen_seeds:
+            results["best"] = {t: self.best_method(t, results["screen"][t]) for t in p.targets}
+
+        best_curve = [(t, results["best"][t], s, b) for t in p.targets if "best" in
+                      p.budget_methods for s in (p.budget_seeds or p.search_seeds)
+                      for b in p.budget_iterations]
+        best_curve = [c for c in best_curve if c[:2] not in {x[:2] for x in curve}]
+        jobs = [("search", (t, s, m, b)) for t, m, s, b in curve + best_curve
+                if b != p.iterations or m not in p.methods]
+        self._collect_searches(results, jobs, self._map(
+            "budget-curve searches", jobs, [proxy * a[3] for _, a in jobs]))
+
+        jobs, keys = [], []
+        for t in p.targets:
+            answers = self._retrained_answers(t, results)
+            for loss in UNSEARCHED:
+                for ts in p.train_seeds:
+                    jobs.append(("retrain", (t, loss, ts, self.loss_opts(t, loss))))
+                    keys.append((t, loss, None))
+            for answer in answers:
+                method, file = answer_names(answer)
+                for s in p.search_seeds:
+                    params = os.path.join(self.search_dir(t, s, method), file)
+                    for ts in p.train_seeds:
+                        jobs.append(("retrain", (t, f"{answer.replace(':', '_')}_s{s}", ts,
+                                                 self.loss_opts(t, "", params))))
+                        keys.append((t, answer, None))
+            for t_, m, s, b in curve + best_curve:
+                if t_ != t:
+                    continue
+                params = os.path.join(self.search_dir(t, s, m, b), "best_params.json")
+                for ts in p.train_seeds:
+                    jobs.append(("retrain", (t, f"{m}_b{b}_s{s}", ts,
+                                             self.loss_opts(t, "", params))))
+                    keys.append((t, m, b))
+        for (t, name, b), r in zip(keys, self._map("retraining", jobs, [
+                _RETRAIN_COST * p.retrain_iters] * len(jobs))):
+            if b is None:
+                results["retrain"].setdefault(t, {}).setdefault(name, []).append(r)
+            else:
+                point = results["budget_curve"].setdefault(t, {}).setdefault(name, {}).setdefault(
+                    str(b), {"runs": [], "proxy_iters": []})
+                point["runs"].append(r)
+        for t, m, s, b in curve + best_curve:
+            point = results["budget_curve"][t][m][str(b)]
+            point["proxy_iters"].append(results["budgets"][self.search_dir(t, s, m, b)])
+
+        if p.fidelity_candidates:
+            target = p.targets[0]
+            trials = results["searches"][f"{target}/{p.methods[0]}/{p.search_seeds[0]}"]
+            results["fidelity"][target] = self.fidelity(target, trials, p.train_seeds[0])
+        results["timings"] = dict(self.timings)
+        results["wall_seconds"] = time.perf_counter() - self._start
+        return results
+
+    def _estimated_cost(self) -> float:
+        """The whole study's cost in proxy-training iterations (for the time-left estimate)."""
+        p = self.plan
+        search = p.iterations * p.samples_per_iter * p.proxy_iters
+        curve_points = len(p.targets) * len(p.budget_methods) * len(
+            p.budget_seeds or p.search_seeds)
+        answers = len(p.retrain) + p.retrain_top
+        return (len(p.targets) * len(p.noise_seeds) * (1 + p.scratch_noise) * p.noise_thetas
+                * p.proxy_iters
+                + search * (sum(len(self.methods_of(t)) for t in p.targets)
+                            * len(p.search_seeds) + 3 * len(p.ablation_seeds))
+                + sum(p.budget_iterations) * p.samples_per_iter * p.proxy_iters * curve_points
+                + sum(len(self.screen_answers(t)) + 1 for t in p.targets)
+                * len(p.search_seeds) * len(p.screen_seeds) * p.proxy_iters
+                + _RETRAIN_COST * p.retrain_iters * len(p.train_seeds) * (
+                    len(p.targets) * (len(UNSEARCHED) + answers * len(p.search_seeds))
+                    + curve_points * len(p.budget_iterations))
+                + _RETRAIN_COST * p.retrain_iters * p.fidelity_candidates)
+
+    def _collect_searches(self, results, jobs, outputs) -> None:
+        for (_, args), out in zip(jobs, outputs):
+            t, s, m = args[:3]
+            b = args[3] if len(args) > 3 else self.plan.iterations
+            results["budgets"][out["dir"]] = out["budget"]
+            key = f"{t}/{m}/{s}" if b == self.plan.iterations else f"{t}/{m}@{b}/{s}"
+            results["searches"][key] = out["trials"]
+            if t == self.plan.ablation_target and m in ABLATION and s in self.plan.ablation_seeds:
+                results["ablation"][f"{m}/{s}"] = out["trials"]
+
+    def _retrained_answers(self, target: str, results: Dict) -> List[str]:
+        answers = [results["best"][target] if a == "best" else a for a in self.plan.retrain]
+        if self.plan.retrain_top:
+            screen = results["screen"][target]
+            ranked = sorted(self.methods_of(target), key=lambda m: -_screen_gain(screen, m)[0])
+            answers += ranked[:self.plan.retrain_top]
+        return list(dict.fromkeys(answers))
 
     def fidelity(self, target: str, trials: List[Dict], train_seed: int) -> List[Dict]:
         """Retrain ``fidelity_candidates`` distinct candidates spread over the reward range of
         ``trials`` (one search); returns [{reward, retrained, theta}] ordered by reward."""
         from ..surrogate.params import save_params
-        from .trial import theta_to_params
+        from .space import SearchSpace
 
-        ok = sorted((t for t in trials if t["status"] == "ok"), key=lambda t: t["reward"])
+        ok = sorted((t for t in trials if t["status"] == "ok" and t.get("stage", "search")
+                     == "search"), key=lambda t: t["reward"])
         unique, seen = [], set()
         for t in ok:
             key = tuple(round(v, 6) for v in t["theta"])
@@ -395,66 +850,32 @@ class SearchStudy:
         k = min(self.plan.fidelity_candidates, len(unique))
         picks = [unique[i] for i in np.unique(np.linspace(0, len(unique) - 1, k).round()
                                                .astype(int))]
-        cfg = self.search_cfg(target, self.plan.search_seeds[0])
+        space = SearchSpace.from_config(self.search_cfg(target, self.plan.search_seeds[0]))
         out = []
         for t in picks:
             name = f"fidelity_it{t['iteration']}_{t['index']}"
             params_path = os.path.join(self.out, "retrain", target, name + ".json")
             if not os.path.exists(params_path):
-                save_params(theta_to_params(cfg, t["theta"], reward=t["reward"]), params_path)
+                save_params(space.to_params(t["theta"], reward=t["reward"]), params_path)
             results = self.retrain(target, name, train_seed,
                                    self.loss_opts(target, "", params_path))
-            out.append({"reward": t["reward"], "retrained": results.get(EVAL_KEY[target]),
+            out.append({"reward": t["reward"], "retrained": results.get(target),
                         "iteration": t["iteration"], "index": t["index"]})
         return out
 
-    def run(self) -> Dict:
-        """Run every phase (reusing finished work); returns the collected results."""
-        p = self.plan
-        results = {"plan": dataclasses.asdict(p), "noise": {}, "noise_scratch": {},
-                   "searches": {}, "retrain": {}, "ablation": {}, "fidelity": {}}
-        for target in p.targets:
-            results["noise"][target] = self.reward_noise(target)
-            if p.pretrain_iters:
-                results["noise_scratch"][target] = self.reward_noise(target, scratch=True)
-        for target in p.targets:
-            for method in p.methods:
-                for seed in p.search_seeds:
-                    results["searches"][f"{target}/{method}/{seed}"] = self.search(
-                        target, seed, method)["trials"]
-        if p.ablation_target:
-            for constraints in ("all", "no_truth_table", "no_monotonic", "none"):
-                for seed in p.ablation_seeds:
-                    results["ablation"][f"{constraints}/{seed}"] = self.search(
-                        p.ablation_target, seed, p.methods[0], constraints)["trials"]
-        for target in p.targets:
-            rows = results["retrain"][target] = {}
-            for loss in UNSEARCHED:
-                rows[loss] = [self.retrain(target, loss, ts, self.loss_opts(target, loss))
-                              for ts in p.train_seeds]
-            for method in p.methods:
-                rows[method] = []
-                for seed in p.search_seeds:
-                    best = self.search_dir(target, seed, method) + "/best_params.json"
-                    rows[method] += [self.retrain(target, f"{method}_s{seed}", ts,
-                                                  self.loss_opts(target, "", best))
-                                     for ts in p.train_seeds]
-        if p.fidelity_candidates:
-            target = p.targets[0]
-            trials = results["searches"][f"{target}/{p.methods[0]}/{p.search_seeds[0]}"]
-            results["fidelity"][target] = self.fidelity(target, trials, p.train_seeds[0])
-        results["timings"] = dict(self.timings)
-        return results
 
-
-def _fingerprint_config(cfg):
-    from .runner import search_fingerprint_config
-
-    return search_fingerprint_config(cfg)
+def _screen_gain(screen: Dict, answer: str) -> Tuple[float, float, List[float]]:
+    """Screening gain of ``answer`` over the identity: per search seed the mean over the fresh
+    proxy seeds of (answer's reward − identity's reward); returns (mean, std over search seeds,
+    per-seed gains)."""
+    per_seed = [float(np.mean([r[answer] - r["identity"] for r in by_proxy.values()]))
+                for _, by_proxy in sorted(screen.items(), key=lambda kv: int(kv[0]))]
+    return (*mean_std(per_seed), per_seed)
 
 
 def best_so_far(trials: List[Dict], iterations: Optional[int] = None) -> List[float]:
-    """Best "ok" reward up to each iteration (index = iteration)."""
+    """Best "ok" sampled reward up to each iteration (index = iteration)."""
+    trials = [t for t in trials if t.get("stage", "search") == "search"]
     n = iterations or (max(t["iteration"] for t in trials) + 1)
     best, out = -math.inf, []
     for it in range(n):

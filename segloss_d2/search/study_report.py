@@ -5,28 +5,40 @@
 """
 import math
 import os
+import re
 from typing import Dict, List
 
 import numpy as np
 
-from .study import EVAL_KEY, UNSEARCHED, best_so_far, mean_std, spearman
+from .study import (
+    ABLATION,
+    METHODS,
+    UNSEARCHED,
+    _method,
+    _screen_gain,
+    best_so_far,
+    mean_std,
+    spearman,
+)
 
 __all__ = ["write_report", "iteration_curves"]
 
 _TABLE_METRICS = ("mIoU", "fwIoU", "BIoU", "BF1", "mACC", "pACC")
-_LABELS = {"ppo": "PPO search (reference: per-dim ratio)", "ppo_joint":
-           "PPO, joint ratio (paper formula)", "random": "random search", "cross_entropy":
-           "cross-entropy", "naive": "naive (identity curves)", "preset": "released VOC preset"}
-_COLORS = {"ppo": "tab:blue", "ppo_joint": "tab:green", "random": "tab:orange", "all": "tab:blue",
-           "no_truth_table": "tab:red", "no_monotonic": "tab:purple", "none": "tab:gray"}
+_UNSEARCHED_LABELS = {"cross_entropy": "cross-entropy", "naive": "naive (identity curves)",
+                      "preset": "released VOC preset"}
 
 
-def _color(method, i):
-    return _COLORS.get(method, f"C{i + 2}")
+def _label(name: str) -> str:
+    """Table label of a method, an answer ("ppo:mu") or an unsearched loss."""
+    if name in _UNSEARCHED_LABELS:
+        return _UNSEARCHED_LABELS[name]
+    method, _, kind = name.partition(":")
+    label = _method(method).label if all(p in METHODS for p in method.split("+")) else method
+    return label + {"": "", "mu": ": final mean μ", "sampled": ": best sampled θ"}[kind]
 
 
 def _fmt(mean, std, digits=2):
-    if math.isnan(mean):
+    if mean is None or math.isnan(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
@@ -35,6 +47,7 @@ def iteration_curves(trials: List[Dict], iterations: int) -> Dict[str, List[floa
     """Per iteration of one search: ``mean`` (batch mean reward), ``mu`` (reward of sample 0: the
     mean itself under PPO's baseline "mu", meaningless for random search), ``best`` so far and
     ``mu_step`` (largest change of one coordinate of mu from the previous iteration; nan at 0)."""
+    trials = [t for t in trials if t.get("stage", "search") == "search"]
     mean, mu, thetas = [], [], []
     for it in range(iterations):
         batch = [t for t in trials if t["iteration"] == it]
@@ -47,16 +60,26 @@ def iteration_curves(trials: List[Dict], iterations: int) -> Dict[str, List[floa
     return {"mean": mean, "mu": mu, "best": best_so_far(trials, iterations), "mu_step": steps}
 
 
-def _curves(searches: Dict[str, List[Dict]], prefix: str, iterations: int):
-    """{key: [curves per seed]} for the searches whose key starts with ``prefix``."""
-    return [iteration_curves(trials, iterations) for key, trials in sorted(searches.items())
-            if key.startswith(prefix)]
+def _iterations(trials: List[Dict]) -> int:
+    return 1 + max((t["iteration"] for t in trials if t.get("stage", "search") == "search"),
+                   default=-1)
 
 
-def _band(ax, x, runs, key, color, label, style="-"):
-    values = np.array([r[key] for r in runs], dtype=np.float64)
+def _runs(searches: Dict[str, List[Dict]], prefix: str):
+    """Iteration curves of the searches whose key starts with ``prefix``, one per seed."""
+    return [iteration_curves(trials, _iterations(trials))
+            for key, trials in sorted(searches.items()) if key.startswith(prefix)]
+
+
+def _band(ax, runs, key, color, label, style="-"):
+    values = [r[key] for r in runs]
+    n = min((len(v) for v in values), default=0)
+    if not n:
+        return
+    values = np.array([v[:n] for v in values], dtype=np.float64)
     if np.isnan(values).all():
         return
+    x = np.arange(1, n + 1)
     m = np.nanmean(values, axis=0)
     ax.plot(x, m, style, color=color, marker="o", ms=4, label=label)
     if len(runs) > 1:
@@ -69,52 +92,66 @@ def _save(fig, path):
     fig.savefig(path, dpi=110)
 
 
-def _plot_reward_curves(results, target, path, noise_std):
+def _plot_reward_curves(results, target, methods, path, noise_std):
     from matplotlib.figure import Figure
 
     plan = results["plan"]
-    x = np.arange(1, plan["iterations"] + 1)
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, title in ((axes[0], "mean", "batch mean reward (all candidates)"),
-                           (axes[1], "best", "best reward so far")):
-        for i, method in enumerate(plan["methods"]):
-            runs = _curves(results["searches"], f"{target}/{method}/", plan["iterations"])
-            _band(ax, x, runs, key, _color(method, i), _LABELS.get(method, method))
-            if key == "mean" and method != "random":
-                _band(ax, x, runs, "mu", _color(method, i),
-                      f"{_LABELS.get(method, method)}: reward of the mean mu", "--")
-        ax.set(title=title, xlabel="search iteration", xticks=x)
+                           (axes[1], "best", "best sampled reward so far")):
+        for i, method in enumerate(methods):
+            runs = _runs(results["searches"], f"{target}/{method}/")
+            _band(ax, runs, key, f"C{i}", _label(method))
+            if key == "mean" and not method.startswith("random"):
+                _band(ax, runs, "mu", f"C{i}", f"{_label(method)}: reward of μ", "--")
+        ax.set(title=title, xlabel="search iteration")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"hold-out {target} of the proxy (0-1)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{target}: PPO vs random search, {len(plan['search_seeds'])} search seeds "
-                 f"(band: ±1 std); seed-to-seed std of one θ's reward: {noise_std:.3f}",
-                 fontsize=10)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{target}: {len(plan['search_seeds'])} search seeds (band: ±1 std); "
+                 f"seed-to-seed std of one θ's reward: {noise_std:.3f}", fontsize=10)
+    _save(fig, path)
+
+
+def _plot_budget_curve(curve, target, path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for i, (method, points) in enumerate(sorted(curve.items())):
+        xs = sorted(points, key=int)
+        budget = [np.mean(points[b]["proxy_iters"]) for b in xs]
+        stats = [mean_std([r.get(target) for r in points[b]["runs"] if "diverged" not in r])
+                 for b in xs]
+        m = np.array([s[0] for s in stats])
+        sd = np.array([s[1] for s in stats])
+        ax.errorbar(budget, m, yerr=sd, marker="o", capsize=3, color=f"C{i}",
+                    label=_label(method))
+    ax.set(xscale="log", xlabel="total proxy training iterations of the search",
+           ylabel=f"retrained {target} on val (%)", title=f"{target}: how much search is enough")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     _save(fig, path)
 
 
 def _plot_ablation(results, target, path):
     from matplotlib.figure import Figure
 
-    plan = results["plan"]
-    x = np.arange(1, plan["iterations"] + 1)
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2, sharey=True)
-    for constraints in ("all", "no_truth_table", "no_monotonic", "none"):
-        runs = _curves(results["ablation"], f"{constraints}/", plan["iterations"])
-        label = "both constraints (paper)" if constraints == "all" else constraints
-        _band(axes[0], x, runs, "mu", _COLORS[constraints], label)
-        _band(axes[1], x, runs, "best", _COLORS[constraints], label)
-    axes[0].set(title="reward of the mean mu", xlabel="search iteration",
+    for i, method in enumerate(ABLATION):
+        runs = _runs(results["ablation"], f"{method}/")
+        label = "both constraints (paper)" if method == "ppo" else method[4:]
+        _band(axes[0], runs, "mu", f"C{i}", label)
+        _band(axes[1], runs, "best", f"C{i}", label)
+    axes[0].set(title="reward of the mean μ", xlabel="search iteration",
                 ylabel=f"hold-out {target} of the proxy (0-1)")
     axes[1].set(title="best reward so far", xlabel="search iteration")
     for ax in axes:
-        ax.set_xticks(x)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{target}: constraint ablation (PPO), {len(plan['ablation_seeds'])} seed(s)",
-                 fontsize=10)
+    fig.suptitle(f"{target}: constraint ablation (PPO)", fontsize=10)
     _save(fig, path)
 
 
@@ -125,7 +162,7 @@ def _plot_fidelity(pairs, target, rho, path):
     ax = fig.subplots()
     ax.scatter([p["reward"] for p in pairs], [p["retrained"] for p in pairs])
     ax.set(xlabel=f"proxy reward (hold-out {target}, 0-1)",
-           ylabel=f"retrained {EVAL_KEY[target]} on val (%)",
+           ylabel=f"retrained {target} on val (%)",
            title=f"proxy fidelity: Spearman rho = {rho:.2f} ({len(pairs)} candidates)")
     ax.grid(alpha=0.3)
     _save(fig, path)
@@ -133,8 +170,9 @@ def _plot_fidelity(pairs, target, rho, path):
 
 def _noise_stats(noise: Dict) -> Dict[str, float]:
     """Seed-to-seed std of the identity's reward, spread across θ at one seed, and the std over
-    seeds of a candidate's reward difference to the identity (what common seeds leave)."""
-    rewards = np.array([noise["rewards"][s] for s in sorted(noise["rewards"], key=int)])
+    seeds of a candidate's reward difference to the identity (what common seeds leave).
+    ``noise``: {proxy seed: [rewards of the thetas]}."""
+    rewards = np.array([noise[s] for s in sorted(noise, key=int)])
     identity = rewards[:, 0]
     diffs = rewards[:, 1:] - identity[:, None]
     return {
@@ -147,17 +185,35 @@ def _noise_stats(noise: Dict) -> Dict[str, float]:
     }
 
 
+def _budget_of(results, target, method) -> str:
+    budgets = [v for k, v in results["budgets"].items()
+               if re.fullmatch(rf"{re.escape(target)}_{re.escape(method)}_s\d+",
+                               os.path.basename(k)) and v]
+    return str(int(np.mean(budgets))) if budgets else "?"
+
+
+def _retrain_row(name, runs, target, extra=""):
+    ok = [r for r in runs if "diverged" not in r]
+    m, s = mean_std([r.get(target) for r in ok])
+    means = [mean_std([r.get(k) for r in ok])[0] for k in _TABLE_METRICS]
+    diverged = "" if len(ok) == len(runs) else f" (+{len(runs) - len(ok)} diverged)"
+    return (f"| {_label(name)}{extra} | {_fmt(m, s)} | {len(ok)}{diverged} | "
+            + " | ".join(f"{v:.2f}" for v in means) + " |")
+
+
 def write_report(results: Dict, out_dir: str) -> str:
     """Write ``search_study.md`` and the PNGs into ``out_dir``; returns the markdown path."""
     os.makedirs(out_dir, exist_ok=True)
     plan = results["plan"]
+    budget = plan["iterations"] * plan["samples_per_iter"]
     lines = [f"# Search-quality study, `{plan['name']}` mode (generated)", "",
-             f"Budget per search: {plan['iterations']} iterations x {plan['samples_per_iter']} "
-             f"candidates = {plan['iterations'] * plan['samples_per_iter']} proxy trainings of "
-             f"{plan['proxy_iters']} iterations, reward = {plan['holdout_size']}-image hold-out "
-             f"of segloss_shapes_train. Search seeds {list(plan['search_seeds'])}, training "
-             f"seeds {list(plan['train_seeds'])}, retraining {plan['retrain_iters']} iterations, "
-             "evaluated on segloss_shapes_val (percent).", ""]
+             f"Budget per search: {budget} proxy trainings of {plan['proxy_iters']} iterations "
+             f"({budget * plan['proxy_iters']} proxy iterations; the paper's settings spend them "
+             f"as {plan['iterations']} iterations x {plan['samples_per_iter']} candidates), "
+             f"reward = {plan['holdout_size']}-image hold-out of segloss_shapes_train. Search "
+             f"seeds {list(plan['search_seeds'])}, training seeds {list(plan['train_seeds'])}, "
+             f"screening proxy seeds {list(plan['screen_seeds'])}, retraining "
+             f"{plan['retrain_iters']} iterations, evaluated on segloss_shapes_val (percent).", ""]
 
     proxy = (f"fine-tuned from the weights pretrained on segloss_shapes_pretrain "
              f"({plan['pretrain_iters']} iterations)" if plan.get("pretrain_iters")
@@ -181,55 +237,96 @@ def write_report(results: Dict, out_dir: str) -> str:
                          f"{n['seeds']} x {n['thetas']} |")
     lines.append("")
 
-    for target, rows in results["retrain"].items():
-        key = EVAL_KEY[target]
-        start = "the pretrained weights" if plan.get("pretrain_iters") else "random weights"
-        lines += [f"## {target}: final training (target {key})", "",
-                  f"Each loss trains the model for {plan['retrain_iters']} iterations from "
-                  f"{start} with every training seed; mean ± std over all its runs (searched "
-                  "losses: search seeds x training seeds), on segloss_shapes_val.", "",
-                  f"| loss | {key} (target, mean ± std) | n | "
-                  + " | ".join(m for m in _TABLE_METRICS) + " |",
-                  "|---|---|---|" + "---|" * len(_TABLE_METRICS)]
-        for loss in tuple(plan["methods"]) + UNSEARCHED:
-            runs = [r for r in rows.get(loss, []) if "diverged" not in r]
-            m, s = mean_std([r[key] for r in runs])
-            means = [mean_std([r[k] for r in runs])[0] for k in _TABLE_METRICS]
-            lines.append(f"| {_LABELS.get(loss, loss)} | {_fmt(m, s)} | {len(runs)}"
-                         f"{'' if len(runs) == len(rows.get(loss, [])) else ' (+diverged)'} | "
-                         + " | ".join(f"{v:.2f}" for v in means) + " |")
-        lines.append("")
-        lines += [f"Search side ({target}, proxy reward 0-1, mean ± std over search seeds):", "",
-                  "| method | best sampled reward | batch mean, first iteration | batch mean, "
-                  "last iteration | reward of mu, first → last | largest step of one coordinate "
-                  "of mu per iteration |", "|---|---|---|---|---|---|"]
-        for method in plan["methods"]:
-            runs = _curves(results["searches"], f"{target}/{method}/", plan["iterations"])
-            best = mean_std([r["best"][-1] for r in runs])
-            first = mean_std([r["mean"][0] for r in runs])
-            last = mean_std([r["mean"][-1] for r in runs])
-            mu = ("—" if method == "random" else
-                  f"{_fmt(*mean_std([r['mu'][0] for r in runs]), 4)} → "
-                  f"{_fmt(*mean_std([r['mu'][-1] for r in runs]), 4)}")
-            step = ("—" if method == "random" else
-                    _fmt(*mean_std([s for r in runs for s in r["mu_step"][1:]]), 3))
-            lines.append(f"| {_LABELS.get(method, method)} | {_fmt(*best, 4)} | "
-                         f"{_fmt(*first, 4)} | {_fmt(*last, 4)} | {mu} | {step} |")
-        lines.append("")
-        png = f"reward_curves_{target}.png"
-        _plot_reward_curves(results, target, os.path.join(out_dir, png),
-                            noise.get(target, {}).get("identity_std", math.nan))
-        lines += [f"![{target} reward curves]({png})", ""]
+    for target in plan["targets"]:
+        screen = results["screen"].get(target)
+        if screen:
+            some = next(iter(next(iter(screen.values())).values()))
+            answers = [a for a in some if a != "identity"]
+            lines += [
+                f"## {target}: screening (proxy level)", "",
+                "The answer of every search and the identity curves (the unsearched start), "
+                "trained side by side as proxies with fresh seeds on the search's hold-out set. "
+                "Gain = answer's reward − identity's reward, averaged over the fresh seeds; "
+                "mean ± std over the search seeds (per seed in brackets), in reward points "
+                f"(percent). Best method: **{_label(results['best'][target])}**.", "",
+                "| answer | proxy iterations | gain over identity | per search seed | answer's "
+                "reward | search's best sampled reward | reward of μ, first → last | largest "
+                "μ step |", "|---|---|---|---|---|---|---|---|"]
+            for answer in answers:
+                gain, sd, per_seed = _screen_gain(screen, answer)
+                reward = mean_std([np.mean([r[answer] for r in by.values()])
+                                   for by in screen.values()])
+                method = answer.partition(":")[0]
+                runs = _runs(results["searches"], f"{target}/{method}/")
+                search_side = "| | | "
+                if ":" not in answer:
+                    best = mean_std([r["best"][-1] for r in runs])
+                    mu = ("—" if method.startswith("random") else
+                          f"{_fmt(*mean_std([r['mu'][0] for r in runs]), 3)} → "
+                          f"{_fmt(*mean_std([r['mu'][-1] for r in runs]), 3)}")
+                    step = ("—" if method.startswith("random") else
+                            _fmt(*mean_std([s for r in runs for s in r["mu_step"][1:]]), 2))
+                    search_side = f"| {_fmt(*best, 4)} | {mu} | {step} |"
+                lines.append(
+                    f"| {_label(answer)} | {_budget_of(results, target, method)} | "
+                    f"{_fmt(100 * gain, 100 * sd)} | "
+                    f"{', '.join(f'{100 * g:+.2f}' for g in per_seed)} | "
+                    f"{_fmt(*reward, 4)} {search_side}")
+            lines.append("")
+
+        rows = results["retrain"].get(target, {})
+        if rows:
+            start = "the pretrained weights" if plan.get("pretrain_iters") else "random weights"
+            lines += [f"## {target}: final training", "",
+                      f"Each loss trains the model for {plan['retrain_iters']} iterations from "
+                      f"{start} with every training seed; mean ± std over all its runs (searched "
+                      "losses: search seeds x training seeds), on segloss_shapes_val.", "",
+                      f"| loss | {target} (target) | n | "
+                      + " | ".join(_TABLE_METRICS) + " |",
+                      "|---|---|---|" + "---|" * len(_TABLE_METRICS)]
+            for name in [n for n in rows if n not in UNSEARCHED] + list(UNSEARCHED):
+                if name in rows:
+                    lines.append(_retrain_row(name, rows[name], target))
+            lines.append("")
+
+        methods = list(dict.fromkeys(
+            ["ppo", "random", results.get("best", {}).get(target, "ppo")]))
+        methods = [m for m in methods if f"{target}/{m}/{plan['search_seeds'][0]}" in
+                   results["searches"]]
+        if methods:
+            png = f"reward_curves_{target}.png"
+            _plot_reward_curves(results, target, methods, os.path.join(out_dir, png),
+                                noise.get(target, {}).get("identity_std", math.nan))
+            lines += [f"![{target} reward curves]({png})", ""]
+
+        curve = results["budget_curve"].get(target)
+        if curve:
+            lines += [f"## {target}: budget curve", "",
+                      f"Retrained {target} (mean ± std over search seeds x training seeds) of "
+                      "the answer of searches with several budgets.", "",
+                      "| method | " + " | ".join(
+                          f"{b} iterations" for b in sorted(next(iter(curve.values())), key=int))
+                      + " |", "|---|" + "---|" * len(next(iter(curve.values())))]
+            for method, points in sorted(curve.items()):
+                cells = []
+                for b in sorted(points, key=int):
+                    runs = [r.get(target) for r in points[b]["runs"] if "diverged" not in r]
+                    spent = int(np.mean(points[b]["proxy_iters"]))
+                    cells.append(f"{_fmt(*mean_std(runs))} ({spent} proxy it.)")
+                lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
+            png = f"budget_curve_{target}.png"
+            _plot_budget_curve(curve, target, os.path.join(out_dir, png))
+            lines += ["", f"![{target} budget curve]({png})", ""]
 
     if results["ablation"]:
         target = plan["ablation_target"]
         lines += [f"## Constraint ablation ({target}, PPO)", "",
-                  "| constraints | reward of mu, last iteration | batch mean, last iteration | "
+                  "| constraints | reward of μ, last iteration | batch mean, last iteration | "
                   "best sampled reward |", "|---|---|---|---|"]
-        for constraints in ("all", "no_truth_table", "no_monotonic", "none"):
-            runs = _curves(results["ablation"], f"{constraints}/", plan["iterations"])
-            lines.append(f"| {constraints} | {_fmt(*mean_std([r['mu'][-1] for r in runs]), 4)} | "
-                         f"{_fmt(*mean_std([r['mean'][-1] for r in runs]), 4)} | "
+        for method in ABLATION:
+            runs = _runs(results["ablation"], f"{method}/")
+            lines.append(f"| {_label(method)} | {_fmt(*mean_std([r['mu'][-1] for r in runs]), 4)}"
+                         f" | {_fmt(*mean_std([r['mean'][-1] for r in runs]), 4)} | "
                          f"{_fmt(*mean_std([r['best'][-1] for r in runs]), 4)} |")
         _plot_ablation(results, target, os.path.join(out_dir, f"ablation_{target}.png"))
         lines += ["", f"![constraint ablation](ablation_{target}.png)", ""]
@@ -240,16 +337,18 @@ def write_report(results: Dict, out_dir: str) -> str:
             pairs) > 1 else math.nan
         lines += [f"## Proxy fidelity ({target})", "",
                   f"Spearman rank correlation between the proxy reward and the retrained "
-                  f"{EVAL_KEY[target]} of {len(pairs)} candidates of one PPO search: "
-                  f"**{rho:.2f}**.", "",
+                  f"{target} of {len(pairs)} candidates of one search: **{rho:.2f}**.", "",
                   "| proxy reward | retrained |", "|---|---|"]
         lines += [f"| {p['reward']:.4f} | {p['retrained']:.2f} |" for p in pairs]
         _plot_fidelity(pairs, target, rho, os.path.join(out_dir, f"fidelity_{target}.png"))
         lines += ["", f"![proxy fidelity](fidelity_{target}.png)", ""]
 
-    lines += ["## Wall time (2-core CPU)", "", "| phase | minutes |", "|---|---|"]
+    lines += ["## Wall time", "",
+              "Compute time of each phase (summed over the worker processes), and the wall time "
+              "of this run (finished work reused from an earlier run costs nothing).", "",
+              "| phase | minutes |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} |" for k, v in results["timings"].items()]
-    lines.append(f"| total | {sum(results['timings'].values()) / 60:.1f} |")
+    lines.append(f"| wall time of this run | {results.get('wall_seconds', math.nan) / 60:.1f} |")
     path = os.path.join(out_dir, "search_study.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -33,9 +33,11 @@ import itertools
 import logging
 import math
 import os
+import random
 import time
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -408,11 +410,26 @@ def halving_stops(cfg) -> List[int]:
     return [round(f * cfg.SEARCH.PROXY.MAX_ITER) for f in cfg.SEARCH.PROXY.HALVING]
 
 
+@contextlib.contextmanager
+def _global_rng_kept():
+    """Restore the global RNGs (Python, numpy, torch CPU) on exit: the training loader draws its
+    augmentations from them, and scoring the reward set mid-training must not shift that stream
+    (detectron2's test-time ``ResizeShortestEdge`` draws from numpy even with one size)."""
+    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+
+
 def _halve(cfg, space, candidates, iteration, reward_dicts, reward_set) -> None:
     """Successive halving at ``iteration``: score the candidates still training, keep the better
     half (at least one; ties: the earlier candidate), stop the others with their score."""
     live = [c for c in candidates if c.scored_at is None]
-    metrics = _evaluate(cfg, live, reward_dicts, reward_set)
+    with _global_rng_kept():
+        metrics = _evaluate(cfg, live, reward_dicts, reward_set)
     rewards = [space.reward(m) if m is not None else -math.inf for m in metrics]
     rewards = [r if math.isfinite(r) else -math.inf for r in rewards]
     order = sorted(range(len(live)), key=lambda j: (-rewards[j], j))

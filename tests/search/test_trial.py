@@ -471,3 +471,65 @@ def test_amp_step_goes_through_a_grad_scaler(data, reference, monkeypatch):
     assert len(scalers) == 3
     assert all(s.log == ["scale", "step", "update"] * steps for s in scalers)
     assert autocasts.count("cuda") == 3 * steps  # (the loss may open its own, e.g. to disable)
+
+
+# --- common random numbers and successive halving ---------------------------------------------
+
+def _record_batches(monkeypatch):
+    """Patch _Candidate.step to record, per candidate, a digest of the weights it starts from and
+    of every batch it trains on (images after augmentation, labels)."""
+    seen = []
+    step = trial._Candidate.step
+
+    def digest(tensors):
+        return hash(tuple(float(t.double().sum()) + 1e-3 * float((t.double() ** 2).sum())
+                          for t in tensors))
+
+    def recording_step(self, batch, iteration):
+        if not hasattr(self, "stream"):
+            self.stream = [digest(list(self.model.state_dict().values()))]
+            seen.append(self.stream)
+        log = self.stream
+        log.append(digest([d["image"] for d in batch] + [d["sem_seg"] for d in batch]))
+        return step(self, batch, iteration)
+
+    monkeypatch.setattr(trial._Candidate, "step", recording_step)
+    return seen
+
+
+def test_common_random_numbers_are_complete(data, monkeypatch):
+    """Every candidate of a trial seed starts from the same weights and trains on the same
+    augmented batches in the same order, whatever its group; another seed changes the batches."""
+    cfg = tiny_search_cfg()
+    thetas = _thetas(cfg, 3)
+    seen = _record_batches(monkeypatch)
+    train_candidates(cfg, thetas, *data, seed=5)
+    train_candidates(cfg, thetas[2:], *data, seed=5)
+    streams = list(seen)
+    assert len(streams) == 4 and all(len(s) == 1 + cfg.SEARCH.PROXY.MAX_ITER for s in streams)
+    assert all(s == streams[0] for s in streams)
+    seen.clear()
+    train_candidates(cfg, thetas[:1], *data, seed=6)
+    (other,) = seen
+    assert other[0] != streams[0][0]  # no MODEL.WEIGHTS here: the seed draws the initial weights
+    assert other[1:] != streams[0][1:]  # and the data order / augmentations
+
+
+def test_successive_halving_stops_the_worse_half_and_keeps_the_survivors_results(data):
+    base = tiny_search_cfg(opts=["SEARCH.PROXY.MAX_ITER", 4])
+    halving = tiny_search_cfg(opts=["SEARCH.PROXY.MAX_ITER", 4, "SEARCH.PROXY.HALVING", [0.5],
+                                    "SEARCH.ADVANTAGE", "rank"])
+    thetas = _thetas(base, 4)
+    full = [strip_timing(r) for r in train_candidates(base, thetas, *data)]
+    halved = [strip_timing(r) for r in train_candidates(halving, thetas, *data)]
+    assert [r["proxy_iters"] for r in full] == [4] * 4
+    survivors = [i for i, r in enumerate(halved) if r["proxy_iters"] == 4]
+    stopped = [i for i, r in enumerate(halved) if r["proxy_iters"] == 2]
+    assert len(survivors) == 2 and len(stopped) == 2
+    for i in survivors:  # a survivor's batches and result are those of the run without halving
+        assert halved[i] == full[i]
+    for i in stopped:
+        assert halved[i]["status"] == "ok" and halved[i]["metrics"]
+    # halving=False (the selection stage) trains every proxy fully
+    assert [strip_timing(r) for r in train_candidates(halving, thetas, *data,
+                                                      halving=False)] == full
