@@ -6,6 +6,7 @@ import torch
 
 from segloss_d2.search.loop import run_search
 from segloss_d2.search.ppo import PPOController, RandomSearchController
+from segloss_d2.search.selection import Selection
 from segloss_d2.search.state import SearchState
 
 CONFIG = {"target_metric": "synthetic", "iterations": 3, "samples_per_iter": 4, "seed": 0}
@@ -287,3 +288,107 @@ def test_resuming_a_ppo_search_with_random_search_is_refused(tmp_path):
         run_search(RandomSearchController(DIM, 0.5, ppo_steps=20, seed=0),
                    SearchState.resume(str(tmp_path), CONFIG), _evaluate(), ITERS, M,
                    log=lambda line: None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Proxy seeds, training lengths and the selection stage
+
+SELECT_CONFIG = dict(CONFIG, selection=True)
+
+
+def _seeded_evaluate(budget=None, calls=None):
+    """A backend whose reward depends on the proxy seed (a noisy proxy), recording every call's
+    (iteration, indices, seeds, stage); it gets killed after ``budget`` trials."""
+    done = [0]
+
+    def evaluate(iteration, indices, thetas, on_trial_done, seeds=None, stage="search"):
+        if calls is not None:
+            calls.append((iteration, list(indices), list(seeds), stage))
+        for index, theta, seed in zip(indices, thetas, seeds):
+            if budget is not None and done[0] >= budget:
+                raise Killed
+            result = _result(theta)
+            result["reward"] += 0.05 * ((seed * 7919) % 13) / 13  # the seed's luck
+            on_trial_done(index, result)
+            done[0] += 1
+
+    return evaluate
+
+
+def _select_finish(directory, fresh=False, **kwargs):
+    state = (SearchState.create(str(directory), SELECT_CONFIG) if fresh
+             else SearchState.resume(str(directory), SELECT_CONFIG))
+    return run_search(_controller(), state, _seeded_evaluate(**kwargs), ITERS, M,
+                      log=lambda line: None, proxy_seed=lambda t: 100 + t,
+                      selection=Selection(top_k=2, seeds=[7, 8]))
+
+
+@pytest.fixture(scope="module")
+def select_reference(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("select_reference")
+    return _outcome(directory, _select_finish(directory, fresh=True))
+
+
+def test_selection_stage_re_evaluates_and_chooses_by_fresh_seeds(select_reference, tmp_path):
+    trials, result, ckpt = select_reference
+    search = [r for r in trials if r["stage"] == "search"]
+    selection = [r for r in trials if r["stage"] == "selection"]
+    assert len(search) == ITERS * M
+    assert [r["proxy_seed"] for r in search] == [100 + t for t in range(ITERS) for _ in range(M)]
+    # 2 best sampled + the final mean, each with the 2 fresh seeds, logged as iteration ITERS
+    assert [(r["iteration"], r["index"], r["proxy_seed"]) for r in selection] == [
+        (ITERS, i, 7 if i < 3 else 8) for i in range(6)]
+    assert ckpt["iteration"] == ITERS and ckpt["samples"].shape == (6, DIM)
+    assert ckpt["samples_per_iter"] == M
+    chosen = result.selected
+    table = chosen["table"]
+    assert [row["source"] for row in table][-1] == "mu"
+    assert table[-1]["theta"] == pytest.approx(result.final_mu)
+    assert chosen["mean_reward"] == max(row["mean_reward"] for row in table)
+    for j, row in enumerate(table):
+        assert row["rewards"] == [selection[j]["reward"], selection[3 + j]["reward"]]
+    # the best sampled trial is still the best *sampled* one, never a re-evaluation
+    assert result.best_trial == max(search, key=lambda r: (r["reward"], r["iteration"],
+                                                           r["index"]))
+
+
+@pytest.mark.parametrize("budget", [ITERS * M, ITERS * M + 2, ITERS * M + 5])
+def test_kill_during_selection_then_resume_equals_uninterrupted(select_reference, tmp_path,
+                                                                budget):
+    with pytest.raises(Killed):
+        _select_finish(tmp_path, fresh=True, budget=budget)
+    calls = []
+    state = SearchState.resume(str(tmp_path), SELECT_CONFIG)
+    result = run_search(_controller(), state, _seeded_evaluate(calls=calls), ITERS, M,
+                        log=lambda line: None, proxy_seed=lambda t: 100 + t,
+                        selection=Selection(top_k=2, seeds=[7, 8]))
+    assert all(stage == "selection" for _, _, _, stage in calls)  # only what was missing
+    assert sum(len(idx) for _, idx, _, _ in calls) == ITERS * M + 6 - budget
+    outcome = _outcome(tmp_path, result)
+    assert outcome[0] == select_reference[0] and outcome[1] == select_reference[1]
+
+
+def test_a_finished_selection_resumes_to_the_same_answer(select_reference, tmp_path):
+    first = _select_finish(tmp_path, fresh=True)
+    calls = []
+    state = SearchState.resume(str(tmp_path), SELECT_CONFIG)
+    again = run_search(_controller(), state, _seeded_evaluate(calls=calls), ITERS, M,
+                       log=lambda line: None, proxy_seed=lambda t: 100 + t,
+                       selection=Selection(top_k=2, seeds=[7, 8]))
+    assert calls == [] and again == first
+
+
+def test_training_lengths_reach_the_controller(tmp_path):
+    """Results with ``proxy_iters`` (successive halving) are ranked by it: a controller without
+    rank advantages refuses unequal lengths, one with them accepts."""
+    def halving(iteration, indices, thetas, on_trial_done, seeds=None, stage="search"):
+        for index, theta in zip(indices, thetas):
+            on_trial_done(index, dict(_result(theta), proxy_iters=10 if index % 2 else 20))
+
+    with pytest.raises(ValueError, match="rank"):
+        run_search(_controller(), _open(tmp_path / "raw", True), halving, ITERS, M,
+                   log=lambda line: None)
+    rank = PPOController(DIM, 0.5, ppo_steps=20, advantage="rank", seed=0)
+    result = run_search(rank, _open(tmp_path / "rank", True), halving, ITERS, M,
+                        log=lambda line: None)
+    assert result.best_trial["proxy_iters"] == 20  # the best of the fully trained ones

@@ -303,3 +303,151 @@ def test_random_search_validates_its_inputs():
     # a single sample per iteration is enough (no row for mu)
     one = controller.sample(1)
     assert controller.update(one, [0.3])["reward_max"] == pytest.approx(0.3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Options of docs/method.md §4.6: advantage shaping, mirrored sampling, sigma schedule, trust region
+
+def test_advantages_raw_normalized_rank():
+    rewards = torch.tensor([0.5, 0.9, 0.1, 0.7])
+    raw = PPOController(2, 0.5, seed=0)
+    torch.testing.assert_close(raw.advantages(rewards), rewards - 0.5)
+    mean = PPOController(2, 0.5, baseline="mean", seed=0)
+    torch.testing.assert_close(mean.advantages(rewards), rewards - rewards.mean())
+    norm = PPOController(2, 0.5, advantage="normalized", seed=0)
+    torch.testing.assert_close(norm.advantages(rewards),
+                               (rewards - 0.5) / rewards.std(unbiased=False))
+    assert torch.equal(norm.advantages(torch.full((4,), 0.3)), torch.zeros(4))  # all tie
+    rank = PPOController(2, 0.5, advantage="rank", seed=0)
+    # ranks 2, 4, 1, 3 -> (rank - 1) / 3 - 1/2, minus the mean's (row 0)
+    centered = torch.tensor([1 / 3, 1.0, 0.0, 2 / 3]) - 0.5
+    torch.testing.assert_close(rank.advantages(rewards), centered - centered[0])
+    # rank shaping ignores the scale and outliers: only the order matters
+    torch.testing.assert_close(rank.advantages(torch.tensor([0.5, 90.0, -7.0, 0.7])),
+                               rank.advantages(rewards))
+    # ties share their mean rank
+    tied = rank.advantages(torch.tensor([0.2, 0.2, 0.1, 0.3]))
+    assert tied[0] == tied[1] == 0.0 and tied[2] < 0 < tied[3]
+
+
+def test_rank_advantages_order_by_training_length_first():
+    rank = PPOController(2, 0.5, advantage="rank", baseline="mean", seed=0)
+    rewards = torch.tensor([0.30, 0.90, 0.40, 0.20])
+    trained = torch.tensor([100.0, 50.0, 100.0, 50.0])  # halving stopped rows 1 and 3
+    adv = rank.advantages(rewards, trained)
+    # fully trained rows rank above stopped ones whatever their reward
+    assert adv.argsort().tolist() == [3, 1, 0, 2]
+    thetas = rank.sample(4)
+    with pytest.raises(ValueError, match="advantage 'rank'"):
+        PPOController(2, 0.5, baseline="mean", seed=0).update(thetas, rewards, trained)
+    with pytest.raises(ValueError, match="trained must hold"):
+        rank.update(thetas, rewards, [1.0, 2.0])
+    rank.update(thetas, rewards, trained)  # accepted
+
+
+def test_mirrored_samples_come_in_reflected_pairs():
+    controller = PPOController(3, [0.3, 0.5, 0.8], mirrored=True, baseline="mean", seed=2)
+    thetas = controller.sample(7)
+    assert thetas.shape == (7, 3)
+    dist = TruncatedNormal(controller.mu.double(), controller.sigma.double())
+
+    def cdf(x):  # of the truncated normal
+        from torch.special import ndtr
+
+        a, b = dist._alpha_beta
+        return (ndtr((x.double() - dist.mu) / dist.sigma) - ndtr(a)) / (ndtr(b) - ndtr(a))
+
+    for k in range(3):  # rows 2k and 2k + 1 are each other's mirror image in probability
+        torch.testing.assert_close(cdf(thetas[2 * k]) + cdf(thetas[2 * k + 1]),
+                                   torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    # the odd last row is a fresh draw; a mirrored controller is reproducible and differs from
+    # an unmirrored one with the same seed only in the mirror images
+    plain = PPOController(3, [0.3, 0.5, 0.8], baseline="mean", seed=2).sample(7)
+    assert torch.equal(PPOController(3, [0.3, 0.5, 0.8], mirrored=True, baseline="mean",
+                                     seed=2).sample(7), thetas)
+    assert torch.equal(plain[0], thetas[0]) and not torch.equal(plain[1], thetas[1])
+    # with baseline "mu", row 0 is mu and the random rows pair up after it
+    mu_rows = PPOController(3, 0.5, mirrored=True, seed=2).sample(5)
+    torch.testing.assert_close(mu_rows[1] + mu_rows[2], torch.ones(3))  # symmetric at mu 0.5
+
+
+def test_sigma_schedule_decays_linearly_and_is_used_by_sample_and_update():
+    controller = PPOController(4, 0.5, sigma=0.2, sigma_end=0.05, iterations=4, seed=0)
+    assert [round(float(controller.sigma_at(t)[0]), 6) for t in range(6)] == [
+        0.2, 0.15, 0.1, 0.05, 0.05, 0.05]
+    spreads = []
+    for _ in range(4):
+        thetas = controller.sample(64)
+        spreads.append(float((thetas[1:] - controller.mu).std()))
+        stats = controller.update(thetas, _reward(thetas[:, :4]))
+        assert stats["sigma"] == pytest.approx(float(controller.sigma_at(stats["iteration"] - 1)
+                                                     .mean()))
+    assert spreads == sorted(spreads, reverse=True) and spreads[-1] < 0.4 * spreads[0]
+    # the update's ratio uses the iteration's sigma: equal to a fixed-sigma controller at it
+    a = PPOController(2, 0.5, sigma=0.2, sigma_end=0.1, iterations=3, ppo_steps=5, seed=1)
+    b = PPOController(2, 0.5, sigma=0.2, ppo_steps=5, seed=1)
+    thetas = a.sample(6)
+    assert torch.equal(thetas, b.sample(6))  # iteration 0: sigma 0.2 for both
+    a.update(thetas, _reward(thetas[:, :2]))
+    b.update(thetas, _reward(thetas[:, :2]))
+    assert torch.equal(a.mu, b.mu)
+    with pytest.raises(ValueError, match="iterations"):
+        PPOController(2, 0.5, sigma_end=0.1)
+    with pytest.raises(ValueError, match="sigma_end"):
+        PPOController(2, 0.5, sigma_end=-0.1, iterations=3)
+
+
+def test_trust_region_bounds_every_move_of_mu():
+    free = PPOController(6, 0.5, seed=0)
+    bounded = PPOController(6, 0.5, max_mu_step=0.05, seed=0)
+    free_steps, bounded_steps = [], []
+    for controller, steps in ((free, free_steps), (bounded, bounded_steps)):
+        for _ in range(4):
+            thetas = controller.sample(16)
+            steps.append(controller.update(thetas, _reward(thetas))["mu_step"])
+    assert max(bounded_steps) <= 0.05 + 1e-6
+    assert max(free_steps) > 0.1  # the paper's settings move much further
+    # the bounded search still heads toward the optimum
+    assert ((bounded.mu > 0.5) == (OPTIMUM > 0.5)).all()
+    with pytest.raises(ValueError, match="max_mu_step"):
+        PPOController(2, 0.5, max_mu_step=1.5)
+
+
+def test_options_survive_a_state_dict_round_trip_and_are_checked():
+    kwargs = dict(advantage="rank", mirrored=True, sigma_end=0.05, iterations=5,
+                  max_mu_step=0.1, seed=3)
+    a = PPOController(3, 0.5, **kwargs)
+    for _ in range(2):
+        thetas = a.sample(6)
+        a.update(thetas, _reward(thetas[:, :3]))
+    b = PPOController(3, 0.5, **kwargs)
+    b.load_state_dict(a.state_dict())
+    for _ in range(2):
+        ta, tb = a.sample(6), b.sample(6)
+        assert torch.equal(ta, tb)
+        a.update(ta, _reward(ta[:, :3]))
+        b.update(tb, _reward(tb[:, :3]))
+    assert torch.equal(a.mu, b.mu)
+    for key, value in (("advantage", "raw"), ("mirrored", False), ("max_mu_step", 0.2)):
+        with pytest.raises(ValueError, match=key):
+            PPOController(3, 0.5, **{**kwargs, key: value}).load_state_dict(a.state_dict())
+
+
+def test_checkpoint_from_before_the_options_loads_with_the_paper_values():
+    old = PPOController(3, 0.5, seed=0).state_dict()
+    for key in ("advantage", "mirrored", "sigma_end", "iterations", "max_mu_step"):
+        del old["config"][key]
+    PPOController(3, 0.5, seed=0).load_state_dict(old)  # the paper's settings: accepted
+    with pytest.raises(ValueError, match="advantage"):
+        PPOController(3, 0.5, advantage="rank", seed=0).load_state_dict(old)
+
+
+def test_random_search_draws_with_the_schedule_and_mirroring():
+    controller = RandomSearchController(3, 0.5, sigma=0.2, sigma_end=0.02, iterations=2,
+                                        mirrored=True, seed=0)
+    first = controller.sample(6)
+    torch.testing.assert_close(first[0] + first[1], torch.ones(3))
+    controller.update(first, _reward(first[:, :3]))
+    second = controller.sample(6)
+    assert float((second - 0.5).abs().max()) < float((first - 0.5).abs().max())
+    assert torch.equal(controller.mu, torch.full((3,), 0.5))  # never moves

@@ -125,11 +125,45 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
     ("SEARCH.CONSTRAINTS", "", "SEARCH.CONSTRAINTS"),
     ("SEARCH.METHOD", "evolution", "SEARCH.METHOD must be one of .*got 'evolution'"),
     ("SEARCH.METHOD", "PPO", "SEARCH.METHOD"),
+    ("SEARCH.ADVANTAGE", "zscore", "SEARCH.ADVANTAGE must be one of .*got 'zscore'"),
+    ("SEARCH.SIGMA_END", -0.1, "SEARCH.SIGMA_END"),
+    ("SEARCH.MAX_MU_STEP", 1.5, "SEARCH.MAX_MU_STEP"),
+    ("SEARCH.PROXY.SEEDS", "random", "SEARCH.PROXY.SEEDS must be one of .*got 'random'"),
+    ("SEARCH.PROXY.HALVING", [0.5, 0.25], "SEARCH.PROXY.HALVING must be a list of increasing"),
+    ("SEARCH.PROXY.HALVING", [1.0], "SEARCH.PROXY.HALVING"),
+    ("SEARCH.PROXY.HALVING", [0.5], "set SEARCH.ADVANTAGE 'rank'"),
+    ("SEARCH.SELECTION.TOP_K", -1, "SEARCH.SELECTION.TOP_K"),
+    ("SEARCH.SELECTION.SEEDS", 0, "SEARCH.SELECTION.SEEDS"),
 ])
 def test_bad_search_values(key, value, match):
     cfg = tiny_search_cfg(opts=[key, value])
     with pytest.raises(ValueError, match=match):
         validate_search_config(cfg)
+
+
+def test_halving_stops_must_fall_inside_the_proxy_training():
+    cfg = tiny_search_cfg(opts=["SEARCH.PROXY.HALVING", [0.1, 0.2], "SEARCH.ADVANTAGE", "rank"])
+    with pytest.raises(ValueError, match=r"gives the stops \[0, 1\]"):  # MAX_ITER 3
+        validate_search_config(cfg)
+
+
+def test_options_reach_the_controller_and_the_fingerprint():
+    opts = ["SEARCH.ADVANTAGE", "rank", "SEARCH.MIRRORED", True, "SEARCH.SIGMA_END", 0.05,
+            "SEARCH.MAX_MU_STEP", 0.1]
+    controller = build_controller(tiny_search_cfg(opts=opts))
+    assert (controller.advantage, controller.mirrored, controller.sigma_end,
+            controller.iterations, controller.max_mu_step) == ("rank", True, 0.05, 2, 0.1)
+    paper = build_controller(tiny_search_cfg())
+    assert (paper.advantage, paper.mirrored, paper.sigma_end, paper.iterations,
+            paper.max_mu_step) == ("raw", False, None, None, 0.0)
+    base = search_fingerprint_config(tiny_search_cfg("a"))
+    assert "MODELS_PER_WORKER" not in base["SEARCH"]
+    for key, value in zip(opts[::2], opts[1::2]):
+        assert base != search_fingerprint_config(tiny_search_cfg("a", [key, value]))
+    # with halving, the group size decides which proxies compete: part of the fingerprint
+    halving = search_fingerprint_config(tiny_search_cfg(
+        "a", ["SEARCH.PROXY.HALVING", [0.5], "SEARCH.ADVANTAGE", "rank"]))
+    assert halving["SEARCH"]["MODELS_PER_WORKER"] == 3
 
 
 def test_method_builds_its_controller_at_the_identity():
@@ -158,6 +192,72 @@ def test_fingerprint_covers_method_and_constraints():
     assert (base["SEARCH"]["METHOD"], base["SEARCH"]["CONSTRAINTS"]) == ("ppo", "all")
     for key, value in (("SEARCH.METHOD", "random"), ("SEARCH.CONSTRAINTS", "no_monotonic")):
         assert base != search_fingerprint_config(tiny_search_cfg("a", [key, value]))
+
+
+OPTIONS = ["SEARCH.SELECTION.TOP_K", 1, "SEARCH.SELECTION.SEEDS", 2, "SEARCH.PROXY.SEEDS",
+           "per_iteration", "SEARCH.PROXY.HALVING", [0.5], "SEARCH.ADVANTAGE", "rank",
+           "SEARCH.PROXY.MAX_ITER", 4, "SEARCH.MIRRORED", True, "SEARCH.SIGMA_END", 0.1,
+           "SEARCH.MAX_MU_STEP", 0.2]
+
+
+@pytest.fixture(scope="module")
+def with_options(tmp_path_factory):
+    """A tiny search with every option of docs/method.md §4.6 on, run straight through."""
+    out = str(tmp_path_factory.mktemp("options"))
+    result = SearchRunner(tiny_search_cfg(out, OPTIONS), log=lambda s: None).run()
+    return out, result
+
+
+def test_search_with_every_option_writes_the_selected_answer(with_options):
+    out, result = with_options
+    trials = _trials(out)
+    search = [r for r in trials if r["stage"] == "search"]
+    selection = [r for r in trials if r["stage"] == "selection"]
+    # per-iteration proxy seeds; halving at 2 of 4 proxy iterations keeps 1 of each 3
+    assert [r["proxy_seed"] for r in search] == [1, 1, 1, 1001, 1001, 1001]
+    assert sorted(r["proxy_iters"] for r in search) == [2, 2, 2, 2, 4, 4]
+    # selection: the best sampled candidate and the final mean, 2 fresh seeds each, full length
+    assert [(r["iteration"], r["proxy_seed"], r["proxy_iters"]) for r in selection] == [
+        (2, 1_000_001, 4), (2, 1_000_001, 4), (2, 2_000_001, 4), (2, 2_000_001, 4)]
+    best = load_params(os.path.join(out, "best_params.json"))
+    sampled = load_params(os.path.join(out, "best_sampled_params.json"))
+    chosen = result.selected
+    assert best.reward == pytest.approx(chosen["mean_reward"])
+    assert best.provenance["source"] == chosen["source"] in ([1, 0], [1, 1], [1, 2], [0, 0],
+                                                             [0, 1], [0, 2], "mu")
+    assert best.provenance["fresh_rewards"] == chosen["rewards"]
+    assert sampled.reward == result.best_trial["reward"]
+    assert result.best_trial["proxy_iters"] == 4  # a fully trained proxy
+    flat = [v for c in best.thetas for curve in c for v in curve]
+    assert flat == pytest.approx(chosen["theta"])
+
+
+def test_kill_and_resume_with_every_option_equals_uninterrupted(with_options, tmp_path,
+                                                                monkeypatch):
+    ref_out, ref_result = with_options
+    out = str(tmp_path)
+    real = backends.train_candidates
+    for kill_at in (2, 3):  # during iteration 2, then during the selection
+        calls = []
+
+        def dies(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == kill_at:
+                raise _Killed
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(backends, "train_candidates", dies)
+        with pytest.raises(_Killed):
+            SearchRunner(tiny_search_cfg(out, OPTIONS), resume=kill_at == 3,
+                         log=lambda s: None).run()
+    monkeypatch.setattr(backends, "train_candidates", real)
+    result = SearchRunner(tiny_search_cfg(out, OPTIONS), resume=True, log=lambda s: None).run()
+    assert [strip_timing(r) for r in _trials(out)] == [strip_timing(r) for r in
+                                                       _trials(ref_out)]
+    assert result.selected == ref_result.selected and result.final_mu == ref_result.final_mu
+    for name in ("best_params.json", "best_sampled_params.json"):
+        with open(os.path.join(out, name)) as f, open(os.path.join(ref_out, name)) as g:
+            assert json.load(f)["terms"] == json.load(g)["terms"]
 
 
 def test_random_search_with_free_curves_end_to_end(tmp_path):
