@@ -459,6 +459,7 @@ class SearchStudy:
     def __init__(self, plan: StudyPlan, output_dir: str, log: Callable[[str], None] = print,
                  jobs: int = 1, _worker: bool = False):
         self.plan, self.out, self.log, self.jobs = plan, output_dir, log, jobs
+        self._pool = None
         self._timings_path = os.path.join(output_dir, "timings.json")
         if _worker:
             return
@@ -667,31 +668,38 @@ class SearchStudy:
         def finished(i, result, seconds):
             results[i] = result
             self._cost_left -= costs[i]
-            if seconds > 1:  # a cached result costs nothing and says nothing about speed
-                self._timed(phase, seconds)
-                self._cost_done += costs[i]
-                self._busy = time.perf_counter() - self._start
+            if seconds <= 1:  # a cached result costs nothing and says nothing about speed
+                return
+            self._timed(phase, seconds)
+            self._cost_done += costs[i]
+            self._busy = time.perf_counter() - self._start
             left = (self._busy / self._cost_done * self._cost_left if self._cost_done
                     else math.nan)
             self.log(f"[study] {phase}: {sum(r is not None for r in results)}/{len(jobs)} "
                      f"done | elapsed {_format_seconds(time.perf_counter() - self._start)} | "
                      f"estimated time left {_format_seconds(left) if left == left else '?'}")
 
-        if self.jobs == 1 or len(jobs) <= 1:
+        if self._pool is None or len(jobs) <= 1:
             for i, (kind, args) in enumerate(jobs):
                 t = time.perf_counter()
                 finished(i, getattr(self, kind)(*args), time.perf_counter() - t)
             return results
+        futures = {self._pool.submit(_run_in_worker, job): i for i, job in enumerate(jobs)}
+        for future in concurrent.futures.as_completed(futures):
+            result, seconds = future.result()
+            finished(futures[future], result, seconds)
+        return results
+
+    def _start_pool(self):
+        """The worker processes of :meth:`run` (None with ``jobs`` 1): spawned once, each with
+        ``cpu_count // jobs`` torch threads and this study loaded."""
+        if self.jobs == 1:
+            return None
         plan_dict = json.loads(json.dumps(dataclasses.asdict(self.plan)))
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        with concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(plan_dict, self.out, threads)) as pool:
-            futures = {pool.submit(_run_in_worker, job): i for i, job in enumerate(jobs)}
-            for future in concurrent.futures.as_completed(futures):
-                result, seconds = future.result()
-                finished(futures[future], result, seconds)
-        return results
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(plan_dict, self.out, threads))
 
     def _prepare(self) -> None:
         """What every job needs, made once here (not raced by the workers): the pretrained
@@ -712,9 +720,21 @@ class SearchStudy:
 
     def run(self) -> Dict:
         """Run every phase (reusing finished work); returns the collected results."""
-        p, self._start = self.plan, time.perf_counter()
+        self._start = time.perf_counter()
         self._cost_left, self._cost_done, self._busy = self._estimated_cost(), 0.0, 0.0
         self._prepare()
+        self._pool = self._start_pool()
+        try:
+            results = self._run_phases()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        results["wall_seconds"] = time.perf_counter() - self._start
+        return results
+
+    def _run_phases(self) -> Dict:
+        p = self.plan
         proxy = p.samples_per_iter * p.proxy_iters
         results = {"plan": dataclasses.asdict(p), "noise": {}, "noise_scratch": {},
                    "searches": {}, "budgets": {}, "screen": {}, "best": {}, "retrain": {},
@@ -793,7 +813,6 @@ class SearchStudy:
             trials = results["searches"][f"{target}/{p.methods[0]}/{p.search_seeds[0]}"]
             results["fidelity"][target] = self.fidelity(target, trials, p.train_seeds[0])
         results["timings"] = dict(self.timings)
-        results["wall_seconds"] = time.perf_counter() - self._start
         return results
 
     def _estimated_cost(self) -> float:
@@ -851,17 +870,18 @@ class SearchStudy:
         picks = [unique[i] for i in np.unique(np.linspace(0, len(unique) - 1, k).round()
                                                .astype(int))]
         space = SearchSpace.from_config(self.search_cfg(target, self.plan.search_seeds[0]))
-        out = []
+        jobs = []
         for t in picks:
             name = f"fidelity_it{t['iteration']}_{t['index']}"
             params_path = os.path.join(self.out, "retrain", target, name + ".json")
             if not os.path.exists(params_path):
                 save_params(space.to_params(t["theta"], reward=t["reward"]), params_path)
-            results = self.retrain(target, name, train_seed,
-                                   self.loss_opts(target, "", params_path))
-            out.append({"reward": t["reward"], "retrained": results.get(target),
-                        "iteration": t["iteration"], "index": t["index"]})
-        return out
+            jobs.append(("retrain", (target, name, train_seed,
+                                     self.loss_opts(target, "", params_path))))
+        retrained = self._map("fidelity", jobs, [_RETRAIN_COST * self.plan.retrain_iters]
+                              * len(jobs))
+        return [{"reward": t["reward"], "retrained": r.get(target), "iteration": t["iteration"],
+                 "index": t["index"]} for t, r in zip(picks, retrained)]
 
 
 def _screen_gain(screen: Dict, answer: str) -> Tuple[float, float, List[float]]:
