@@ -51,13 +51,26 @@ def train_and_evaluate(cfg):
 
 
 def comparison_table(rows, metrics=TABLE_METRICS, target=None):
-    """A GitHub-markdown table: one row per ``(name, results)``; the best value per column is
-    marked with ``*``; ``target`` (a metric name) is named in the header."""
-    best = {m: max((r[m] for _, r in rows if not math.isnan(r[m])), default=math.nan)
-            for m in metrics}
+    """A GitHub-markdown table: one row per ``(name, results)``, where ``results`` is one
+    evaluator result dict or a list of them (several training seeds: "mean ± std"); the best
+    (mean) value per column is marked with ``*``; ``target`` (a metric name) is named in the
+    header."""
+    rows = [(name, r if isinstance(r, (list, tuple)) else [r]) for name, r in rows]
+
+    def stats(runs, m):
+        values = np.array([r[m] for r in runs], dtype=np.float64)
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+
+    best = {m: max((stats(r, m)[0] for _, r in rows if not math.isnan(stats(r, m)[0])),
+                   default=math.nan) for m in metrics}
+
+    def cell(runs, m):
+        mean, std = stats(runs, m)
+        text = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+        return text + ("*" if mean == best[m] else "")
+
     header = ["loss"] + [f"{m} (target)" if m == target else m for m in metrics]
-    body = [[name] + [f"{r[m]:.2f}{'*' if r[m] == best[m] else ''}" for m in metrics]
-            for name, r in rows]
+    body = [[name] + [cell(r, m) for m in metrics] for name, r in rows]
     return tabulate(body, headers=header, tablefmt="github")
 
 

@@ -7,9 +7,13 @@
    docs/method.md §4), and measure the seed-to-seed noise of one candidate's reward, to tell
    learning from luck;
 2. retrain the tiny model with cross-entropy, with the unsearched surrogate (``naive``: identity
-   curves, where the search starts) and with the searched loss (same seed, data order and
-   schedule), evaluate them on segloss_shapes_val;
-3. print all six metrics side by side and write plots to output/demo/.
+   curves, where the search starts) and with the searched loss, each with ``--train-seeds``
+   training seeds (same seeds, data order and schedule for every loss), evaluate them on
+   segloss_shapes_val;
+3. print all six metrics side by side (mean ± std over the training seeds), say whether the
+   searched loss beats ``naive`` by more than the spread, and write plots to output/demo/.
+
+Every step prints the elapsed time and an estimate of the time left.
 
 A second run resumes the search (finished trials are not re-run); --fresh starts over.
 """
@@ -49,6 +53,8 @@ def parse_args():
     p.add_argument("--target", choices=sorted(SEARCH_CONFIGS), default="bf1")
     p.add_argument("--output-dir", default="output/demo")
     p.add_argument("--retrain-iters", type=int, default=600)
+    p.add_argument("--train-seeds", type=int, default=3,
+                   help="training seeds of every retrained loss (mean ± std in the table)")
     p.add_argument("--noise-seeds", type=int, default=3,
                    help="extra proxy seeds of the identity candidate (reward noise)")
     p.add_argument("--pretrain-iters", type=int, default=300,
@@ -129,15 +135,62 @@ def learning_summary(trials, noise_std):
             f"reward {noise_std:.4f}: {verdict}")
 
 
-def retrain(args, out, weights, name, *opts):
+class Progress:
+    """Prints each step with the elapsed time and an estimate of the time left (from the
+    retrainings done so far, or the search's speed before the first one)."""
+
+    def __init__(self, total_retrains):
+        self.start, self.total, self.done, self.retrain_time = time.perf_counter(), \
+            total_retrains, 0, None
+
+    def step(self, text):
+        elapsed = time.perf_counter() - self.start
+        left = "?" if self.retrain_time is None else _clock(
+            self.retrain_time * (self.total - self.done))
+        print(f"[demo] {text} | elapsed {_clock(elapsed)} | time left ~{left}", flush=True)
+
+    def retrained(self, seconds):
+        self.done += 1
+        self.retrain_time = seconds if self.retrain_time is None else (
+            (self.retrain_time * (self.done - 1) + seconds) / self.done)
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def retrain(args, out, weights, name, seed, progress, *opts):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(TRAIN_CONFIG)
     cfg.merge_from_list(["SOLVER.MAX_ITER", args.retrain_iters, "MODEL.WEIGHTS", weights,
-                         "OUTPUT_DIR", os.path.join(out, name), *opts])
+                         "SEED", seed, "OUTPUT_DIR", os.path.join(out, f"{name}_t{seed}"), *opts])
     cfg.freeze()
-    print(f"[demo] 2/3 retrain with {name} ({cfg.SOLVER.MAX_ITER} iterations)", flush=True)
+    progress.step(f"2/3 retrain with {name}, training seed {seed} ({cfg.SOLVER.MAX_ITER} "
+                  f"iterations; {progress.done + 1} of {progress.total})")
+    start = time.perf_counter()
     model, results = train_and_evaluate(cfg)
+    progress.retrained(time.perf_counter() - start)
     return cfg, model, results
+
+
+def verdict(searched, naive, key):
+    """Whether the searched loss beats ``naive`` on ``key`` by more than the spread: the mean and
+    std of the paired differences (same training seed) over the seeds."""
+    diffs = [s[key] - n[key] for s, n in zip(searched, naive)]
+    mean = float(np.mean(diffs))
+    std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
+    if len(diffs) < 2:
+        word = "one training seed: no spread to judge by"
+    elif mean > std:
+        word = "the searched loss BEATS naive by more than the spread"
+    elif mean < -std:
+        word = "the searched loss is WORSE than naive by more than the spread"
+    else:
+        word = "the searched loss does NOT beat naive: the difference is within the spread"
+    return (f"searched vs naive {key}: {np.mean([s[key] for s in searched]):.2f} vs "
+            f"{np.mean([n[key] for n in naive]):.2f}, paired difference {mean:+.2f} ± {std:.2f} "
+            f"over {len(diffs)} training seeds: {word}")
 
 
 def main():
@@ -148,7 +201,8 @@ def main():
     os.makedirs(out, exist_ok=True)
     for name, abbrev in (("detectron2", "d2"), ("segloss_d2", "segloss")):  # progress every 20 it
         setup_logger(os.path.join(out, "log.txt"), name=name, abbrev_name=abbrev)
-    start = time.perf_counter()
+    seeds = list(range(1, args.train_seeds + 1))
+    progress = Progress(3 * len(seeds))
 
     weights, lr = initial_weights(args)
     search_cfg, trials = search(args, out, weights, lr)
@@ -157,39 +211,51 @@ def main():
     params = load_params(best)
     noise_std = reward_noise(args, search_cfg, trials)
     summary = learning_summary(trials, noise_std)
-    print(f"[demo] {summary}", flush=True)
+    progress.step(summary)
     plot_curves(params, os.path.join(out, "searched_curves.png"),
-                title=f"{target} surrogate found by the search: best of {len(trials)} candidates "
-                      f"(proxy reward {params.reward:.3f}); dashed: the identity curves where the "
-                      "search starts (the naive surrogate)")
+                title=f"{target} surrogate found by the search "
+                      f"({params.provenance.get('selection', 'best sampled')}; proxy reward "
+                      f"{params.reward:.3f}); dashed: the identity curves where the search starts "
+                      "(the naive surrogate)")
     plot_surfaces(params, os.path.join(out, "searched_surfaces.png"),
                   title=f"searched {target} surrogate: h_AND / h_OR")
-    plot_reward_curve(trials, os.path.join(out, "reward_curve.png"), target,
-                      noise_std=noise_std)
+    plot_reward_curve([t for t in trials if t.get("stage", "search") == "search"],
+                      os.path.join(out, "reward_curve.png"), target, noise_std=noise_std)
 
-    ce_cfg, ce_model, ce = retrain(args, out, weights, "cross_entropy",
-                                   "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy")
-    _, naive_model, naive = retrain(
-        args, out, weights, "naive", "MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
-        "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS", parse_target_metrics(target))
-    _, sr_model, sr = retrain(args, out, weights, "searched", "MODEL.SEM_SEG_HEAD.LOSS_TYPE",
-                              "searched", "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", best)
+    losses = [("cross_entropy", ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy")),
+              (f"naive {target} (unsearched)", ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
+                                                "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS",
+                                                parse_target_metrics(target))),
+              (f"searched {target}", ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
+                                      "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", best))]
+    runs, models = {}, []
+    for name, opts in losses:
+        for seed in seeds:
+            cfg, model, results = retrain(args, out, weights, name.split()[0], seed, progress,
+                                          *opts)
+            runs.setdefault(name, []).append(results)
+            if seed == seeds[0]:
+                models.append((name, model))
+                test_cfg = cfg
 
-    print("[demo] 3/3 results on segloss_shapes_val (percent)", flush=True)
-    rows = [("cross_entropy", ce), (f"naive {target} (unsearched)", naive),
-            (f"searched {target}", sr)]
+    progress.step("3/3 results on segloss_shapes_val (percent; mean ± std over training seeds "
+                  f"{seeds})")
+    rows = list(runs.items())
     table = comparison_table(rows, target=TARGET_KEY[args.target])
+    keys = [TARGET_KEY[args.target]] if TARGET_KEY[args.target] else parse_target_metrics(target)
+    verdicts = [verdict(runs[losses[2][0]], runs[losses[1][0]], key) for key in keys]
     print(table)
     print(f"[demo] search: {summary}")
-    plot_predictions([("cross_entropy", ce_model), (f"naive {target}", naive_model),
-                      (f"searched {target}", sr_model)],
-                     ce_cfg.DATASETS.TEST[0], os.path.join(out, "predictions.png"),
-                     input_format=ce_cfg.INPUT.FORMAT)
+    for line in verdicts:
+        print(f"[demo] {line}")
+    plot_predictions(models, test_cfg.DATASETS.TEST[0], os.path.join(out, "predictions.png"),
+                     input_format=test_cfg.INPUT.FORMAT)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({name: r for name, r in rows}, f, indent=1)
     with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(table + "\n\n" + summary + "\n")
-    print(f"[demo] done in {time.perf_counter() - start:.0f} s; plots and results in {out}/:")
+        f.write(table + "\n\n" + summary + "\n\n" + "\n".join(verdicts) + "\n")
+    print(f"[demo] done in {_clock(time.perf_counter() - progress.start)}; plots and results "
+          f"in {out}/:")
     for name in sorted(os.listdir(out)):
         if name.endswith((".png", ".md", ".json")):
             print("   ", os.path.join(out, name))
