@@ -111,6 +111,15 @@ def add_search_config(cfg):
     # Trust region: the largest move of one coordinate of the mean per iteration, in [0, 1] units;
     # 0 = unbounded (paper).
     cfg.SEARCH.MAX_MU_STEP = 0.0
+    # Guarded reward (docs/method.md §4.7): "<metric>>=<fraction>", e.g. "mIoU>=0.98": a candidate
+    # whose guard metric on the reward set falls below fraction x the reference loses
+    # GUARD_PENALTY x its relative shortfall from the reward; "" = off (paper).
+    cfg.SEARCH.REWARD_GUARD = ""
+    # Reference value of the guard metric in (0, 1]; 0 = measure it once per search: the proxy
+    # trained with cross-entropy (stored in the search directory, reused on resume).
+    cfg.SEARCH.GUARD_REFERENCE = 0.0
+    # Reward lost per unit of relative shortfall below the guard's threshold.
+    cfg.SEARCH.GUARD_PENALTY = 1.0
     # Bézier pieces per curve; 0 = the paper's choice per metric (2, and 1 for BF1).
     cfg.SEARCH.NUM_PIECES = 0
     # Curve parameterization: "all" = the paper's truth-table and monotonicity constraints;

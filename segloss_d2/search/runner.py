@@ -22,6 +22,7 @@ the selection may have overruled), ``reward_curve.png``, ``best_curves.png`` and
 """
 import glob
 import logging
+import math
 import os
 import socket
 from numbers import Real
@@ -34,6 +35,7 @@ from ..checkpoint import check_model_weights
 from ..modeling.heads import DeepLabV3PlusSegLossHead, LossFnHead, SemSegFPNSegLossHead
 from ..surrogate.params import save_params
 from .backends import BACKENDS, build_backend, import_ray
+from .guard import RewardGuard
 from .holdout import search_datasets
 from .loop import SearchResult, run_search
 from .ppo import ADVANTAGES, CONTROLLERS, PPOController
@@ -48,6 +50,7 @@ __all__ = [
     "search_fingerprint_config",
     "build_controller",
     "build_selection",
+    "build_guard",
     "write_search_results",
     "search_runtime",
     "SearchFailedError",
@@ -195,6 +198,59 @@ def _check_search_options(cfg) -> None:
                          "iterations in [1, MAX_ITER)")
     _int_at_least(cfg, "SEARCH.SELECTION.TOP_K", 0)
     _int_at_least(cfg, "SEARCH.SELECTION.SEEDS", 1)
+    _number(cfg, "SEARCH.GUARD_REFERENCE", 0.0, 1.0, low_open=False)
+    _number(cfg, "SEARCH.GUARD_PENALTY", 0.0, low_open=False)
+    build_guard(cfg)  # SEARCH.REWARD_GUARD
+
+
+def build_guard(cfg) -> Optional[RewardGuard]:
+    """The :class:`~segloss_d2.search.guard.RewardGuard` of ``SEARCH.REWARD_GUARD`` (None when
+    empty), with ``SEARCH.GUARD_REFERENCE`` as its reference when that is > 0."""
+    s = cfg.SEARCH
+    if not s.REWARD_GUARD:
+        return None
+    return RewardGuard.parse(s.REWARD_GUARD, penalty=float(s.GUARD_PENALTY),
+                             reference=float(s.GUARD_REFERENCE) or None)
+
+
+def _guarded(evaluate_fn, guard: RewardGuard):
+    """``evaluate_fn`` with the guard applied to every result it reports or returns."""
+    def evaluate(iteration, indices, thetas, on_trial_done, **kwargs):
+        returned = evaluate_fn(iteration, indices, thetas,
+                               lambda i, result: on_trial_done(i, guard.apply_to(result)),
+                               **kwargs)
+        return None if returned is None else [guard.apply_to(r) for r in returned]
+
+    return evaluate
+
+
+def _guard_reference(cfg, state: SearchState, guard: RewardGuard, log) -> RewardGuard:
+    """The guard with its reference: given in the config, recorded by an earlier run of this
+    search, or measured now (the proxy trained with cross-entropy) and recorded."""
+    if guard.reference is not None:
+        return guard
+    recorded = state.recorded("guard_reference")
+    if recorded is None:
+        from .trial import train_reference
+
+        log(f"[search] guard {guard.expression}: training the cross-entropy reference proxy")
+        result = train_reference(cfg, *search_datasets(cfg),
+                                 seed=iteration_seed(cfg.SEARCH.SEED, cfg.SEARCH.PROXY.SEEDS, 0))
+        value = result["metrics"].get(guard.metric, math.nan) / 100.0
+        if result["status"] != "ok" or not 0 < value <= 1:
+            raise RuntimeError(
+                f"the cross-entropy reference proxy of the guard {guard.expression!r} "
+                f"{'diverged' if result['status'] != 'ok' else f'scored {guard.metric} {value}'}"
+                f" ({result['error'] or result['metrics']}); set SEARCH.GUARD_REFERENCE to a "
+                "reference value in (0, 1], or check the proxy's SOLVER settings")
+        recorded = {"metric": guard.metric, "value": value, "metrics": result["metrics"]}
+        state.record("guard_reference", recorded)
+    if recorded["metric"] != guard.metric:
+        raise ValueError(f"the recorded guard reference is of {recorded['metric']}, the guard "
+                         f"{guard.expression!r} of {guard.metric}")
+    log(f"[search] guard {guard.expression}: reference {guard.metric} {recorded['value']:.4f} "
+        f"(cross-entropy proxy), threshold {guard.fraction * recorded['value']:.4f}")
+    return guard.with_reference(recorded["value"])
 
 
 def build_selection(cfg) -> Optional[Selection]:
@@ -436,11 +492,15 @@ class SearchRunner:
         """
         cfg = self.cfg
         try:
+            guard = build_guard(cfg)
+            if guard is not None:
+                guard = _guard_reference(cfg, self.state, guard, self.log)
             backend = build_backend(cfg)
             board = _TensorBoard(self.state.output_dir, self.state)
             try:
                 result = run_search(
-                    self.controller, self.state, backend, cfg.SEARCH.ITERATIONS,
+                    self.controller, self.state,
+                    backend if guard is None else _guarded(backend, guard), cfg.SEARCH.ITERATIONS,
                     cfg.SEARCH.SAMPLES_PER_ITER, log=self.log, on_iteration_end=board,
                     proxy_seed=lambda t: iteration_seed(cfg.SEARCH.SEED, cfg.SEARCH.PROXY.SEEDS,
                                                         t),

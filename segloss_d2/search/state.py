@@ -3,9 +3,10 @@
 Files (only these are owned; anything else in the directory, e.g. detectron2's ``log.txt`` and
 ``config.yaml``, is ignored)::
 
-    meta.json       {"format_version", "fingerprint", "config", "runs"}; written by create(),
-                    replaced atomically by each resume() to append its entry to "runs"
-                    ({"started", "trials_before", "runtime"}: what ran the search when)
+    meta.json       {"format_version", "fingerprint", "config", "runs", "records"}; written by
+                    create(), replaced atomically by each resume() to append its entry to
+                    "runs" ({"started", "trials_before", "runtime"}: what ran the search when)
+                    and by record() ("records": measurements a resume reuses)
     trials.jsonl    append-only, one JSON record per finished trial, fsync'd per record
     controller.pt   latest controller checkpoint, replaced atomically (temp file + os.replace)
     search.lock     exists while a process holds the directory (:mod:`.lock`)
@@ -174,8 +175,10 @@ class SearchState:
     """
 
     def __init__(self, output_dir: str, fingerprint: str, trials: List[Dict], checkpoint,
-                 lock: DirectoryLock, runtime_changes: Optional[List[str]] = None):
+                 lock: DirectoryLock, runtime_changes: Optional[List[str]] = None,
+                 meta: Optional[Dict[str, Any]] = None):
         self.output_dir = output_dir
+        self._meta = meta
         self.fingerprint = fingerprint
         self._trials = trials
         self._done = {(r["iteration"], r["index"]) for r in trials}
@@ -257,7 +260,7 @@ class SearchState:
         except BaseException:
             lock.release()
             raise
-        return cls(output_dir, fingerprint, [], None, lock)
+        return cls(output_dir, fingerprint, [], None, lock, meta=meta)
 
     @classmethod
     def resume(cls, output_dir: str, config: Mapping[str, Any],
@@ -343,7 +346,7 @@ class SearchState:
         meta["runs"] = runs + [entry]
         _atomic_write(meta_path, lambda f: f.write(
             json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")))
-        return cls(output_dir, fingerprint, trials, checkpoint, lock, changes)
+        return cls(output_dir, fingerprint, trials, checkpoint, lock, changes, meta=meta)
 
     class _Tail:
         """What follows the last newline of trials.jsonl: nothing ("clean"), a complete record
@@ -495,6 +498,22 @@ class SearchState:
         succeeded."""
         ok = search_stage_trials(self._trials)
         return max(ok, key=trial_order_key) if ok else None
+
+    # ------------------------------------------------------------------ records
+    def record(self, key: str, value: Any) -> None:
+        """Store a JSON-able ``value`` under ``key`` in ``meta.json`` (atomically), e.g. a
+        measurement the whole search depends on and that a resume must reuse, not repeat."""
+        self._check_open()
+        records = dict(self._meta.get("records") or {})
+        records[key] = json.loads(json.dumps(value, default=_json_default))
+        meta = dict(self._meta, records=records)
+        _atomic_write(self._path(META), lambda f: f.write(
+            json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")))
+        self._meta = meta
+
+    def recorded(self, key: str) -> Any:
+        """The value :meth:`record` stored under ``key``, or None."""
+        return (self._meta.get("records") or {}).get(key)
 
     # ------------------------------------------------------------------ controller
     def save_controller(

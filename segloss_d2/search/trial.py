@@ -68,6 +68,7 @@ __all__ = [
     "validate_proxy_training",
     "proxy_cfg",
     "train_candidates",
+    "train_reference",
 ]
 
 logger = logging.getLogger(__name__)
@@ -281,10 +282,12 @@ class _Candidate:
     """One proxy model with its optimizer, LR schedule and private RNG stream."""
 
     def __init__(self, cfg, space, trainer, template, theta, seed):
-        self.params = space.to_params(theta)
+        """``theta`` None: the template head's own loss (the cross-entropy reference)."""
+        self.params = None if theta is None else space.to_params(theta)
         self.model = copy.deepcopy(template)
-        self.model.sem_seg_head.set_loss_fn(
-            _DivergenceGuard(build_surrogate_loss(cfg, self.params)))
+        if self.params is not None:
+            self.model.sem_seg_head.set_loss_fn(
+                _DivergenceGuard(build_surrogate_loss(cfg, self.params)))
         self.model.train()
         self.optimizer = trainer.build_optimizer(cfg, self.model)
         self.scheduler = trainer.build_lr_scheduler(cfg, self.optimizer)
@@ -475,10 +478,24 @@ def train_candidates(
         ``proxy_iters`` (the training iteration at which the candidate was scored: the last one,
         or the halving stop where it was dropped).
     """
-    start = time.perf_counter()
     thetas = torch.as_tensor(thetas, dtype=torch.float32)
     if thetas.dim() != 2 or thetas.shape[0] < 1:
         raise ValueError(f"thetas must be a (K, D) tensor with K >= 1, got shape {thetas.shape}")
+    return _train_group(cfg, list(thetas), train_dicts, reward_dicts, seed, halving)
+
+
+def train_reference(cfg, train_dicts: Sequence[Dict], reward_dicts: Sequence[Dict],
+                    seed: Optional[int] = None) -> Dict:
+    """The search's proxy trained with cross-entropy (the proxy head's own loss) instead of a
+    candidate's surrogate, on the same data, seed and schedule: the reference of a guarded reward
+    (docs/method.md §4.7). Returns one result like :func:`train_candidates`' (``reward`` is the
+    target metric's; ``control_points`` None)."""
+    return _train_group(cfg, [None], train_dicts, reward_dicts, seed, halving=False)[0]
+
+
+def _train_group(cfg, thetas, train_dicts, reward_dicts, seed, halving) -> List[Dict]:
+    """:func:`train_candidates` on a list of thetas, where None is a cross-entropy proxy."""
+    start = time.perf_counter()
     seed = int(cfg.SEARCH.SEED if seed is None else seed)
     space = search_space(cfg)
     trainer = search_trainer(cfg)
@@ -530,7 +547,7 @@ def train_candidates(
             "reward": reward,
             "status": c.status,
             "metrics": m or {},
-            "control_points": c.params.control_points,
+            "control_points": None if c.params is None else c.params.control_points,
             "train_loss": c.last_loss if math.isfinite(c.last_loss) else None,
             "error": c.error,
             "seconds": seconds,

@@ -237,7 +237,7 @@ def test_kill_and_resume_with_every_option_equals_uninterrupted(with_options, tm
     ref_out, ref_result = with_options
     out = str(tmp_path)
     real = backends.train_candidates
-    for kill_at in (2, 3):  # during iteration 2, then during the selection
+    def dies_at(kill_at):
         calls = []
 
         def dies(*args, **kwargs):
@@ -246,7 +246,10 @@ def test_kill_and_resume_with_every_option_equals_uninterrupted(with_options, tm
                 raise _Killed
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(backends, "train_candidates", dies)
+        return dies
+
+    for kill_at in (2, 3):  # during iteration 2, then during the selection
+        monkeypatch.setattr(backends, "train_candidates", dies_at(kill_at))
         with pytest.raises(_Killed):
             SearchRunner(tiny_search_cfg(out, OPTIONS), resume=kill_at == 3,
                          log=lambda s: None).run()
@@ -367,3 +370,69 @@ def test_paper_search_configs(path):
     assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, tuple(cfg.INPUT.CROP.SIZE)) == \
         (32, 0.02, (128, 128))
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.RESNETS.NORM == "BN"
+
+
+def test_guarded_search_measures_the_reference_once_and_resume_keeps_it(tmp_path, monkeypatch):
+    from segloss_d2.search import trial
+
+    out = str(tmp_path)
+    opts = ["SEARCH.REWARD_GUARD", "mIoU>=1.5", "SEARCH.GUARD_PENALTY", 0.5,
+            "SEARCH.MODELS_PER_WORKER", 1]
+    calls, real_reference = [], trial.train_reference
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("seed"))
+        return real_reference(*args, **kwargs)
+
+    monkeypatch.setattr(trial, "train_reference", counted)
+    real, groups = backends.train_candidates, []
+
+    def dies_at_the_third_group(*args, **kwargs):
+        groups.append(1)
+        if len(groups) == 3:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "train_candidates", dies_at_the_third_group)
+    with pytest.raises(_Killed):
+        SearchRunner(tiny_search_cfg(out, opts), log=lambda s: None).run()
+    assert calls == [1]  # the cross-entropy proxy, with the search's proxy seed
+    with open(os.path.join(out, "meta.json")) as f:
+        reference = json.load(f)["records"]["guard_reference"]
+    assert reference["metric"] == "mIoU" and 0 < reference["value"] <= 1
+    monkeypatch.setattr(backends, "train_candidates", real)
+    lines = []
+    SearchRunner(tiny_search_cfg(out, opts), resume=True, log=lines.append).run()
+    assert calls == [1]  # not measured again
+    assert any(f"reference mIoU {reference['value']:.4f}" in line for line in lines)
+    trials = _trials(out)
+    threshold = 1.5 * reference["value"]  # a guard no candidate can meet: every one is cut
+    for r in trials:
+        value = r["metrics"]["mIoU"] / 100
+        assert r["guard"] == pytest.approx({"metric": "mIoU", "value": value,
+                                            "threshold": threshold,
+                                            "penalty": 0.5 * (threshold - value) / threshold})
+        assert r["reward"] == pytest.approx(r["unguarded_reward"] - r["guard"]["penalty"])
+    best = load_params(os.path.join(out, "best_params.json"))
+    assert best.reward == max(r["reward"] for r in trials)
+
+
+def test_guard_reference_from_the_config_trains_no_reference(tmp_path, monkeypatch):
+    from segloss_d2.search import trial
+
+    monkeypatch.setattr(trial, "train_reference", lambda *a, **k: pytest.fail("measured"))
+    out = str(tmp_path)
+    SearchRunner(tiny_search_cfg(out, ["SEARCH.REWARD_GUARD", "BF1>=0.9",
+                                       "SEARCH.GUARD_REFERENCE", 0.5]), log=lambda s: None).run()
+    assert all(r["guard"]["threshold"] == pytest.approx(0.45) for r in _trials(out))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("SEARCH.REWARD_GUARD", "mIoU>0.9", "SEARCH.REWARD_GUARD 'mIoU>0.9' is not a guard"),
+    ("SEARCH.GUARD_REFERENCE", 40.0, "SEARCH.GUARD_REFERENCE"),
+    ("SEARCH.GUARD_PENALTY", -1.0, "SEARCH.GUARD_PENALTY"),
+])
+def test_bad_guard_values(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        validate_search_config(tiny_search_cfg(opts=["SEARCH.REWARD_GUARD", "mIoU>=0.9", key,
+                                                     value]))
