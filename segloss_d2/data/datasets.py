@@ -16,7 +16,7 @@ import os
 from .builtin import guard_builtin_dataset, register_dataset_check
 from .catalog import check_config_datasets, check_datasets
 from .errors import CorruptFileError, decode_image_file
-from .shapes import SPLITS
+from .shapes import SPLITS, VARIANT_SPLITS
 from .shapes_catalog import register_shapes
 from .voc import VOC_CLASSES, VOC_SPLITS, load_voc_sem_seg, register_voc_sem_seg, voc_palette
 
@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 
 def register_all_segloss_datasets(root=None):
-    """Register segloss_d2's datasets: ``voc_2012_sem_seg_{train_aug,val}``, ``segloss_shapes_*``.
+    """Register segloss_d2's datasets: ``voc_2012_sem_seg_{train_aug,val}``, ``segloss_shapes_*``
+    (:data:`~segloss_d2.data.shapes.SPLITS` and :data:`~segloss_d2.data.shapes.VARIANT_SPLITS`).
 
     Called on ``import segloss_d2.data``; cheap (no file system access) and idempotent. Calling it
     with another ``root`` re-registers the VOC datasets under that root; ``segloss_shapes_*`` use
@@ -56,8 +57,11 @@ def register_all_segloss_datasets(root=None):
             register_voc_sem_seg(name, root, split)
         except ValueError as e:  # somebody else's dataset of that name: leave it alone
             logger.warning("Not registering %s: %s", name, e)
-    for name, (split, num_images, seed) in SPLITS.items():
+    shapes = {name: (split, num_images, seed) for name, (split, num_images, seed) in
+              SPLITS.items()}
+    shapes.update(VARIANT_SPLITS)
+    for name, args in shapes.items():
         try:
-            register_shapes(name, split, num_images, seed)
+            register_shapes(name, *args[:3], None, *args[3:])
         except ValueError as e:
             logger.warning("Not registering %s: %s", name, e)

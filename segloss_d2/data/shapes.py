@@ -44,6 +44,8 @@ __all__ = [
     "THIN_CLASSES",
     "IGNORE_LABEL",
     "SPLITS",
+    "VARIANT_SPLITS",
+    "MIXES",
     "DEFAULT_IMAGE_SIZE",
     "GENERATOR_VERSION",
     "shapes_cache_dir",
@@ -77,6 +79,23 @@ SPLITS = {
     "segloss_shapes_pretrain": ("pretrain", 400, 2),
 }
 """Registered dataset name -> (split directory, number of images, seed)."""
+
+MIXES = {
+    # 3-6 area objects drawn uniformly among disc, box, ring, blob, stripes, and 0-3 wires.
+    "default": {"objects": (3, 7), "class_p": None, "wires": (0, 4)},
+    # More and thinner structures: rings and stripes dominate, more wires, fewer discs and boxes.
+    "boundary": {"objects": (4, 10), "class_p": (0.10, 0.10, 0.30, 0.15, 0.35), "wires": (1, 6)},
+}
+"""Scene compositions (``mix`` of :func:`render_shapes_scene`): ``objects`` and ``wires`` are
+[low, high) ranges of the number of area objects and wires, ``class_p`` the probabilities of
+disc, box, ring, blob and stripes (None = uniform)."""
+
+VARIANT_SPLITS = {
+    # A second dataset no search has seen: twice the resolution, the "boundary" class mix.
+    "segloss_shapes_hires_train": ("hires_train", 300, 3, (192, 256), "boundary"),
+    "segloss_shapes_hires_val": ("hires_val", 100, 4, (192, 256), "boundary"),
+}
+"""Registered dataset name -> (split directory, number of images, seed, (height, width), mix)."""
 
 GENERATOR_VERSION = 1
 """Bumped whenever the rendering changes, so that stale caches are regenerated."""
@@ -220,11 +239,18 @@ def _ignore_band(instances, k, width):
     return grown.astype(bool) & ~shrunk.astype(bool)
 
 
-def render_shapes_scene(seed, index, image_size=DEFAULT_IMAGE_SIZE, ignore_width=2):
+def _check_mix(mix):
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {sorted(MIXES)}, got {mix!r}")
+    return mix
+
+
+def render_shapes_scene(seed, index, image_size=DEFAULT_IMAGE_SIZE, ignore_width=2,
+                        mix="default"):
     """Render scene ``index`` of the dataset with ``seed``, in memory.
 
-    The scene depends only on ``(seed, index, image_size, ignore_width)``, not on how many scenes a
-    split has: it is drawn from ``np.random.default_rng([seed, index])``.
+    The scene depends only on ``(seed, index, image_size, ignore_width, mix)``, not on how many
+    scenes a split has: it is drawn from ``np.random.default_rng([seed, index])``.
 
     Args:
         seed (int): >= 0.
@@ -232,6 +258,7 @@ def render_shapes_scene(seed, index, image_size=DEFAULT_IMAGE_SIZE, ignore_width
         image_size (tuple[int, int]): (height, width), each >= 32.
         ignore_width (int): width in px of the void band on the contour of about half of the
             disc/box/blob objects; 0 disables the bands.
+        mix (str): the scene composition, a key of :data:`MIXES`.
 
     Returns:
         image (np.ndarray): uint8 (H, W, 3), RGB.
@@ -241,6 +268,7 @@ def render_shapes_scene(seed, index, image_size=DEFAULT_IMAGE_SIZE, ignore_width
     seed, index = _check_int("seed", seed, 0), _check_int("index", index, 0)
     shape = _check_image_size(image_size)
     ignore_width = _check_int("ignore_width", ignore_width, 0)
+    composition = MIXES[_check_mix(mix)]
     rng = np.random.default_rng([seed, index])
     scale = min(shape) / 96.0
     cast = rng.uniform(0.8, 1.2, size=3).astype(np.float32)
@@ -248,8 +276,10 @@ def render_shapes_scene(seed, index, image_size=DEFAULT_IMAGE_SIZE, ignore_width
     background_rgb = image.mean(axis=(0, 1))
     label = np.zeros(shape, np.uint8)
     instances = np.zeros(shape, np.int32)
-    classes = list(rng.choice([_DISC, _BOX, _RING, _BLOB, _STRIPES], size=rng.integers(3, 7)))
-    classes += [_WIRE] * int(rng.integers(0, 4))
+    classes = list(rng.choice([_DISC, _BOX, _RING, _BLOB, _STRIPES],
+                              size=rng.integers(*composition["objects"]),
+                              p=composition["class_p"]))
+    classes += [_WIRE] * int(rng.integers(*composition["wires"]))
     for k, cls in enumerate(rng.permutation(classes), start=1):  # painter's order: occlusions
         mask = _object_mask(rng, cls, shape, scale).astype(bool)
         image[mask] = _appearance(rng, cls, mask, cast, background_rgb)[mask]
@@ -265,12 +295,15 @@ def render_shapes_scene(seed, index, image_size=DEFAULT_IMAGE_SIZE, ignore_width
     return np.clip(np.round(image), 0, 255).astype(np.uint8), label
 
 
-def _manifest(split, num_images, image_size, seed, ignore_width):
-    return {
+def _manifest(split, num_images, image_size, seed, ignore_width, mix):
+    manifest = {
         "generator": "segloss_shapes", "version": GENERATOR_VERSION, "split": split,
         "num_images": num_images, "image_size": list(image_size), "seed": seed,
         "ignore_width": ignore_width,
     }
+    if mix != "default":  # the default's manifests stay what they were
+        manifest["mix"] = mix
+    return manifest
 
 
 def _read_manifest(split_dir):
@@ -292,7 +325,7 @@ def _paths(split_dir, index):
 
 
 def generate_shapes_dataset(root, split, num_images, image_size=DEFAULT_IMAGE_SIZE, seed=0,
-                            ignore_width=2):
+                            ignore_width=2, mix="default"):
     """Generate (or reuse) one split of ``segloss_shapes`` and return its dataset dicts.
 
     Files: ``root/<split>/images/NNNNN.png`` (RGB uint8), ``root/<split>/labels/NNNNN.png`` (uint8
@@ -311,6 +344,7 @@ def generate_shapes_dataset(root, split, num_images, image_size=DEFAULT_IMAGE_SI
         image_size (tuple[int, int]): (height, width), each >= 32.
         seed (int): >= 0; scene ``i`` is ``render_shapes_scene(seed, i, image_size, ignore_width)``.
         ignore_width (int): void band width in px (0 disables), see ``render_shapes_scene``.
+        mix (str): scene composition, a key of :data:`MIXES`.
 
     Returns:
         list[dict]: one per image, detectron2 semantic-segmentation style: ``file_name``,
@@ -324,9 +358,10 @@ def generate_shapes_dataset(root, split, num_images, image_size=DEFAULT_IMAGE_SI
     image_size = _check_image_size(image_size)
     seed = _check_int("seed", seed, 0)
     ignore_width = _check_int("ignore_width", ignore_width, 0)
+    mix = _check_mix(mix)
     root = os.path.abspath(os.path.expanduser(root))
     split_dir = os.path.join(root, split)
-    manifest = _manifest(split, num_images, image_size, seed, ignore_width)
+    manifest = _manifest(split, num_images, image_size, seed, ignore_width, mix)
     if not _is_complete(split_dir, manifest):
         _generate_split(split_dir, manifest)
     height, width = image_size
@@ -345,7 +380,8 @@ def _generate_split(split_dir, manifest):
         os.makedirs(os.path.join(tmp_dir, "labels"))
         for i in range(manifest["num_images"]):
             image, label = render_shapes_scene(
-                manifest["seed"], i, manifest["image_size"], manifest["ignore_width"])
+                manifest["seed"], i, manifest["image_size"], manifest["ignore_width"],
+                manifest.get("mix", "default"))
             image_path, label_path = _paths(tmp_dir, i)
             if not (cv2.imwrite(image_path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
                     and cv2.imwrite(label_path, label)):

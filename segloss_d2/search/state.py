@@ -499,6 +499,14 @@ class SearchState:
         ok = search_stage_trials(self._trials)
         return max(ok, key=trial_order_key) if ok else None
 
+    @classmethod
+    def read_trials(cls, output_dir: str) -> List[Dict[str, Any]]:
+        """The trials logged in ``output_dir``, read only: no lock, no fingerprint check, nothing
+        written (for reports on finished searches; a torn last line is left out). Raises
+        ValueError for a damaged line, like :meth:`resume`."""
+        trials, _ = cls._read_trials(os.path.join(output_dir, TRIALS))
+        return trials
+
     # ------------------------------------------------------------------ records
     def record(self, key: str, value: Any) -> None:
         """Store a JSON-able ``value`` under ``key`` in ``meta.json`` (atomically), e.g. a

@@ -46,7 +46,8 @@ from .state import META
 
 __all__ = ["StudyPlan", "PLANS", "SearchStudy", "Method", "METHODS", "spearman", "mean_std",
            "UNSEARCHED", "PRESET_OF_TARGET", "rewards_across_seeds", "best_so_far",
-           "method_opts", "search_budget", "answer_names", "route_library_logs"]
+           "method_opts", "search_budget", "answer_names", "route_library_logs",
+           "target_value"]
 
 UNSEARCHED = ("cross_entropy", "naive", "preset")
 """The losses every searched one is compared with: CE, the identity curves, the released preset."""
@@ -61,7 +62,8 @@ PAPER_OPTS = ("SEARCH.METHOD", "ppo", "SEARCH.RATIO", "per_dim", "SEARCH.BASELIN
               "SEARCH.ADVANTAGE", "raw", "SEARCH.MIRRORED", False, "SEARCH.SIGMA_END", 0.0,
               "SEARCH.MAX_MU_STEP", 0.0, "SEARCH.MU_LR", 0.2, "SEARCH.SIGMA", 0.2,
               "SEARCH.PROXY.SEEDS", "fixed", "SEARCH.PROXY.HALVING", [],
-              "SEARCH.SELECTION.TOP_K", 0, "SEARCH.NUM_PIECES", 0, "SEARCH.CONSTRAINTS", "all")
+              "SEARCH.SELECTION.TOP_K", 0, "SEARCH.NUM_PIECES", 0, "SEARCH.CONSTRAINTS", "all",
+              "SEARCH.REWARD_GUARD", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +107,8 @@ METHODS: Dict[str, Method] = {
     "ppo_halving": Method("PPO + successive halving (rank advantages)",
                           ("SEARCH.ADVANTAGE", "rank"), halving=True),
     "ppo_2piece": Method("PPO, 2-piece curves", ("SEARCH.NUM_PIECES", 2), targets=("BF1",)),
+    "ppo_guard": Method("PPO, BF1 reward guarded by mIoU >= 0.98 x cross-entropy's",
+                        ("SEARCH.REWARD_GUARD", "mIoU>=0.98"), targets=("BF1",)),
     "ppo_no_truth_table": Method("PPO without the truth-table constraint",
                                  ("SEARCH.CONSTRAINTS", "no_truth_table")),
     "ppo_no_monotonic": Method("PPO without monotonicity", ("SEARCH.CONSTRAINTS", "no_monotonic")),
@@ -171,7 +175,8 @@ def search_budget(cfg) -> int:
             live, last = max(1, live // 2), stop
         per_group.append(cost + live * (t - last))
     selection = (s.SELECTION.TOP_K + 1) * s.SELECTION.SEEDS * t if s.SELECTION.TOP_K else 0
-    return s.ITERATIONS * sum(per_group) + selection
+    reference = t if s.REWARD_GUARD and not s.GUARD_REFERENCE else 0  # the guard's CE proxy
+    return s.ITERATIONS * sum(per_group) + selection + reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +203,13 @@ class StudyPlan:
             ``samples_per_iter`` full proxies (() = no curve).
         budget_methods (tuple of str): methods of the budget curve ("best" allowed).
         budget_seeds (tuple of int): search seeds of the budget curve (() = ``search_seeds``).
+        scratch_targets (tuple of str): targets whose losses are also retrained from random
+            weights (the unsearched ones and ``scratch_answers``): does the surrogate still learn
+            the regions without the pretrained start?
+        scratch_answers (tuple of str): answers retrained from random weights (as ``retrain``).
+        transfer_configs (tuple of str): other train config files (another network, another
+            dataset): cross-entropy, ``naive`` and ``transfer_answers`` retrained with each.
+        transfer_answers (tuple of str): answers retrained with the transfer configs.
         ablation_target (str): target of the constraint ablation ("" = none).
         ablation_seeds (tuple of int): search seeds of the ablation.
         fidelity_candidates (int): candidates of the fidelity check (0 = none).
@@ -229,6 +241,10 @@ class StudyPlan:
     budget_iterations: Tuple[int, ...] = ()
     budget_methods: Tuple[str, ...] = ("best", "random")
     budget_seeds: Tuple[int, ...] = ()
+    scratch_targets: Tuple[str, ...] = ()
+    scratch_answers: Tuple[str, ...] = ("best",)
+    transfer_configs: Tuple[str, ...] = ()
+    transfer_answers: Tuple[str, ...] = ("best",)
     ablation_target: str = ""
     ablation_seeds: Tuple[int, ...] = ()
     fidelity_candidates: int = 0
@@ -246,10 +262,10 @@ class StudyPlan:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        bad = [t for t in self.targets if t not in METRICS]
+        bad = [t for t in self.targets if not _is_target(t)]
         if not self.targets or bad:
-            raise ValueError(f"StudyPlan.targets must be metrics among {list(METRICS)}, got "
-                             f"{self.targets}")
+            raise ValueError(f"StudyPlan.targets must be metrics among {list(METRICS)} or "
+                             f"several joined by '+' (e.g. 'mIoU+BF1'), got {self.targets}")
         if self.ablation_target and self.ablation_target not in self.targets:
             raise ValueError(f"StudyPlan.ablation_target {self.ablation_target!r} must be one of "
                              f"the targets {self.targets} (its 'all' run is the PPO search)")
@@ -272,16 +288,26 @@ class StudyPlan:
         for name in self.methods + tuple(m for m in self.budget_methods if m != "best"):
             method_opts(name, max(self.budget_iterations + (self.iterations,)),
                         self.samples_per_iter)  # unknown names, impossible budgets
-        for answer in self.retrain:
+        bad = [t for t in self.scratch_targets if t not in self.targets]
+        if bad:
+            raise ValueError(f"StudyPlan.scratch_targets {bad} are not among the targets "
+                             f"{self.targets}")
+        for config in self.transfer_configs:
+            if not os.path.isfile(config):
+                raise ValueError(f"StudyPlan.transfer_configs: no config file {config!r}")
+        for answer in self.retrain + self.scratch_answers + self.transfer_answers:
             method = answer.split(":")[0]
             if answer != "best" and method not in self.methods:
-                raise ValueError(f"StudyPlan.retrain {answer!r}: {method!r} is not among the "
-                                 f"searched methods {self.methods}")
+                raise ValueError(f"StudyPlan answer {answer!r} (retrain, scratch_answers, "
+                                 f"transfer_answers): {method!r} is not among the searched "
+                                 f"methods {self.methods}")
             if answer.count(":") > 1 or answer.split(":")[1:] not in ([], ["mu"], ["sampled"]):
-                raise ValueError(f"StudyPlan.retrain {answer!r}: expected '<method>', "
+                raise ValueError(f"StudyPlan answer {answer!r}: expected '<method>', "
                                  "'<method>:mu', '<method>:sampled' or 'best'")
-        if ("best" in self.retrain or self.retrain_top or "best" in self.budget_methods) and (
-                not self.screen_seeds):
+        uses_best = "best" in (self.retrain + self.budget_methods + (
+            self.scratch_answers if self.scratch_targets else ()) + (
+            self.transfer_answers if self.transfer_configs else ()))
+        if (uses_best or self.retrain_top) and not self.screen_seeds:
             raise ValueError("StudyPlan: 'best' and retrain_top need screen_seeds (the best "
                              "method is the best screened one)")
         if any(b < 2 for b in self.budget_iterations):
@@ -320,6 +346,20 @@ PLANS = {
         noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
     ),
 }
+
+
+def _is_target(target: str) -> bool:
+    parts = str(target).split("+")
+    return all(p in METRICS for p in parts) and len(set(parts)) == len(parts)
+
+
+def target_value(results: Dict, target: str) -> float:
+    """An evaluator result (percent) of a target: its metric, or the mean of a combined target's
+    metrics ("mIoU+BF1"), as the search's reward averages them; nan if missing or diverged."""
+    values = [results.get(m) for m in target.split("+")]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return math.nan
+    return float(np.mean(values))
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -521,10 +561,11 @@ class SearchStudy:
             return ["MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy"]
         if loss == "naive":
             return ["MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
-                    "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS", [target]]
+                    "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS", target.split("+")]
         if loss == "preset":
             return ["MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
-                    "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", PRESET_OF_TARGET[target]]
+                    "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS",
+                    ",".join(PRESET_OF_TARGET[m] for m in target.split("+"))]
         raise ValueError(f"unknown unsearched loss {loss!r}; expected one of {UNSEARCHED}")
 
     # ------------------------------------------------------------------ jobs (one file each)
@@ -534,7 +575,7 @@ class SearchStudy:
 
     def search(self, target, seed, method="ppo", iterations=None) -> Dict:
         """Run (or finish, or reuse) one search; returns its trials, answer files and budget."""
-        from .runner import SearchRunner, search_fingerprint_config
+        from .runner import SearchRunner
         from .state import SearchState
 
         cfg = self.search_cfg(target, seed, method, iterations)
@@ -546,13 +587,14 @@ class SearchStudy:
                      f"{'' if iterations is None else f' ({iterations} iterations)'}")
             resume = os.path.exists(os.path.join(out, META))
             SearchRunner(cfg, resume=resume, log=self._search_line).run()
-        with SearchState.resume(out, search_fingerprint_config(cfg)) as state:
-            trials = state.all_trials()
-        return {"trials": trials, "dir": out, "budget": search_budget(cfg)}
+        return {"trials": SearchState.read_trials(out), "dir": out, "budget": search_budget(cfg)}
 
-    def retrain(self, target: str, name: str, train_seed: int, loss_opts: List) -> Dict:
-        """Train the tiny model with one loss and seed (or reuse the result); returns the
-        evaluator's results on the validation split (percent)."""
+    def retrain(self, target: str, name: str, train_seed: int, loss_opts: List,
+                recipe: str = "") -> Dict:
+        """Train a model with one loss and seed (or reuse the result); returns the evaluator's
+        results on the config's test split (percent). ``recipe``: "" = the plan's train config
+        from the pretrained weights; "scratch" = the same from random weights; a config file =
+        that model/dataset (for the transfer rows) from the pretrained weights."""
         from ..compare import train_and_evaluate
         from ..engine import get_segloss_cfg
 
@@ -560,10 +602,17 @@ class SearchStudy:
         path = os.path.join(out, "study_results.json")
         if os.path.exists(path):
             return _read_json(path)["results"]
+        config = recipe if recipe not in ("", "scratch") else self.plan.train_config
         cfg = get_segloss_cfg()
-        cfg.merge_from_file(self.plan.train_config)
+        with open(config, encoding="utf-8") as f:
+            if "POINT_HEAD" in f.read():  # detectron2's PointRend project needs its keys
+                from detectron2.projects.point_rend import add_pointrend_config
+
+                add_pointrend_config(cfg)
+        cfg.merge_from_file(config)
+        weights = "" if recipe == "scratch" else self.weights()
         cfg.merge_from_list(["SOLVER.MAX_ITER", self.plan.retrain_iters, "SEED", train_seed,
-                             "MODEL.WEIGHTS", self.weights(), "OUTPUT_DIR", out, *loss_opts])
+                             "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out, *loss_opts])
         cfg.freeze()
         try:
             _, results = train_and_evaluate(cfg)
@@ -572,7 +621,7 @@ class SearchStudy:
             results = {"diverged": str(e)}
         _write_json(path, {"loss_opts": [str(v) for v in loss_opts], "results": results})
         self.log(f"[study] retrain {target} {name} seed {train_seed}: {target} "
-                 f"{results.get(target, math.nan):.2f}")
+                 f"{target_value(results, target):.2f}")
         return results
 
     def _noise_thetas(self, cfg):
@@ -622,33 +671,36 @@ class SearchStudy:
         from ..surrogate.params import load_params
 
         path = os.path.join(self.out, "screen", target, f"s{seed}_p{screen_seed}.json")
-        names = self.screen_answers(target)
-        cached = _read_json(path) if os.path.exists(path) else {}
-        if set(cached) >= set(names) | {"identity"}:
-            return cached
+        result = _read_json(path) if os.path.exists(path) else {}
+        missing = [n for n in ["identity"] + self.screen_answers(target) if n not in result]
+        if not missing:
+            return result
         import torch
 
         from .space import SearchSpace
 
-        # One group per search space (e.g. 1- and 2-piece curves): the groups train with the same
-        # seed, hence on the same batches from the same weights (common random numbers).
-        cfg = self.search_cfg(target, seed)
-        groups = {repr(SearchSpace.from_config(cfg)): (cfg, ["identity"], [
-            SearchSpace.from_config(cfg).initial_mu()])}
-        for name in names:
-            method, file = answer_names(name)
-            params = load_params(os.path.join(self.search_dir(target, seed, method), file))
-            method_cfg = self.search_cfg(target, seed, method)
-            group = groups.setdefault(repr(SearchSpace.from_config(method_cfg)),
-                                      (method_cfg, [], []))
+        # One group per search space (e.g. 1- and 2-piece curves). Every group trains with the
+        # same seed, hence on the same batches from the same weights (common random numbers):
+        # answers added to a plan later are screened alone and still compare with the others.
+        groups = {}
+        for name in missing:
+            if name == "identity":
+                cfg = self.search_cfg(target, seed)
+                theta = SearchSpace.from_config(cfg).initial_mu()
+            else:
+                method, file = answer_names(name)
+                cfg = self.search_cfg(target, seed, method)
+                params = load_params(os.path.join(self.search_dir(target, seed, method), file))
+                theta = [v for term in params.thetas for curve in term for v in curve]
+            group = groups.setdefault(repr(SearchSpace.from_config(cfg)), (cfg, [], []))
             group[1].append(name)
-            group[2].append([v for term in params.thetas for curve in term for v in curve])
-        result = {}
+            group[2].append(theta)
         for group_cfg, group_names, thetas in groups.values():
             rewards = rewards_across_seeds(group_cfg, torch.tensor(thetas, dtype=torch.float32),
                                            [screen_seed])[screen_seed]
             result.update(zip(group_names, rewards))
         _write_json(path, result)
+        names = [n for n in result if n != "identity"]
         self.log(f"[study] screen {target} seed {seed} proxy seed {screen_seed}: identity "
                  f"{result['identity']:.4f}, best answer {max(names, key=result.get)} "
                  f"{max(result[n] for n in names):.4f}")
@@ -774,36 +826,45 @@ class SearchStudy:
             "budget-curve searches", jobs, [proxy * a[3] for _, a in jobs]))
 
         jobs, keys = [], []
-        for t in p.targets:
-            answers = self._retrained_answers(t, results)
-            for loss in UNSEARCHED:
-                for ts in p.train_seeds:
-                    jobs.append(("retrain", (t, loss, ts, self.loss_opts(t, loss))))
-                    keys.append((t, loss, None))
+
+        def add(t, row, name, loss_opts, recipe="", budget=None):
+            for ts in p.train_seeds:
+                jobs.append(("retrain", (t, name, ts, loss_opts, recipe)))
+                keys.append((t, row, budget))
+
+        def add_answers(t, answers, recipe="", suffix=""):
             for answer in answers:
                 method, file = answer_names(answer)
                 for s in p.search_seeds:
                     params = os.path.join(self.search_dir(t, s, method), file)
-                    for ts in p.train_seeds:
-                        jobs.append(("retrain", (t, f"{answer.replace(':', '_')}_s{s}", ts,
-                                                 self.loss_opts(t, "", params))))
-                        keys.append((t, answer, None))
+                    add(t, answer + suffix, f"{answer.replace(':', '_')}_s{s}"
+                        + _recipe_tag(recipe), self.loss_opts(t, "", params), recipe)
+
+        for t in p.targets:
+            for loss in UNSEARCHED:
+                add(t, loss, loss, self.loss_opts(t, loss))
+            add_answers(t, self._retrained_answers(t, results))
             for t_, m, s, b in curve + best_curve:
-                if t_ != t:
-                    continue
-                params = os.path.join(self.search_dir(t, s, m, b), "best_params.json")
-                for ts in p.train_seeds:
-                    jobs.append(("retrain", (t, f"{m}_b{b}_s{s}", ts,
-                                             self.loss_opts(t, "", params))))
-                    keys.append((t, m, b))
-        for (t, name, b), r in zip(keys, self._map("retraining", jobs, [
+                if t_ == t:
+                    params = os.path.join(self.search_dir(t, s, m, b), "best_params.json")
+                    add(t, m, f"{m}_b{b}_s{s}", self.loss_opts(t, "", params), budget=b)
+            recipes = (["scratch"] if t in p.scratch_targets else []) + list(p.transfer_configs)
+            for recipe in recipes:
+                unsearched = UNSEARCHED if recipe == "scratch" else ("cross_entropy", "naive")
+                for loss in unsearched:
+                    add(t, loss + _recipe_label(recipe), loss + _recipe_tag(recipe),
+                        self.loss_opts(t, loss), recipe)
+                add_answers(t, [results["best"][t] if a == "best" else a
+                                for a in (p.scratch_answers if recipe == "scratch"
+                                          else p.transfer_answers)],
+                            recipe, _recipe_label(recipe))
+        for (t, row, b), r in zip(keys, self._map("retraining", jobs, [
                 _RETRAIN_COST * p.retrain_iters] * len(jobs))):
             if b is None:
-                results["retrain"].setdefault(t, {}).setdefault(name, []).append(r)
+                results["retrain"].setdefault(t, {}).setdefault(row, []).append(r)
             else:
-                point = results["budget_curve"].setdefault(t, {}).setdefault(name, {}).setdefault(
-                    str(b), {"runs": [], "proxy_iters": []})
-                point["runs"].append(r)
+                results["budget_curve"].setdefault(t, {}).setdefault(row, {}).setdefault(
+                    str(b), {"runs": [], "proxy_iters": []})["runs"].append(r)
         for t, m, s, b in curve + best_curve:
             point = results["budget_curve"][t][m][str(b)]
             point["proxy_iters"].append(results["budgets"][self.search_dir(t, s, m, b)])
@@ -832,7 +893,12 @@ class SearchStudy:
                 + _RETRAIN_COST * p.retrain_iters * len(p.train_seeds) * (
                     len(p.targets) * (len(UNSEARCHED) + answers * len(p.search_seeds))
                     + curve_points * len(p.budget_iterations))
-                + _RETRAIN_COST * p.retrain_iters * p.fidelity_candidates)
+                + _RETRAIN_COST * p.retrain_iters * p.fidelity_candidates
+                + _RETRAIN_COST * p.retrain_iters * len(p.train_seeds) * (
+                    len(p.scratch_targets) * (len(UNSEARCHED) + len(p.scratch_answers)
+                                              * len(p.search_seeds))
+                    + len(p.targets) * len(p.transfer_configs) * (
+                        2 + len(p.transfer_answers) * len(p.search_seeds))))
 
     def _collect_searches(self, results, jobs, outputs) -> None:
         for (_, args), out in zip(jobs, outputs):
@@ -880,8 +946,22 @@ class SearchStudy:
                                      self.loss_opts(target, "", params_path))))
         retrained = self._map("fidelity", jobs, [_RETRAIN_COST * self.plan.retrain_iters]
                               * len(jobs))
-        return [{"reward": t["reward"], "retrained": r.get(target), "iteration": t["iteration"],
+        return [{"reward": t["reward"], "retrained": target_value(r, target),
+                 "iteration": t["iteration"],
                  "index": t["index"]} for t, r in zip(picks, retrained)]
+
+
+def _recipe_tag(recipe: str) -> str:
+    """Directory suffix of a retraining recipe ("" = the plan's)."""
+    if not recipe:
+        return ""
+    return "_scratch" if recipe == "scratch" else "_" + os.path.splitext(
+        os.path.basename(recipe))[0]
+
+
+def _recipe_label(recipe: str) -> str:
+    """Table suffix of a retraining recipe: " @scratch", " @Base-Tiny-SemanticFPN"."""
+    return f" @{_recipe_tag(recipe)[1:]}" if recipe else ""
 
 
 def _screen_gain(screen: Dict, answer: str) -> Tuple[float, float, List[float]]:

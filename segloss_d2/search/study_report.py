@@ -19,6 +19,7 @@ from .study import (
     best_so_far,
     mean_std,
     spearman,
+    target_value,
 )
 
 __all__ = ["write_report", "iteration_curves"]
@@ -122,7 +123,7 @@ def _plot_budget_curve(curve, target, path):
     for i, (method, points) in enumerate(sorted(curve.items())):
         xs = sorted(points, key=int)
         budget = [np.mean(points[b]["proxy_iters"]) for b in xs]
-        stats = [mean_std([r.get(target) for r in points[b]["runs"] if "diverged" not in r])
+        stats = [mean_std([target_value(r, target) for r in points[b]["runs"]])
                  for b in xs]
         m = np.array([s[0] for s in stats])
         sd = np.array([s[1] for s in stats])
@@ -194,11 +195,39 @@ def _budget_of(results, target, method) -> str:
 
 def _retrain_row(name, runs, target, extra=""):
     ok = [r for r in runs if "diverged" not in r]
-    m, s = mean_std([r.get(target) for r in ok])
+    m, s = mean_std([target_value(r, target) for r in ok])
     means = [mean_std([r.get(k) for r in ok])[0] for k in _TABLE_METRICS]
     diverged = "" if len(ok) == len(runs) else f" (+{len(runs) - len(ok)} diverged)"
     return (f"| {_label(name)}{extra} | {_fmt(m, s)} | {len(ok)}{diverged} | "
             + " | ".join(f"{v:.2f}" for v in means) + " |")
+
+
+_RECIPES = {
+    "": ("final training", "from the pretrained weights, on segloss_shapes_val"),
+    "scratch": ("final training from random weights", "from random weights (no pretrained "
+                "start), on segloss_shapes_val"),
+    "Base-Tiny-SemanticFPN": ("transfer to another network: tiny Semantic FPN",
+                              "from the pretrained backbone, on segloss_shapes_val"),
+    "Base-Tiny-PointRend": ("transfer to another network: tiny PointRend",
+                            "from the pretrained backbone, on segloss_shapes_val"),
+    "Base-Tiny-DeepLabV3Plus-Hires": ("transfer to another dataset: segloss_shapes_hires",
+                                      "from the pretrained weights, on segloss_shapes_hires_val "
+                                      "(192x256, other class mix, no search saw it)"),
+}
+
+
+def _retrain_table(plan, target, recipe, rows) -> List[str]:
+    title, how = _RECIPES.get(recipe, (f"retrained with {recipe}", "on its test split"))
+    lines = [f"## {target}: {title}", "",
+             f"Each loss trains for {plan['retrain_iters']} iterations {how}, with every training "
+             "seed; mean ± std over all its runs (searched losses: search seeds x training "
+             "seeds).", "",
+             f"| loss | {target} (target) | n | " + " | ".join(_TABLE_METRICS) + " |",
+             "|---|---|---|" + "---|" * len(_TABLE_METRICS)]
+    for name in [n for n in rows if n not in UNSEARCHED] + list(UNSEARCHED):
+        if name in rows:
+            lines.append(_retrain_row(name, rows[name], target))
+    return lines + [""]
 
 
 def write_report(results: Dict, out_dir: str) -> str:
@@ -275,19 +304,12 @@ def write_report(results: Dict, out_dir: str) -> str:
             lines.append("")
 
         rows = results["retrain"].get(target, {})
-        if rows:
-            start = "the pretrained weights" if plan.get("pretrain_iters") else "random weights"
-            lines += [f"## {target}: final training", "",
-                      f"Each loss trains the model for {plan['retrain_iters']} iterations from "
-                      f"{start} with every training seed; mean ± std over all its runs (searched "
-                      "losses: search seeds x training seeds), on segloss_shapes_val.", "",
-                      f"| loss | {target} (target) | n | "
-                      + " | ".join(_TABLE_METRICS) + " |",
-                      "|---|---|---|" + "---|" * len(_TABLE_METRICS)]
-            for name in [n for n in rows if n not in UNSEARCHED] + list(UNSEARCHED):
-                if name in rows:
-                    lines.append(_retrain_row(name, rows[name], target))
-            lines.append("")
+        by_recipe = {}
+        for name, runs in rows.items():
+            base, _, recipe = name.partition(" @")
+            by_recipe.setdefault(recipe, {})[base] = runs
+        for recipe, table in sorted(by_recipe.items(), key=lambda kv: (kv[0] != "", kv[0])):
+            lines += _retrain_table(plan, target, recipe, table)
 
         methods = list(dict.fromkeys(
             ["ppo", "random", results.get("best", {}).get(target, "ppo")]))
@@ -310,7 +332,7 @@ def write_report(results: Dict, out_dir: str) -> str:
             for method, points in sorted(curve.items()):
                 cells = []
                 for b in sorted(points, key=int):
-                    runs = [r.get(target) for r in points[b]["runs"] if "diverged" not in r]
+                    runs = [target_value(r, target) for r in points[b]["runs"]]
                     spent = int(np.mean(points[b]["proxy_iters"]))
                     cells.append(f"{_fmt(*mean_std(runs))} ({spent} proxy it.)")
                 lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")

@@ -447,6 +447,20 @@ def test_shapes_builtin_val_generated_on_first_use(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / SPLITS["segloss_shapes_train"][0]).exists()
 
 
+def test_hires_variant_is_registered_and_generated_on_first_use(tmp_path, monkeypatch):
+    from segloss_d2.data.shapes import VARIANT_SPLITS
+
+    monkeypatch.setenv("SEGLOSS_CACHE", str(tmp_path / "cache"))
+    split, num_images, _, (height, width), _ = VARIANT_SPLITS["segloss_shapes_hires_val"]
+    assert not (tmp_path / "cache").exists()
+    dicts = DatasetCatalog.get("segloss_shapes_hires_val")
+    assert len(dicts) == num_images and (dicts[0]["height"], dicts[0]["width"]) == (height, width)
+    assert all(d["sem_seg_file_name"].startswith(str(tmp_path / "cache" / split)) for d in dicts)
+    assert _mapped_labels(dicts[0]).shape == (height, width)
+    assert MetadataCatalog.get("segloss_shapes_hires_train").stuff_classes == list(SHAPES_CLASSES)
+    assert sorted(os.listdir(tmp_path / "cache")) == [split]  # only what was asked for
+
+
 @pytest.mark.parametrize("name", sorted(SPLITS))
 def test_shapes_metadata(name):
     meta = MetadataCatalog.get(name)

@@ -196,3 +196,40 @@ def test_shapes_cache_dir(monkeypatch, tmp_path):
     assert shapes_cache_dir() == os.path.join("/data/d2", "segloss_shapes")
     monkeypatch.setenv("SEGLOSS_CACHE", "/cache/shapes")
     assert shapes_cache_dir() == "/cache/shapes"
+
+
+# ------------------------------------------------------------------ the second dataset: other mix
+
+
+def test_boundary_mix_has_other_class_frequencies_and_is_deterministic():
+    from segloss_d2.data.shapes import MIXES, VARIANT_SPLITS
+
+    assert set(MIXES) >= {"default", "boundary"}
+    split, n, seed, size, mix = VARIANT_SPLITS["segloss_shapes_hires_train"]
+    assert size == (192, 256) and mix == "boundary"
+    default = np.zeros(len(SHAPES_CLASSES))
+    shifted = np.zeros(len(SHAPES_CLASSES))
+    for i in range(30):
+        default += np.bincount(render_shapes_scene(seed, i, size)[1].ravel(),
+                               minlength=256)[:len(SHAPES_CLASSES)]
+        shifted += np.bincount(render_shapes_scene(seed, i, size, mix=mix)[1].ravel(),
+                               minlength=256)[:len(SHAPES_CLASSES)]
+    default, shifted = default / default.sum(), shifted / shifted.sum()
+    thin = list(THIN_CLASSES)
+    assert shifted[thin].sum() > 1.5 * default[thin].sum()  # more thin structures
+    a, b = (render_shapes_scene(seed, 4, size, mix=mix) for _ in range(2))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="mix must be one of"):
+        render_shapes_scene(seed, 0, size, mix="sparse")
+
+
+def test_mix_is_part_of_the_manifest_but_the_default_manifest_is_unchanged(tmp_path):
+    generate_shapes_dataset(str(tmp_path), "d", 2, image_size=(32, 40), seed=1)
+    with open(tmp_path / "d" / "manifest.json") as f:
+        assert "mix" not in json.load(f)
+    dicts = generate_shapes_dataset(str(tmp_path), "d", 2, image_size=(32, 40), seed=1,
+                                    mix="boundary")  # regenerated: other scenes
+    with open(tmp_path / "d" / "manifest.json") as f:
+        assert json.load(f)["mix"] == "boundary"
+    label = cv2.imread(dicts[0]["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(label, render_shapes_scene(1, 0, (32, 40), mix="boundary")[1])

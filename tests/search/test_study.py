@@ -20,6 +20,7 @@ from segloss_d2.search.study import (  # noqa: E402
     method_opts,
     search_budget,
     spearman,
+    target_value,
 )
 
 from ._tiny import REPO  # noqa: E402
@@ -33,9 +34,12 @@ TINY = ["--set", "targets", "BF1", "--set", "search_seeds", "1", "--set", "train
         "2", "--set", "fidelity_candidates", "2", "--set", "holdout_size", "6",
         "--set", "ablation_seeds", "1", "--set", "ablation_target", "BF1",
         "--set", "pretrain_iters", "2", "--set", "screen_seeds", "901",
-        "--set", "methods", "ppo,random,ppo_select,ppo_halving,ppo_2piece",
+        "--set", "methods", "ppo,random,ppo_select,ppo_halving,ppo_2piece,ppo_guard",
         "--set", "retrain", "ppo,ppo_select:sampled,best", "--set", "budget_iterations", "2,3",
-        "--set", "budget_methods", "best,random"]
+        "--set", "budget_methods", "best,random", "--set", "scratch_targets", "BF1",
+        "--set", "scratch_answers", "ppo", "--set", "transfer_answers", "ppo_guard",
+        "--set", "transfer_configs",
+        os.path.join(REPO, "configs", "shapes", "Base-Tiny-SemanticFPN.yaml")]
 
 
 def test_spearman_and_mean_std():
@@ -102,6 +106,24 @@ def test_method_options_and_names():
                             "random_select", "ppo_halving", "ppo_2piece"}
 
 
+def test_combined_target():
+    assert target_value({"mIoU": 40.0, "BF1": 60.0}, "mIoU+BF1") == 50.0
+    assert target_value({"mIoU": 40.0, "BF1": 60.0}, "BF1") == 60.0
+    assert math.isnan(target_value({"diverged": "nan loss"}, "mIoU+BF1"))
+    cfg_file = os.path.join(REPO, "configs", "shapes", "search_tiny_bf1.yaml")
+    import dataclasses
+
+    plan = dataclasses.replace(PLANS["quick"].with_configs(cfg_file, cfg_file),
+                               targets=("mIoU+BF1",))
+    plan.validate()
+    study = SearchStudy.__new__(SearchStudy)
+    study.plan = plan
+    assert study.loss_opts("mIoU+BF1", "naive")[-1] == ["mIoU", "BF1"]
+    assert study.loss_opts("mIoU+BF1", "preset")[-1] == "voc_miou,voc_bf1"
+    with pytest.raises(ValueError, match="joined by"):
+        dataclasses.replace(plan, targets=("mIoU+mIoU",)).validate()
+
+
 def test_plans_are_valid_and_bad_plans_are_refused(tmp_path):
     cfg_file = os.path.join(REPO, "configs", "shapes", "search_tiny_bf1.yaml")
     for plan in PLANS.values():
@@ -118,6 +140,9 @@ def test_plans_are_valid_and_bad_plans_are_refused(tmp_path):
                                 ("methods", ("ppo", "cma"), "unknown study method"),
                                 ("retrain", ("ppo_joint",), "not among the searched"),
                                 ("retrain", ("ppo:final",), "expected"),
+                                ("scratch_targets", ("mIoU+BF1",), "scratch_targets"),
+                                ("transfer_configs", ("nope.yaml",), "transfer_configs"),
+                                ("transfer_answers", ("ppo_joint",), "not among the"),
                                 ("budget_iterations", (1,), "budget_iterations"),
                                 ("search_config", str(tmp_path / "nope.yaml"), "search_config")):
         with pytest.raises(ValueError, match=match):
@@ -149,6 +174,9 @@ def test_study_smoke_run_and_resume(tmp_path):
                     "## BF1: budget curve", "PPO, paper settings", "random search",
                     "naive (identity curves)", "cross-entropy", "released VOC preset",
                     "PPO + selection by re-evaluation: best sampled θ",
+                    "## BF1: final training from random weights",
+                    "## BF1: transfer to another network: tiny Semantic FPN",
+                    "PPO, BF1 reward guarded by mIoU",
                     "## Constraint ablation", "## Proxy fidelity", "wall time of this run"):
         assert section in report, section
     for png in ("reward_curves_BF1.png", "ablation_BF1.png", "fidelity_BF1.png",
@@ -176,7 +204,14 @@ def test_study_smoke_run_and_resume(tmp_path):
     assert screens == ["s1_p901.json"]
     with open(os.path.join(out, "screen", "BF1", screens[0])) as f:
         assert set(json.load(f)) == {"identity", "ppo", "ppo:mu", "random", "ppo_select",
-                                     "ppo_select:sampled", "ppo_halving", "ppo_2piece"}
+                                     "ppo_select:sampled", "ppo_halving", "ppo_2piece",
+                                     "ppo_guard"}
+    with open(os.path.join(out, "search", "BF1_ppo_guard_s1", "meta.json")) as f:
+        assert json.load(f)["records"]["guard_reference"]["metric"] == "mIoU"
+    retrained = os.listdir(os.path.join(out, "retrain", "BF1"))
+    for name in ("preset_scratch_t1", "ppo_s1_scratch_t1", "naive_Base-Tiny-SemanticFPN_t1",
+                 "ppo_guard_s1_Base-Tiny-SemanticFPN_t1"):
+        assert name in retrained, name
     timings = json.load(open(os.path.join(out, "timings.json")))
 
     # a second run (in-process) reuses everything: no training, same tables
