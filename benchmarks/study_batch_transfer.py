@@ -41,7 +41,7 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from segloss_d2.search.study import PLANS, SearchStudy, mean_std  # noqa: E402
+from experiments.study import PLANS, SearchStudy, mean_std  # noqa: E402
 
 SEARCH_CONFIG = os.path.join(REPO, "configs", "shapes", "search_tiny_bf1.yaml")
 TRAIN_CONFIG = os.path.join(REPO, "configs", "shapes", "Base-Tiny-DeepLabV3Plus.yaml")

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/study_search.py                # full: ~80 minutes
     .venv/bin/python benchmarks/study_search.py --quick --report-dir docs/search_study/quick
 
-Runs :class:`segloss_d2.search.study.SearchStudy` on the embedded segloss_shapes data (CPU) and
+Runs :class:`experiments.study.SearchStudy` on the embedded segloss_shapes data (CPU) and
 writes ``search_study.md`` with the tables and PNG plots into the output directory (and into
 ``--report-dir``). Resumable: run the same command again after a kill; finished searches,
 retrainings and noise measurements are reused.
@@ -24,8 +24,8 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=Futur
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from segloss_d2.search.study import PLANS, SearchStudy, route_library_logs  # noqa: E402
-from segloss_d2.search.study_report import write_report  # noqa: E402
+from experiments.study import PLANS, SearchStudy, route_library_logs  # noqa: E402
+from experiments.study_report import write_report  # noqa: E402
 
 SEARCH_CONFIG = os.path.join(REPO, "configs", "shapes", "search_tiny_bf1.yaml")
 TRAIN_CONFIG = os.path.join(REPO, "configs", "shapes", "Base-Tiny-DeepLabV3Plus.yaml")

@@ -6,7 +6,7 @@ import torch
 
 pytest.importorskip("detectron2")
 
-from segloss_d2.pretrain import PRETRAIN_DATASET, pretrained_weights  # noqa: E402
+from experiments.pretrain import PRETRAIN_DATASET, pretrained_weights  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "shapes", "Base-Tiny-DeepLabV3Plus.yaml")

@@ -19,6 +19,9 @@ CORE_MODULES = (
     "segloss_d2.search.space",
     "segloss_d2.search.lock",
     "segloss_d2.search.reaper",
+    "segloss_d2.search.selection",
+    "segloss_d2.search.seeds",
+    "segloss_d2.search.guard",
     "segloss_d2.search.plots",
 )
 
@@ -51,8 +54,8 @@ def test_core_does_not_import_detectron2():
 def test_importing_never_switches_the_matplotlib_backend():
     """A notebook user's backend survives ``import segloss_d2.*`` (no matplotlib.use at import)."""
     pytest.importorskip("detectron2")
-    modules = ("segloss_d2.visualize", "segloss_d2.search.plots", "segloss_d2.compare",
-               "segloss_d2.search.study_report", "segloss_d2.engine")
+    modules = ("segloss_d2.visualize", "segloss_d2.search.plots", "experiments.compare",
+               "experiments.study_report", "segloss_d2.engine")
     code = (
         "import sys, matplotlib\n"
         "matplotlib.use('svg')\n"

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 
@@ -29,15 +30,17 @@ import numpy as np
 # detectron2 v0.6 uses torch.jit.script at import time, which recent torch flags as deprecated.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
+
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from segloss_d2.compare import comparison_table, plot_predictions, train_and_evaluate  # noqa: E402
+from experiments.compare import comparison_table, plot_predictions, train_and_evaluate  # noqa: E402
+from experiments.pretrain import pretrained_weights  # noqa: E402
+from experiments.study import rewards_across_seeds  # noqa: E402
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
-from segloss_d2.pretrain import pretrained_weights  # noqa: E402
 from segloss_d2.search.plots import plot_reward_curve  # noqa: E402
 from segloss_d2.search.runner import SearchRunner  # noqa: E402
 from segloss_d2.search.state import META  # noqa: E402
-from segloss_d2.search.study import rewards_across_seeds  # noqa: E402
 from segloss_d2.search.trial import initial_mu, parse_target_metrics  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 from segloss_d2.visualize import plot_curves, plot_surfaces  # noqa: E402

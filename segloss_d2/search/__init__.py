@@ -10,6 +10,9 @@ Pure core (torch/numpy only, no detectron2; usable from any framework):
     ``loop``           :func:`~.loop.run_search`: sample, evaluate, log, update, resume
     ``state``          :class:`~.state.SearchState`: the durable, locked search directory
     ``lock``           the exclusive directory lock
+    ``selection``      the answer chosen by re-evaluation with fresh proxy seeds
+    ``seeds``          which proxy seed trains which proxy
+    ``guard``          the guarded reward (a second metric kept above a reference)
     ``reaper``         stops a killed search's leftover processes (Ray)
     ``plots``          PNGs of a search's results (matplotlib ``Figure``)
 
@@ -18,5 +21,7 @@ detectron2 adapters (where the search calls detectron2):
     ``holdout``        the proxies' training images and the reward set from detectron2 datasets
     ``backends``       local and Ray evaluation of candidates (``evaluate_fn`` of the loop)
     ``runner``         :class:`~.runner.SearchRunner`: a whole search from a detectron2 config
-    ``study``, ``study_report``  the search-quality study (benchmarks/study_search.py)
+
+The search-quality study that measures all this is not part of the library: ``experiments.study``
+(benchmarks/study_search.py).
 """

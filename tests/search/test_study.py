@@ -9,8 +9,7 @@ import pytest
 
 pytest.importorskip("detectron2")
 
-from segloss_d2.search.runner import validate_search_config  # noqa: E402
-from segloss_d2.search.study import (  # noqa: E402
+from experiments.study import (  # noqa: E402
     METHODS,
     PLANS,
     SearchStudy,
@@ -22,6 +21,7 @@ from segloss_d2.search.study import (  # noqa: E402
     spearman,
     target_value,
 )
+from segloss_d2.search.runner import validate_search_config  # noqa: E402
 
 from ._tiny import REPO  # noqa: E402
 

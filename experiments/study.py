@@ -3,7 +3,7 @@
 One :class:`StudyPlan` describes everything; :class:`SearchStudy` runs it, resumably (every search
 is a resumable :class:`~segloss_d2.search.runner.SearchRunner` directory, every retraining,
 screening and noise measurement a JSON file that is reused when present), in ``jobs`` worker
-processes, and returns the numbers :func:`segloss_d2.search.study_report.write_report` turns into
+processes, and returns the numbers :func:`experiments.study_report.write_report` turns into
 tables and plots::
 
     plan = PLANS["quick"].with_configs(search_config, train_config)
@@ -40,9 +40,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..metric_names import METRICS
-from .ppo import PPOController
-from .state import META
+from segloss_d2.metric_names import METRICS
+from segloss_d2.search.ppo import PPOController
+from segloss_d2.search.state import META
 
 __all__ = ["StudyPlan", "PLANS", "SearchStudy", "Method", "METHODS", "spearman", "mean_std",
            "UNSEARCHED", "PRESET_OF_TARGET", "rewards_across_seeds", "best_so_far",
@@ -221,7 +221,7 @@ class StudyPlan:
         search_opts (tuple): extra KEY, VALUE overrides of every search config.
         pretrain_iters (int): 0 = proxies and retrained models start from random weights; else
             from the train config's model pretrained with cross-entropy for that many
-            iterations on segloss_shapes_pretrain (:func:`segloss_d2.pretrain.pretrained_weights`,
+            iterations on segloss_shapes_pretrain (:func:`experiments.pretrain.pretrained_weights`,
             the toy's ImageNet).
     """
 
@@ -398,8 +398,8 @@ def rewards_across_seeds(cfg, thetas, seeds: Sequence[int]) -> Dict[int, List[fl
     seed of ``seeds`` on the search data of ``cfg`` (one hold-out split, ``SEARCH.SEED``'s),
     fully (no halving): how much of a reward is the candidate and how much the seed. Returns
     {seed: [K rewards]}."""
-    from .holdout import search_datasets
-    from .trial import train_candidates
+    from segloss_d2.search.holdout import search_datasets
+    from segloss_d2.search.trial import train_candidates
 
     train_dicts, reward_dicts = search_datasets(cfg)
     return {int(seed): [r["reward"] for r in train_candidates(
@@ -522,7 +522,7 @@ class SearchStudy:
         """``MODEL.WEIGHTS`` of proxies and retrained models ("" = random initialization)."""
         if not self.plan.pretrain_iters:
             return ""
-        from ..pretrain import pretrained_weights
+        from .pretrain import pretrained_weights
 
         return pretrained_weights(self.plan.train_config, self.plan.pretrain_iters)
 
@@ -531,7 +531,7 @@ class SearchStudy:
         """The frozen config of one search of the study (``iterations``: a budget of the budget
         curve, default the plan's; ``scratch``: the search config's own proxy, from random
         weights, whatever the plan says)."""
-        from ..engine import get_segloss_cfg
+        from segloss_d2.engine import get_segloss_cfg
 
         p = self.plan
         cfg = get_segloss_cfg()
@@ -575,8 +575,8 @@ class SearchStudy:
 
     def search(self, target, seed, method="ppo", iterations=None) -> Dict:
         """Run (or finish, or reuse) one search; returns its trials, answer files and budget."""
-        from .runner import SearchRunner
-        from .state import SearchState
+        from segloss_d2.search.runner import SearchRunner
+        from segloss_d2.search.state import SearchState
 
         cfg = self.search_cfg(target, seed, method, iterations)
         out = cfg.SEARCH.OUTPUT_DIR
@@ -595,8 +595,9 @@ class SearchStudy:
         results on the config's test split (percent). ``recipe``: "" = the plan's train config
         from the pretrained weights; "scratch" = the same from random weights; a config file =
         that model/dataset (for the transfer rows) from the pretrained weights."""
-        from ..compare import train_and_evaluate
-        from ..engine import get_segloss_cfg
+        from segloss_d2.engine import get_segloss_cfg
+
+        from .compare import train_and_evaluate
 
         out = os.path.join(self.out, "retrain", target, f"{name}_t{train_seed}")
         path = os.path.join(out, "study_results.json")
@@ -625,7 +626,7 @@ class SearchStudy:
         return results
 
     def _noise_thetas(self, cfg):
-        from .runner import build_controller
+        from segloss_d2.search.runner import build_controller
 
         controller = build_controller(cfg)
         return PPOController(controller.dim, controller.mu.tolist(),
@@ -668,7 +669,7 @@ class SearchStudy:
         """The identity and the answers of every search of (``target``, ``seed``), trained side
         by side as proxies with the fresh seed ``screen_seed`` on that search's hold-out set;
         returns {answer: reward} ("identity" included)."""
-        from ..surrogate.params import load_params
+        from segloss_d2.surrogate.params import load_params
 
         path = os.path.join(self.out, "screen", target, f"s{seed}_p{screen_seed}.json")
         result = _read_json(path) if os.path.exists(path) else {}
@@ -677,7 +678,7 @@ class SearchStudy:
             return result
         import torch
 
-        from .space import SearchSpace
+        from segloss_d2.search.space import SearchSpace
 
         # One group per search space (e.g. 1- and 2-piece curves). Every group trains with the
         # same seed, hence on the same batches from the same weights (common random numbers):
@@ -758,7 +759,7 @@ class SearchStudy:
         weights and the generated datasets."""
         from detectron2.data import DatasetCatalog
 
-        from .. import engine  # noqa: F401  (registers the datasets)
+        from segloss_d2 import engine  # noqa: F401  (registers the datasets)
 
         self.weights()
         for name in ("segloss_shapes_train", "segloss_shapes_val", "segloss_shapes_pretrain"):
@@ -921,8 +922,8 @@ class SearchStudy:
     def fidelity(self, target: str, trials: List[Dict], train_seed: int) -> List[Dict]:
         """Retrain ``fidelity_candidates`` distinct candidates spread over the reward range of
         ``trials`` (one search); returns [{reward, retrained, theta}] ordered by reward."""
-        from ..surrogate.params import save_params
-        from .space import SearchSpace
+        from segloss_d2.search.space import SearchSpace
+        from segloss_d2.surrogate.params import save_params
 
         ok = sorted((t for t in trials if t["status"] == "ok" and t.get("stage", "search")
                      == "search"), key=lambda t: t["reward"])

@@ -1,4 +1,4 @@
-"""Tables and plots of a search-quality study (:class:`~segloss_d2.search.study.SearchStudy`).
+"""Tables and plots of a search-quality study (:class:`~experiments.study.SearchStudy`).
 
 ``write_report(results, out_dir)`` writes ``search_study.md`` (markdown tables) and PNGs into
 ``out_dir``; plots use ``matplotlib.figure.Figure`` (no pyplot, no backend switch).

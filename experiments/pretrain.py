@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def _cache_key(config_file: str, iters: int, seed: int) -> str:
-    from .data.shapes import GENERATOR_VERSION
+    from segloss_d2.data.shapes import GENERATOR_VERSION
 
     with open(config_file, "rb") as f:
         text = f.read()
@@ -55,8 +55,8 @@ def pretrained_weights(config_file: str, iters: int = 300, seed: int = 1,
     """
     from detectron2.utils.env import seed_all_rng
 
-    from .data import shapes_cache_dir
-    from .engine import SegLossTrainer, get_segloss_cfg
+    from segloss_d2.data import shapes_cache_dir
+    from segloss_d2.engine import SegLossTrainer, get_segloss_cfg
 
     for name, value, low in (("iters", iters, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -16,8 +16,8 @@ from detectron2.utils.env import seed_all_rng
 from matplotlib.figure import Figure
 from tabulate import tabulate
 
-from .engine import SegLossTrainer
-from .evaluation.evaluator import RESULTS_FILE
+from segloss_d2.engine import SegLossTrainer
+from segloss_d2.evaluation.evaluator import RESULTS_FILE
 
 __all__ = ["train_and_evaluate", "comparison_table", "plot_predictions", "TABLE_METRICS"]
 
