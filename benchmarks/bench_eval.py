@@ -1,4 +1,12 @@
-"""Speed and memory of SegMetrics against a one-hot torch pooling baseline, measured in one run.
+"""Speed and memory of SegMetrics against detectron2's SemSegEvaluator and a one-hot torch pooling
+baseline, measured in one run.
+
+detectron2's ``SemSegEvaluator`` computes mIoU, fwIoU, mACC and pACC from one bincount of the
+confusion matrix per image (plus Boundary IoU on detectron2 main): the script times its update as
+detectron2 v0.6 writes it (int64 maps, void -> C, one bincount) on the same label maps, and prints
+the ratio of SegMetrics (all seven metrics) to it. It also times BF1 and BIoU at several tolerances
+(their cost must not grow with the tolerance) and, when detectron2 imports, both evaluators end to
+end (``process`` of logits and a GT file, then ``evaluate``).
 
 The baseline is the straightforward implementation of the same definitions, written like the
 reference evaluator (Auto-Seg-Loss ``mmseg/core/evaluation/utils.py``): one-hot (C, H, W) float
@@ -131,6 +139,65 @@ class OneHotBaseline:
         return {k: 100 * float(v) for k, v in values.items()}
 
 
+def d2_update(conf, pred, gt, num_classes):
+    """detectron2 v0.6 ``SemSegEvaluator.process``, after the argmax and the file read: int64
+    maps, void -> C, one bincount of the (C + 1) x (C + 1) confusion matrix."""
+    pred = np.array(pred, dtype=np.int64)
+    gt = np.array(gt, dtype=np.int64)
+    gt[gt == IGNORE] = num_classes
+    conf += np.bincount((num_classes + 1) * pred.reshape(-1) + gt.reshape(-1),
+                        minlength=conf.size).reshape(conf.shape)
+
+
+def evaluators_end_to_end(images, num_classes, tolerance, repeat):
+    """Seconds per image of detectron2's SemSegEvaluator and SegLossEvaluator (all metrics),
+    each fed the same logits and GT files; None if detectron2 does not import."""
+    try:
+        import tempfile
+
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+        from detectron2.evaluation import SemSegEvaluator
+
+        from segloss_d2.evaluation.evaluator import SegLossEvaluator
+    except ImportError:
+        return None
+    name = "bench_eval_end_to_end"
+    with tempfile.TemporaryDirectory() as tmp:
+        dicts, outputs = [], []
+        for i, (pred, gt) in enumerate(images):
+            path = f"{tmp}/{i}.png"
+            cv2.imwrite(path, gt)
+            dicts.append({"file_name": path, "sem_seg_file_name": path,
+                          "height": gt.shape[0], "width": gt.shape[1]})
+            logits = torch.zeros(num_classes, *pred.shape)
+            logits.scatter_(0, torch.from_numpy(pred).long()[None], 1.0)
+            outputs.append({"sem_seg": logits})
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, lambda: dicts)
+        MetadataCatalog.get(name).set(stuff_classes=[str(c) for c in range(num_classes)],
+                                      ignore_label=IGNORE, evaluator_type="sem_seg")
+        seconds = {}
+        for label, make in (
+                ("detectron2 SemSegEvaluator", lambda: SemSegEvaluator(name, distributed=False)),
+                ("SegLossEvaluator (7 metrics)", lambda: SegLossEvaluator(
+                    name, tolerance=tolerance, distributed=False))):
+            best = math.inf
+            for _ in range(repeat):
+                evaluator = make()
+                evaluator.reset()
+                start = time.perf_counter()
+                for d, out in zip(dicts, outputs):
+                    evaluator.process([d], [out])
+                evaluator.evaluate()
+                best = min(best, (time.perf_counter() - start) / len(dicts))
+            seconds[label] = best
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    return seconds
+
+
 def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -164,6 +231,30 @@ def main():
     SegMetrics(args.classes, **settings).update(*images[0])  # warm-up
     ours = SegMetrics(args.classes, **settings)
     ours_s = timed(ours, images)
+    conf = np.zeros((args.classes + 1, args.classes + 1), dtype=np.int64)
+    start = time.perf_counter()
+    for pred, gt in images:
+        d2_update(conf, pred, gt, args.classes)
+    d2_s = (time.perf_counter() - start) / len(images)
+    print(f"  detectron2 SemSegEvaluator update (v0.6, bincount) {d2_s:7.3f} s/image")
+    print(f"  SegMetrics, all 7 metrics                          {ours_s:7.3f} s/image: "
+          f"{ours_s / d2_s:.1f}x detectron2 (target <= 5x)")
+    tolerances = sorted({args.tolerance, 100, 1000, 10**6})
+    print("\n  BF1 and BIoU against the tolerance (s/image; must not grow with it):")
+    for group in (["BF1"], ["BIoU"]):
+        times = [timed(SegMetrics(args.classes, metrics=group, tolerance=t,
+                                  drop_background=args.drop_background), images[:2])
+                 for t in tolerances]
+        print(f"  {group[0]:<5} " + "  ".join(f"tol {t}: {s_:.3f}" for t, s_ in
+                                            zip(tolerances, times))
+              + f"  (max/min {max(times) / min(times):.1f}x)")
+    end_to_end = evaluators_end_to_end(images[:2], args.classes, args.tolerance, repeat=2)
+    if end_to_end is None:
+        print("\n  evaluators end to end: detectron2 not importable, skipped")
+    else:
+        d2_e2e = end_to_end["detectron2 SemSegEvaluator"]
+        for label, sec in end_to_end.items():
+            print(f"  {label:<30} end to end {sec:7.3f} s/image ({sec / d2_e2e:.1f}x)")
     rss_ours = peak_rss_mib()
     six = [m for m in ALL_METRICS if m != "BoundaryIoU"]  # the reference evaluator's metrics
     ours_six_s = timed(SegMetrics(args.classes, metrics=six, **settings), images)

@@ -52,3 +52,36 @@ def test_effective_radius():
         effective_radius(2.0, 4, 4)
     with pytest.raises(ValueError, match="radius must be >= 0"):
         dilate_mask(np.zeros((3, 3), bool), -3)
+
+
+def _window_other_label(labels, r, border_is_boundary):
+    """Brute force of label_boundary: the (2r+1)^2 window holds another label (or, with
+    border_is_boundary, reaches outside the image)."""
+    h, w = labels.shape
+    out = np.zeros(labels.shape, bool)
+    for i in range(h):
+        for j in range(w):
+            window = labels[max(0, i - r): i + r + 1, max(0, j - r): j + r + 1]
+            outside = i - r < 0 or j - r < 0 or i + r >= h or j + r >= w
+            out[i, j] = (window != labels[i, j]).any() or (border_is_boundary and outside)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 6), (5, 1), (9, 14), (17, 12)])
+def test_distance_transform_path_equals_brute_force(shape, monkeypatch):
+    """From DISTANCE_RADIUS on, dilations and label boundaries come from a chessboard distance
+    transform (time independent of the radius); patched down so small images reach it."""
+    from segloss_d2.evaluation import boundary
+
+    monkeypatch.setattr(boundary, "DISTANCE_RADIUS", 2)
+    rng = np.random.default_rng(sum(shape))
+    mask = rng.random(shape) < 0.08
+    labels = rng.integers(0, 3, (shape[0] // 2 + 1, shape[1] // 2 + 1)).repeat(2, 0).repeat(
+        2, 1)[: shape[0], : shape[1]].astype(np.uint8)
+    for radius in range(2, max(shape) + 2):
+        assert np.array_equal(dilate_mask(mask, radius).astype(bool),
+                              _window_any(mask, radius)), radius
+        for border in (False, True):
+            assert np.array_equal(label_boundary(labels, radius, border),
+                                  _window_other_label(labels, radius, border)), (radius, border)
+    assert not dilate_mask(np.zeros(shape, bool), 5).any()  # nothing to dilate

@@ -280,6 +280,25 @@ def test_equals_brute_force(tol, drop_bg):
             assert got[name] == pytest.approx(100 * want[key][c], rel=1e-9, nan_ok=True), name
 
 
+@pytest.mark.parametrize("tol", [2, 5, 40])
+def test_large_tolerances_equal_brute_force(tol, monkeypatch):
+    """BF1 counts its matches with integral images and the trimap / Boundary IoU bands come from
+    a distance transform from DISTANCE_RADIUS on (patched down here): still the brute-force
+    numbers, at tolerances up to past the image."""
+    from segloss_d2.evaluation import boundary
+
+    monkeypatch.setattr(boundary, "DISTANCE_RADIUS", 3)
+    rng = np.random.default_rng(tol)
+    images = [_random_pair(rng, s, 4) for s in [(21, 30), (9, 40), (33, 12)]]
+    m = SegMetrics(4, tolerance=tol)
+    for pred, gt in images:
+        m.update(pred, gt)
+    got = m.compute()
+    want = _brute_force(images, 4, tol, False)
+    for key in ALL_METRICS:
+        assert got[key] == pytest.approx(100 * want[key], rel=1e-9, nan_ok=True), key
+
+
 def _cheng_mask_to_boundary(mask, dilation_ratio=0.02):
     """Boundary IoU's reference band (boundary-iou-api ``mask_to_boundary``), written with cv2."""
     h, w = mask.shape
