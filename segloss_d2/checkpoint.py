@@ -44,7 +44,8 @@ def check_model_weights(weights: str, key: str = "MODEL.WEIGHTS") -> str:
         key (str): the config key named in the error.
 
     Raises:
-        WeightsUnavailableError: the file does not exist, or its download failed (e.g. offline).
+        WeightsUnavailableError: the file does not exist, its download failed (e.g. offline), or
+            it cannot be deserialized (a truncated or foreign file).
     """
     if not weights:
         return ""
@@ -55,6 +56,8 @@ def check_model_weights(weights: str, key: str = "MODEL.WEIGHTS") -> str:
     except Exception as e:  # URLError, HTTPError, OSError, ... from the download
         problem = f"{type(e).__name__}: {e}"
     if not problem:
+        problem = _unreadable(local)
+    if not problem:
         return local
     source = f" (from {url})" if url else ""
     fetch = (f"download it once where there is network (e.g. `wget {url}`) and pass the local "
@@ -64,6 +67,24 @@ def check_model_weights(weights: str, key: str = "MODEL.WEIGHTS") -> str:
         f"{key} {weights!r}{source} cannot be read: {problem}. Stopped before training. "
         f"Ways out: {fetch}; or train from random initialization with {key} \"\"."
     )
+
+
+def _unreadable(path: str) -> str:
+    """Why detectron2's checkpointer could not deserialize ``path`` ("" if it can): a ``.pkl``
+    is a pickle (detectron2 / Caffe2 model zoo format), anything else a ``torch.save`` file."""
+    try:
+        if path.endswith(".pkl"):
+            import pickle
+
+            with open(path, "rb") as f:
+                pickle.load(f, encoding="latin1")
+        else:
+            import torch
+
+            torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, not a checkpoint, ...
+        return f"it is not a readable checkpoint ({type(e).__name__}: {e})"
+    return ""
 
 
 def check_weights_to_load(cfg, resume: bool = False) -> None:

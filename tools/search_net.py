@@ -15,14 +15,18 @@ searched curves. ``--resume`` continues an interrupted search and re-runs only u
 over. One process at a time may use a directory (a second one is refused). The search runs in
 one process (``local`` backend) or on Ray: detectron2's launcher options ``--num-gpus`` /
 ``--num-machines`` must stay 1 (the search exits with an error otherwise). Exit status 1 with
-one ``search_net.py: error:`` line for every refusal, an unwritable directory, and a search in
-which every trial diverged.
+one ``search_net.py: error:`` line for every refusal (checked before anything is written: config
+values, data, the reward set's files, weights, a loss or trainer that cannot build a proxy), an
+unwritable directory, and a search in which every trial diverged. Ctrl-C ends a search with one
+line saying what is kept and to continue with ``--resume`` (exit status 130).
 """
+import errno
 import sys
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils.logger import setup_logger
 
+from segloss_d2.data.errors import CorruptFileError
 from segloss_d2.engine import get_segloss_cfg
 from segloss_d2.search.runner import SearchFailedError, SearchRunner, search_output_dir
 from segloss_d2.search.state import SearchLockedError
@@ -66,10 +70,26 @@ def main(args):
         return runner.run()
     except SearchFailedError as e:
         sys.exit(f"search_net.py: error: {e}")
+    except KeyboardInterrupt:
+        runner.close()
+        print(f"search_net.py: interrupted; the {len(runner.state.all_trials())} trials logged "
+              f"in {runner.state.output_dir} are kept: continue with --resume", file=sys.stderr)
+        sys.exit(130)
     except OSError as e:
         runner.close()
-        sys.exit(f"search_net.py: error: {e}. Every trial logged so far is kept: fix the cause "
-                 "(e.g. free disk space) and continue with --resume.")
+        sys.exit(f"search_net.py: error: {e}. Every trial logged so far is kept: "
+                 f"{_remedy(e)}, then continue with --resume.")
+
+
+def _remedy(error: OSError) -> str:
+    """What to do about an OSError in the middle of a search, by its cause."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space"
+    if isinstance(error, CorruptFileError):
+        return "replace or remove that file"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the output directory writable"
+    return "fix the cause above"
 
 
 def argument_parser():

@@ -11,7 +11,7 @@ Multi-GPU / multi-machine: detectron2's usual --num-gpus / --num-machines / --di
 ``DATASETS.TRAIN`` / ``DATASETS.TEST`` that is not registered or whose files are missing (the
 pre-flight ``segloss_d2.data.check_config_datasets``; ``--eval-only`` checks ``DATASETS.TEST``
 only) stop the run before anything is built, with one ``train_net.py: error:`` paragraph and exit
-status 1.
+status 1, before ``config.yaml`` or ``log.txt`` is written.
 """
 import sys
 
@@ -24,16 +24,12 @@ from segloss_d2.engine import SegLossTrainer, get_segloss_cfg
 
 
 def setup(args):
+    """The frozen config, checked (weights, datasets) before ``default_setup`` writes
+    ``config.yaml`` and ``log.txt``: a refused run leaves ``OUTPUT_DIR`` as it was."""
     cfg = get_segloss_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
-    default_setup(cfg, args)
-    return cfg
-
-
-def main(args):
-    cfg = setup(args)
     try:
         check_weights_to_load(cfg, resume=args.resume)
     except WeightsUnavailableError as e:
@@ -43,6 +39,12 @@ def main(args):
         check_config_datasets(cfg, keys)
     except (ValueError, FileNotFoundError) as e:  # unregistered, empty id list / missing files
         sys.exit(f"train_net.py: error: {e}")
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
     if args.eval_only:
         model = SegLossTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

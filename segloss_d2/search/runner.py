@@ -203,6 +203,54 @@ def _check_search_options(cfg) -> None:
     build_guard(cfg)  # SEARCH.REWARD_GUARD
 
 
+def check_reward_set(cfg, reward_dicts) -> None:
+    """Decode every image and label of the reward set (every trial reads them all): a corrupt
+    file is refused up front (:class:`~segloss_d2.data.errors.CorruptFileError`, naming the
+    dataset and the file) instead of failing the first trial after the state was written."""
+    from ..data.errors import CorruptFileError, decode_image_file
+
+    name = cfg.SEARCH.HOLDOUT.DATASET or f"hold-out of {cfg.DATASETS.TRAIN[0]}"
+    for d in reward_dicts:
+        for key, kind in (("file_name", "image"), ("sem_seg_file_name", "label")):
+            try:
+                decode_image_file(d[key])
+            except Exception as e:  # truncated, not an image, unreadable
+                raise CorruptFileError(name, d[key], kind, e) from e
+
+
+def check_proxy_builds(cfg) -> None:
+    """Build a candidate's loss and, on the CPU, one proxy with ``SEARCH.TRAINER``'s
+    ``build_model``, ``build_optimizer`` and ``build_lr_scheduler`` (what every trial does):
+    a loss key or a trainer that cannot make a proxy is refused before anything is written."""
+    from ..modeling.build import build_surrogate_loss
+    from .trial import _quiet, proxy_cfg, search_trainer
+
+    space = search_space(cfg)
+    try:
+        build_surrogate_loss(cfg, space.to_params(space.initial_mu()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"the candidates' loss cannot be built: {e}") from None
+    trainer = search_trainer(cfg)
+    dry = proxy_cfg(cfg).clone()
+    dry.defrost()
+    dry.MODEL.DEVICE, dry.MODEL.WEIGHTS = "cpu", ""
+    dry.freeze()
+    step = "build_model"
+    try:
+        with _quiet("detectron2.engine.defaults"):  # build_model logs the whole model
+            model = trainer.build_model(dry)
+        step = "build_optimizer"
+        optimizer = trainer.build_optimizer(dry, model)
+        step = "build_lr_scheduler"
+        trainer.build_lr_scheduler(dry, optimizer)
+    except Exception as e:  # whatever the user's Trainer raises
+        raise ValueError(
+            f"SEARCH.TRAINER {cfg.SEARCH.TRAINER!r} cannot build a proxy: {step} raised "
+            f"{type(e).__name__}: {e}. Use segloss_d2.engine.SegLossTrainer (it knows DeepLab's "
+            "WarmupPolyLR schedule and segloss_d2's heads) or a Trainer whose build_* methods "
+            "handle this config") from None
+
+
 def build_guard(cfg) -> Optional[RewardGuard]:
     """The :class:`~segloss_d2.search.guard.RewardGuard` of ``SEARCH.REWARD_GUARD`` (None when
     empty), with ``SEARCH.GUARD_REFERENCE`` as its reference when that is > 0."""
@@ -277,8 +325,11 @@ def _to_plain(node):
 
 def search_fingerprint_config(cfg) -> Dict[str, Any]:
     """The config as a JSON-able dict without the keys that do not change results (backend,
-    models per worker, Ray settings, output paths, device); what SearchState fingerprints."""
+    models per worker, Ray settings, output paths, device), the target metric in its canonical
+    spelling; what SearchState fingerprints."""
     plain = _to_plain(cfg)
+    # one search whatever the spelling: "miou" and "mIoU" are the same target
+    plain["SEARCH"]["TARGET_METRIC"] = search_space(cfg).target
     not_fingerprinted = _NOT_FINGERPRINTED
     if cfg.SEARCH.PROXY.HALVING:  # halving ranks the proxies of a group: K changes the results
         not_fingerprinted = [p for p in not_fingerprinted if p != ("SEARCH", "MODELS_PER_WORKER")]
@@ -458,8 +509,12 @@ class SearchRunner:
         if cfg.SEARCH.BACKEND == "ray":
             import_ray()  # a clear ImportError now rather than after the state is created
         self.controller = build_controller(cfg)
-        search_datasets(cfg)  # fail before writing anything if the data is missing or too small
+        # fail before writing anything: data missing, too small or unreadable, weights that
+        # cannot be loaded, a loss or trainer that cannot build a proxy
+        _, reward_dicts = search_datasets(cfg)
         check_model_weights(cfg.MODEL.WEIGHTS)  # (downloads it once, as every trial loads it)
+        check_reward_set(cfg, reward_dicts)
+        check_proxy_builds(cfg)
         self.cfg = cfg
         self.config_file = config_file
         self.log = log or logger.info

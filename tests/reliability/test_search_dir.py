@@ -262,7 +262,7 @@ def test_train_net_offline_weights_is_one_clear_paragraph(tmp_path):
     message = str(e.value)
     assert message.startswith("train_net.py: error: MODEL.WEIGHTS")
     assert WEIGHTS_URL in message and 'MODEL.WEIGHTS ""' in message
-    assert not os.path.exists(os.path.join(tmp_path, "model_final.pth"))
+    assert os.listdir(tmp_path) == []  # not even config.yaml or log.txt
 
 
 def test_overwrite_starts_over_and_is_named_in_refusals(reference, tmp_path):
@@ -353,3 +353,106 @@ def test_killed_ray_search_leaves_no_process_behind(tmp_path):
         time.sleep(0.2)
     left = [p for p, s in tree.items() if _alive(p, s)]
     assert not left, f"processes {left} of the killed search are still running"
+
+
+# ------------------------------------------------------------------------------------------------
+# Refused before anything is written (issue 20's cases): one error line, an untouched directory
+
+
+def _refused_untouched(out, *extra, resume=False):
+    before = _snapshot(out) if os.path.isdir(out) else None
+    message = _refused(out, *extra, resume=resume)
+    assert "\n" not in message.strip(), message
+    after = _snapshot(out) if os.path.isdir(out) else None
+    assert after == before or (before is None and after == {}), sorted(after or {})
+    return message
+
+
+def test_a_bad_loss_key_is_refused_before_the_state(tmp_path):
+    message = _refused_untouched(tmp_path / "s", "MODEL.SEM_SEG_HEAD.SURROGATE.STATS", "batch")
+    assert "MODEL.SEM_SEG_HEAD.SURROGATE.STATS" in message and "'batch'" in message
+    # the corrected command then starts normally
+    _search(tmp_path / "s")
+    assert len(_trials(tmp_path / "s")) == 6
+
+
+def test_a_corrupt_weights_file_is_refused_before_anything_is_written(tmp_path):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"PK\x03\x04 not a checkpoint")
+    message = _refused_untouched(tmp_path / "s", "MODEL.WEIGHTS", str(weights))
+    assert "MODEL.WEIGHTS" in message and "not a readable checkpoint" in message
+    tool = load_tool("train_net")
+    out = tmp_path / "train"
+    os.makedirs(out)
+    args = tool.default_argument_parser().parse_args(
+        ["--config-file", os.path.join(REPO, "configs", "shapes", "tiny_deeplab_ce.yaml"),
+         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(out)])
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        tool.main(args)
+    assert os.listdir(out) == []
+
+
+def test_a_trainer_that_cannot_build_the_proxy_is_refused_up_front(tmp_path):
+    """detectron2's DefaultTrainer does not know DeepLab's WarmupPolyLR schedule."""
+    message = _refused_untouched(tmp_path / "s", "SEARCH.TRAINER",
+                                 "detectron2.engine.DefaultTrainer")
+    assert "SEARCH.TRAINER 'detectron2.engine.DefaultTrainer' cannot build a proxy" in message
+    assert "WarmupPolyLR" in message and "build_lr_scheduler" in message
+
+
+def test_a_corrupt_reward_image_is_refused_naming_it(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    source = DatasetCatalog.get("segloss_shapes_val")[:6]
+    dicts = []
+    for i, d in enumerate(source):
+        image = tmp_path / f"{i}.png"
+        shutil.copy(d["file_name"], image)
+        dicts.append(dict(d, file_name=str(image)))
+    broken = tmp_path / "3.png"
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated
+    name = f"corrupt_reward_set_{os.getpid()}"
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(**{k: v for k, v in MetadataCatalog.get(
+        "segloss_shapes_val").as_dict().items() if k != "name"})
+    try:
+        message = _refused_untouched(tmp_path / "s", "SEARCH.HOLDOUT.DATASET", name)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert str(broken) in message and name in message and "image" in message
+    assert "disk space" not in message
+
+
+def test_the_target_metric_spelling_does_not_change_the_search(reference, tmp_path):
+    """The tiny search's target is "mIoU+BF1": resuming it as "miou+bf1" is the same search."""
+    out = _copy(reference, tmp_path)
+    _search(out, "SEARCH.TARGET_METRIC", "miou+bf1", resume=True)
+    assert [strip_timing(r) for r in _trials(out)] == [strip_timing(r) for r in
+                                                         _trials(reference)]
+
+
+def test_ctrl_c_ends_a_search_with_one_line_and_resume_finishes_it(reference, tmp_path,
+                                                                   monkeypatch, capsys):
+    from segloss_d2.search import backends
+
+    out = tmp_path / "s"
+    real, calls = backends.train_candidates, []
+
+    def interrupted_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "train_candidates", interrupted_at_the_third)
+    with pytest.raises(SystemExit) as e:
+        _search(out)
+    assert e.value.code == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if "search_net.py" in line]
+    assert err == [f"search_net.py: interrupted; the 2 trials logged in {out} are kept: "
+                   "continue with --resume"]
+    monkeypatch.setattr(backends, "train_candidates", real)
+    _search(out, resume=True)
+    assert [strip_timing(r) for r in _trials(out)] == [strip_timing(r) for r in
+                                                         _trials(reference)]
