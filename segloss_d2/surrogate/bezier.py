@@ -283,7 +283,8 @@ FIELDS = ("lo", "inv_w", "a", "b", "a2", "c1", "c2", "d1", "d2", "y_lo")
 @functools.lru_cache(maxsize=256)
 def _cached_table(pieces, dtype, device):
     rows = [[getattr(piece, name) for piece in pieces] for name in FIELDS]
-    return torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=dtype)
+    table = torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=dtype)
+    return table, dict(zip(FIELDS, table.unbind(0)))
 
 
 def coefficient_table(pieces, like):
@@ -293,7 +294,12 @@ def coefficient_table(pieces, like):
     contiguous. Cached per (curve, dtype, device): a training loop that calls the loss with the
     same curves copies them to the device once.
     """
-    return _cached_table(tuple(pieces), like.dtype, like.device)
+    return _cached_table(tuple(pieces), like.dtype, like.device)[0]
+
+
+def _coefficient_rows(pieces, like):
+    """{field: (n,) row of :func:`coefficient_table`} (cached with it)."""
+    return _cached_table(tuple(pieces), like.dtype, like.device)[1]
 
 
 def _affine(c0, c1, t):
@@ -317,8 +323,8 @@ def evaluate(x, pieces, need_grad):
     has s = a and t = u exactly). With several pieces the owning piece is found once
     (``torch.bucketize`` on the break points) and each coefficient is gathered per element from
     :func:`coefficient_table` (one ``index_select`` each). Either way the number of ops is fixed
-    (about 10 for one piece, 21 for several) whatever the size of x: no blocks, one kernel
-    launch per op on a GPU (docs/method.md §2.6). Scratch: a few tensors like x.
+    (10 kernels for one piece, 22 for several, plus views) whatever the size of x: no blocks,
+    one kernel launch per op on a GPU (docs/method.md §2.6). Scratch: a few tensors like x.
 
     Args:
         x (Tensor): any shape, float32 or float64; not modified, no autograd.
@@ -330,11 +336,11 @@ def evaluate(x, pieces, need_grad):
         lo, inv_w = values["lo"], values["inv_w"]
         u = x if lo == 0.0 and inv_w == 1.0 else torch.sub(x, lo).mul_(inv_w)
     else:
-        table = coefficient_table(pieces, x)
-        index = torch.bucketize(x, table[0, 1:], out_int32=True).reshape(-1)
+        rows = _coefficient_rows(pieces, x)
+        index = torch.bucketize(x, rows["lo"][1:], out_int32=True).reshape(-1)
 
         def coef(name):  # per element, from the owning piece
-            return table[FIELDS.index(name)].index_select(0, index).view(x.shape)
+            return rows[name].index_select(0, index).view(x.shape)
 
         u = torch.sub(x, coef("lo")).mul_(coef("inv_w"))
     if len(pieces) == 1 and values["b"] == 0.0:
