@@ -11,8 +11,8 @@ loss follows a timed cross-entropy step, and the ratio is the median of these pa
 other jobs on the machine). Peak memory: CUDA peak allocated
 (``torch.cuda.max_memory_allocated``); on CPU the peak of memory allocated by torch, tracked with
 the profiler. On CPU the surrogates run segloss_d2's compiled kernels when ``segloss_d2._C`` is
-built; ``--torch-path`` measures the pure-torch implementation instead (the fallback on every
-device; on CUDA the surrogates run the fused Triton kernels unless ``SEGLOSS_DISABLE_FUSED=1``).
+built, on CUDA the fused Triton kernels (``segloss_d2.surrogate.fused``); ``--torch-path``
+measures the pure-torch implementation instead (the fallback on every device).
 ``ops``: operator calls of one forward+backward (:func:`count_ops`), which must not grow with the
 image size on any path.
 """
@@ -27,8 +27,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from segloss_d2.losses import LOSSES  # noqa: E402
-from segloss_d2.surrogate import SurrogateLoss, fused, identity_params, kernels  # noqa: E402
-from segloss_d2.surrogate import load_params  # noqa: E402
+from segloss_d2.surrogate import (  # noqa: E402
+    SurrogateLoss,
+    fused,
+    identity_params,
+    kernels,
+    load_params,
+)
 
 TARGETS = {"region": 3.0, "BIoU": 4.0, "BF1": 6.0}
 SURROGATES = [("mIoU", "voc_miou"), ("fwIoU", "voc_fwiou"), ("BIoU", "voc_biou"),
@@ -156,12 +161,13 @@ def count_ops(prof):
             "cuda_kernels": kernels_run if saw_cuda else None}
 
 
-def operator_counts(loss_fn, logits, labels):
-    """:func:`count_ops` of one forward+backward of ``loss_fn`` after a warm-up step."""
+def operator_counts(loss_fn, logits, labels, cuda=None):
+    """:func:`count_ops` of one forward+backward of ``loss_fn`` after a warm-up step; the GPU's
+    kernels too if ``cuda`` (default: on a CUDA device)."""
     step = _stepper(loss_fn, logits, labels)
     step()
     _sync(logits.device)
-    with profiled(cuda=logits.device.type == "cuda") as prof:
+    with profiled(cuda=logits.device.type == "cuda" if cuda is None else cuda) as prof:
         step()
         _sync(logits.device)
     return count_ops(prof)
@@ -234,10 +240,12 @@ def main():
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--torch-path", action="store_true",
-                        help="surrogates on the pure-torch path, not the compiled CPU kernels")
+                        help="surrogates on the pure-torch path, not the compiled CPU kernels "
+                             "or the fused Triton kernels")
     args = parser.parse_args()
     if args.torch_path:
         kernels.ENABLED = False
+        fused.ENABLED = False
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = (2, 19, 64, 128) if args.quick else (2, 19, 256, 512)

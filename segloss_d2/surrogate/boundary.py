@@ -182,9 +182,9 @@ class _AcceleratedBoundaryTerms(torch.autograd.Function):
     ``picked`` (M,). p is read at the kept classes in place (no copy). Forward: one kernel for
     the erosion, B and both sums, one for the window argmax (:func:`.ops.window_argmax`; the
     separable torch fallback for windows too large to scan). Nothing full-size is saved but p:
-    backward re-evaluates the curves in one kernel, composing
-    ``dL/dB = dL/dn_fg + dL/dmatch_fg D + scatter(dL/dpicked)``, and routes the erosion's
-    gradient in a second.
+    backward scatters dL/dpicked (one kernel, atomic adds), re-evaluates the curves in a second,
+    composing ``dL/dB = dL/dn_fg + dL/dmatch_fg D + scatter(dL/dpicked)``, and routes the
+    erosion's gradient in a third.
     """
 
     @staticmethod
@@ -205,10 +205,10 @@ class _AcceleratedBoundaryTerms(torch.autograd.Function):
         grad_n = p.new_zeros(k) if grad_n is None else grad_n.to(p.dtype).contiguous()
         grad_match = (p.new_zeros(k) if grad_match is None
                       else grad_match.to(p.dtype).contiguous())
-        picks = p.new_zeros(dilated.shape)
         if grad_picked is not None:
-            picks.view(-1).index_put_((index,), grad_picked.to(p.dtype), accumulate=True)
-        grad = fused.soft_boundary_grad(p, keep, ctx.curves, dilated, picks, grad_n, grad_match)
+            grad_picked = grad_picked.to(p.dtype)
+        grad = fused.soft_boundary_grad(p, keep, ctx.curves, dilated, index, grad_picked, grad_n,
+                                        grad_match)
         return grad, None, None, None, None, None
 
 

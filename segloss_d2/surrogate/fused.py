@@ -19,6 +19,7 @@ Every launcher takes contiguous tensors on one device and returns new tensors; n
 ``torch.profiler`` range named :data:`PROFILER_PREFIX` + the kernel's name (tests, benchmarks).
 """
 import collections
+import functools
 import logging
 import os
 
@@ -87,19 +88,39 @@ def load_error():
 
 def use_fused(*tensors):
     """Whether to run the fused kernels on ``tensors``: all float32/float64 on a device type of
-    :data:`DEVICES`, the path enabled and Triton available."""
+    :data:`DEVICES` (a CUDA GPU of compute capability :data:`MIN_CAPABILITY` or more), the path
+    enabled and Triton available."""
     global _warned
     if not ENABLED or not all(t.device.type in DEVICES and t.dtype in (torch.float32,
                                                                        torch.float64)
                               for t in tensors):
         return False
-    if load() is not None:
+    if load() is None:
+        reason = f"Triton is not available ({_error})"
+    elif not all(_supported(t.device) for t in tensors):
+        reason = (f"{tensors[0].device} has compute capability "
+                  f"{torch.cuda.get_device_capability(tensors[0].device)} < {MIN_CAPABILITY}")
+    else:
         return True
     if not _warned:
         _warned = True
-        logger.warning("Triton is not available (%s): the surrogates run the slower pure-torch "
-                       "path on %s", _error, tensors[0].device if tensors else "this device")
+        logger.warning("%s: the surrogates run the slower pure-torch path on %s", reason,
+                       tensors[0].device)
     return False
+
+
+# Triton targets NVIDIA GPUs of compute capability 7.0 (Volta) and newer, and AMD GPUs (ROCm).
+MIN_CAPABILITY = (7, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _supported_cuda(index):
+    return (torch.version.hip is not None
+            or torch.cuda.get_device_capability(index) >= MIN_CAPABILITY)
+
+
+def _supported(device):
+    return device.type != "cuda" or _supported_cuda(device.index)
 
 
 def _cdiv(a, b):
@@ -116,11 +137,17 @@ def _launch(name, grid, device, *args, **meta):
             f"in Triton's interpreter")
     kernel = getattr(kernels, name)
     with torch.profiler.record_function(f"{PROFILER_PREFIX}{name}"):
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                kernel[grid](*args, num_warps=NUM_WARPS, **meta)
-        else:
-            kernel[grid](*args, **meta)
+        try:
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    kernel[grid](*args, num_warps=NUM_WARPS, **meta)
+            else:
+                kernel[grid](*args, **meta)
+        except Exception as e:
+            raise RuntimeError(
+                f"segloss_d2's fused Triton kernel {name} failed on {device} "
+                f"({type(e).__name__}: {e}); set SEGLOSS_DISABLE_FUSED=1 to run the surrogates "
+                f"on the pure-torch path instead") from e
     LAUNCHES[name] += 1
 
 
@@ -216,21 +243,26 @@ def soft_boundary(probs, classes, curves, dilated):
     return soft, partial.sum(dim=(0, 2))
 
 
-def soft_boundary_grad(probs, classes, curves, dilated, picks, grad_n, grad_match):
-    """dL/dp (N, C, H, W) of BF1's soft boundary sums (zero outside the kept classes), in two
+def soft_boundary_grad(probs, classes, curves, dilated, index, grad_picked, grad_n, grad_match):
+    """dL/dp (N, C, H, W) of BF1's soft boundary sums (zero outside the kept classes), in three
     kernel launches.
 
     Args:
         probs, classes, curves, dilated: as for :func:`soft_boundary`.
-        picks (Tensor): (N, K, H, W) like ``probs``: dL/dB of the picked window maxima, scattered
-            (overwritten: scratch).
+        index (Tensor): (M,) int64 flat indices into B (N, K, H, W) of the picked window maxima.
+        grad_picked (Tensor): (M,) like ``probs``, dL/d(picked values) (or None: zero).
         grad_n, grad_match (Tensor): (K,) dL/dΣB and dL/dΣB[dilated].
     """
     n, c, h, w = probs.shape
     k = classes.numel()
     grad = torch.zeros_like(probs) if k < c else torch.empty_like(probs)
+    picks = probs.new_zeros(n, k, h, w)  # dL/dB of the picked maxima, then scratch
     if picks.numel() == 0:
         return grad
+    m = index.numel()
+    if grad_picked is not None and m:
+        _launch("scatter_add_kernel", (_cdiv(m, BLOCK),), probs.device, picks, index,
+                grad_picked.contiguous(), m, BLOCK=BLOCK)
     code = torch.empty(picks.shape, dtype=torch.int8, device=probs.device)
     grid = (_cdiv(h * w, BLOCK), n * k)
     dilated = dilated.view(torch.uint8)

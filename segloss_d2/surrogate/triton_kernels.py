@@ -7,7 +7,8 @@ Triton's interpreter runs the same kernels on CPU tensors (the tests do; slow, s
 Each kernel evaluates the curves per element exactly as the pure-torch reference
 (:func:`.bezier.evaluate`) and the C++ kernels do (owning piece, then ``u``, ``s``, ``t``; IEEE
 division and square root), and writes per-block partial sums that one torch reduction finishes
-(no atomics: the results do not depend on scheduling). A curve arrives as its
+(no atomics except in the scatter of BF1's picked maxima: the sums do not depend on scheduling).
+A curve arrives as its
 :func:`.bezier.coefficient_table`, a contiguous (len(FIELDS), n) tensor of the input's dtype and
 device, and its number of pieces n.
 
@@ -22,6 +23,7 @@ Kernels (one launch each; grids put the pixel blocks on axis 0, which allows 2^3
 - :func:`bf1_backward_kernel` and :func:`bf1_route_kernel`: dL/dp of BF1's soft boundary, its
   erosion's gradient routed to each window's first minimum.
 - :func:`window_argmax_kernel`: the first maximum of a (2r+1)^2 window at listed positions.
+- :func:`scatter_add_kernel`: BF1's gradient of the picked window maxima, scattered (atomic adds).
 """
 import triton
 import triton.language as tl
@@ -36,6 +38,7 @@ __all__ = [
     "bf1_route_kernel",
     "region_backward_kernel",
     "region_forward_kernel",
+    "scatter_add_kernel",
     "window_argmax_kernel",
 ]
 
@@ -172,7 +175,8 @@ def region_backward_kernel(p_ptr, label_ptr, weight_ptr, grad_ptr, grad_inter_pt
                            HAS_WEIGHT: tl.constexpr, HAS_OR: tl.constexpr, BLOCK: tl.constexpr):
     """dL/dp (N, C, L) for the upstream gradients of region_forward_kernel's sums, every class:
 
-        dL/dp_c = w (g_O'(p_c) dL/dΣg_O_c + [l = c] (g_A'(p_c) dL/dI_c + g_O'(p_c) dL/dΣ_{y=c}g_O_c)),
+        dL/dp_c = w (g_O'(p_c) G_c + [l = c] (g_A'(p_c) dL/dI_c + g_O'(p_c) dL/dΣ_{y=c} g_O_c)),
+        G_c = dL/dΣ g_O_c,
 
     ``grad_sum`` already zero for the classes whose dense sum was not taken.
     """
@@ -315,6 +319,17 @@ def bf1_route_kernel(class_ptr, buf_ptr, code_ptr, grad_ptr, C, K, H, W, BLOCK: 
             hit = ok & (tl.load(code_ptr + q, mask=ok, other=-1) == (2 - dy) * 3 + (2 - dx))
             acc += tl.load(buf_ptr + q, mask=hit, other=0.0)
     tl.store(grad_at, acc, mask=inside)
+
+
+@triton.jit
+def scatter_add_kernel(out_ptr, index_ptr, value_ptr, M, BLOCK: tl.constexpr):
+    """out[index[m]] += value[m] for M positions (atomic: where several positions share an index,
+    the order of their additions, and so the last bits of the sum, depends on scheduling)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < M
+    index = tl.load(index_ptr + offs, mask=inside, other=0)
+    value = tl.load(value_ptr + offs, mask=inside, other=0.0)
+    tl.atomic_add(out_ptr + index, value, mask=inside)
 
 
 @triton.jit

@@ -1,5 +1,5 @@
-"""The fused accelerator path (Triton kernels, ``segloss_d2.surrogate.fused``) against the pure-torch
-path it replaces on GPUs.
+"""The fused accelerator path (Triton kernels, ``segloss_d2.surrogate.fused``) against the
+pure-torch path it replaces on GPUs.
 
 On CPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set by conftest.py before
 they are first imported), so the inputs are small. Covered: all six metrics, float32 and float64,
@@ -94,8 +94,8 @@ def test_every_metric_matches_the_torch_path(monkeypatch, preset, labels_kind):
     loss = SurrogateLoss(load_params(preset), C, tolerance=2)
     for dtype in (torch.float64, torch.float32):
         logits = random_logits(labels, dtype=dtype)
-        got, expected = _fused_then_torch(monkeypatch,
-                                          lambda: _value_and_grad(loss, logits, labels))
+        got, expected = _fused_then_torch(
+            monkeypatch, lambda logits=logits: _value_and_grad(loss, logits, labels))
         assert expected[1].abs().max() > 0
         _assert_same(got, expected, dtype, f"{preset} {labels_kind} {dtype}")
 
@@ -153,7 +153,8 @@ def test_all_ignore_batch_is_zero_with_zero_gradient(monkeypatch):
             logits = random_logits(labels, dtype=dtype)
             # no class is present and BF1 has no boundary: the region kernels run over no class
             got, expected = _fused_then_torch(
-                monkeypatch, lambda: _value_and_grad(loss, logits, labels), launched=False)
+                monkeypatch, lambda loss=loss, logits=logits: _value_and_grad(loss, logits, labels),
+                launched=False)
             for value, grad in (got, expected):
                 assert value.item() == 0.0 and grad.abs().max() == 0.0
 
@@ -427,7 +428,7 @@ def test_every_launched_kernel_compiles_for_a_gpu(monkeypatch, arch):
     variants = _recorded_launches(monkeypatch)
     assert {v["name"] for v in variants} == {
         "bezier_kernel", "region_forward_kernel", "region_backward_kernel", "bf1_forward_kernel",
-        "bf1_backward_kernel", "bf1_route_kernel", "window_argmax_kernel"}
+        "bf1_backward_kernel", "bf1_route_kernel", "window_argmax_kernel", "scatter_add_kernel"}
     proc = subprocess.run([sys.executable, "-c", COMPILE, str(arch), str(fused.NUM_WARPS)],
                           input=json.dumps(variants), capture_output=True, text=True,
                           timeout=600, cwd=REPO, env=dict(os.environ, TRITON_INTERPRET="0"))

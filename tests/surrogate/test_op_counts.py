@@ -26,8 +26,8 @@ PRESETS = sorted(list_presets())
 # (n, h, w, cell): 4x the pixels, the cells (and so the boundary fraction) scaled with the image
 SIZES = [(2, 12, 16, 3), (2, 24, 32, 6)]
 # the kernels each surrogate launches per forward+backward on the fused path
-LAUNCHES = {"BF1": {"bf1_forward_kernel": 1, "window_argmax_kernel": 1, "bf1_backward_kernel": 1,
-                    "bf1_route_kernel": 1}}
+LAUNCHES = {"BF1": {"bf1_forward_kernel": 1, "window_argmax_kernel": 1, "scatter_add_kernel": 1,
+                    "bf1_backward_kernel": 1, "bf1_route_kernel": 1}}
 REGION_LAUNCHES = {"region_forward_kernel": 1, "region_backward_kernel": 1}
 
 
@@ -61,8 +61,8 @@ def test_operator_calls_do_not_grow_with_the_image(preset, compute_path):
     metric = params.metrics[0]
     loss = SurrogateLoss(params, C, tolerance=1)
     small, large = (_count(loss, *size) for size in SIZES)
+    # (the aten events nested inside one call may vary: e.g. CPU reductions split large inputs)
     assert small["aten_calls"] == large["aten_calls"], (small, large)
-    assert small["aten_events"] == large["aten_events"], (small, large)
     assert small["launches"] == large["launches"]
     expected = {} if compute_path == "torch" else LAUNCHES.get(metric, REGION_LAUNCHES)
     assert large["launches"] == expected
