@@ -250,13 +250,18 @@ def fused_status(device):
 
     if not fused.available():
         return f"Triton is not available: {fused.load_error()}"
-    if device.type == "cuda":
-        return None
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return ("the fused path runs on CUDA (on CPU only in Triton's interpreter: set "
+                    "TRITON_INTERPRET=1)")
         fused.DEVICES = tuple(fused.DEVICES) + (device.type,)
-        return None
-    return ("the fused path runs on CUDA (on CPU only in Triton's interpreter: set "
-            "TRITON_INTERPRET=1)")
+    saved, fused.ENABLED = fused.ENABLED, True
+    try:
+        if not fused.use_fused(torch.empty(1, device=device)):
+            return f"the fused path does not run on {device} (see the warning above)"
+    finally:
+        fused.ENABLED = saved
+    return None
 
 
 @contextlib.contextmanager
