@@ -25,6 +25,8 @@ Kernels (one launch each; grids put the pixel blocks on axis 0, which allows 2^3
 - :func:`window_argmax_kernel`: the first maximum of a (2r+1)^2 window at listed positions.
 - :func:`scatter_add_kernel`: BF1's gradient of the picked window maxima, scattered (atomic adds).
 """
+import os
+
 import triton
 import triton.language as tl
 
@@ -43,7 +45,10 @@ __all__ = [
 ]
 
 # Whether the kernels below were built for Triton's interpreter (CPU tensors) or for a GPU.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+try:
+    INTERPRETED = bool(triton.knobs.runtime.interpret)
+except AttributeError:  # Triton before 3.3 reads the variable directly
+    INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 # Rows of the coefficient table (bezier.FIELDS), as compile-time constants.
 _LO = tl.constexpr(FIELDS.index("lo"))
