@@ -1,18 +1,23 @@
-"""Forward+backward time and peak memory of each surrogate and baseline vs cross-entropy.
+"""Forward+backward time, peak memory and operator calls of each surrogate and baseline vs CE.
 
-Usage: python benchmarks/bench_loss.py [--quick] [--repeat R] [--device cpu|cuda|all] [--threads T]
-                                      [--torch-path]
+Usage: python benchmarks/bench_loss.py [--quick] [--shape N,C,H,W] [--repeat R]
+                                      [--device cpu|cuda|all] [--threads T] [--torch-path]
 
-Input: logits (2, 19, 256, 512) (``--quick``: (2, 19, 64, 128)); labels are piecewise-constant
+Input: logits (2, 19, 256, 512) (``--quick``: (2, 19, 64, 128); ``--shape 2,19,512,1024``: the
+Cityscapes batch of issue 21's targets for the pure-torch path); labels are piecewise-constant
 (random 32x32-pixel cells, every class present, a void band), so boundaries are realistic.
 Time ratios are against cross-entropy measured in the same run, interleaved: each timed step of a
 loss follows a timed cross-entropy step, and the ratio is the median of these pairs (robust to
 other jobs on the machine). Peak memory: CUDA peak allocated
 (``torch.cuda.max_memory_allocated``); on CPU the peak of memory allocated by torch, tracked with
 the profiler. On CPU the surrogates run segloss_d2's compiled kernels when ``segloss_d2._C`` is
-built; ``--torch-path`` measures the pure-torch implementation instead (what GPUs run).
+built, on CUDA the fused Triton kernels (``segloss_d2.surrogate.fused``); ``--torch-path``
+measures the pure-torch implementation instead (the fallback on every device).
+``ops``: operator calls of one forward+backward (:func:`count_ops`), which must not grow with the
+image size on any path.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -22,7 +27,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from segloss_d2.losses import LOSSES  # noqa: E402
-from segloss_d2.surrogate import SurrogateLoss, identity_params, kernels, load_params  # noqa: E402
+from segloss_d2.surrogate import (  # noqa: E402
+    SurrogateLoss,
+    fused,
+    identity_params,
+    kernels,
+    load_params,
+)
 
 TARGETS = {"region": 3.0, "BIoU": 4.0, "BF1": 6.0}
 SURROGATES = [("mIoU", "voc_miou"), ("fwIoU", "voc_fwiou"), ("BIoU", "voc_biou"),
@@ -34,7 +45,8 @@ def make_inputs(shape, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
     cell = 32 if h >= 128 else 8
     cells = torch.randint(0, c, (n, -(-h // cell), -(-w // cell)), generator=gen)
-    cells.view(-1)[:c] = torch.arange(c)
+    first = min(c, cells.numel())  # every class present when there are enough cells
+    cells.view(-1)[:first] = torch.arange(first)
     labels = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :h, :w].contiguous()
     labels[:, h // 2 : h // 2 + 3, :] = 255
     logits = torch.randn(shape, generator=gen) * 2
@@ -89,19 +101,76 @@ def measure(loss_fn, logits, labels, repeat, baseline=None):
         step()
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
-        saved = os.dup(2)  # the profiler logs start/stop lines on stderr
-        try:
-            with open(os.devnull, "w") as devnull:
-                os.dup2(devnull.fileno(), 2)
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                            profile_memory=True) as prof:
-                    step()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+        with profiled(memory=True) as prof:
+            step()
         peak = _cpu_peak(prof)
     ratio = sorted(ratios)[len(ratios) // 2] if ratios else 1.0
     return sorted(times)[len(times) // 2], ratio, peak
+
+
+@contextlib.contextmanager
+def profiled(cuda=False, memory=False):
+    """``torch.profiler.profile`` of the CPU (and CUDA) activity, its start/stop lines (printed
+    on stderr by the profiler's backend) silenced; yields the profile."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with torch.profiler.profile(activities=activities, profile_memory=memory) as prof:
+                yield prof
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def count_ops(prof):
+    """Operator calls and kernel launches in a profile (:func:`profiled`), as a dict:
+
+    - ``aten_calls``: aten operators called from Python or autograd, each counted once (the aten
+      ops an operator calls internally are not counted again);
+    - ``aten_events``: every aten event, nested ones included (what issue 21 counted);
+    - ``fused_launches``: launches of the fused path's Triton kernels (ops inside them, e.g. the
+      copies of Triton's interpreter on CPU, are not counted as aten ops);
+    - ``cuda_kernels``: kernels that ran on the GPU (CUDA activity only; else None).
+    """
+    calls = events = launches = kernels_run = 0
+    saw_cuda = False
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            saw_cuda = True
+            kernels_run += 1
+            continue
+        if e.name.startswith(fused.PROFILER_PREFIX):
+            launches += 1
+            continue
+        if not e.name.startswith("aten::"):
+            continue
+        parent, nested, in_launch = e.cpu_parent, False, False
+        while parent is not None:
+            nested |= parent.name.startswith("aten::")
+            in_launch |= parent.name.startswith(fused.PROFILER_PREFIX)
+            parent = parent.cpu_parent
+        if in_launch:
+            continue
+        events += 1
+        calls += not nested
+    return {"aten_calls": calls, "aten_events": events, "fused_launches": launches,
+            "cuda_kernels": kernels_run if saw_cuda else None}
+
+
+def operator_counts(loss_fn, logits, labels, cuda=None):
+    """:func:`count_ops` of one forward+backward of ``loss_fn`` after a warm-up step; the GPU's
+    kernels too if ``cuda`` (default: on a CUDA device)."""
+    step = _stepper(loss_fn, logits, labels)
+    step()
+    _sync(logits.device)
+    with profiled(cuda=logits.device.type == "cuda" if cuda is None else cuda) as prof:
+        step()
+        _sync(logits.device)
+    return count_ops(prof)
 
 
 def _cpu_peak(prof):
@@ -130,7 +199,8 @@ def run(device, shape, repeat):
     logits, labels = make_inputs(shape, device)
     rows = build_losses(shape[1])
     if device.type != "cpu":
-        path = "pure torch"
+        path = ("fused Triton kernels" if fused.use_fused(logits)
+                else f"pure torch (Triton: {fused.load_error() or 'disabled'})")
     elif kernels.ENABLED:
         path = "compiled CPU kernels (segloss_d2._C)"
     else:
@@ -139,13 +209,17 @@ def run(device, shape, repeat):
           f"forward+backward; surrogates on {path} ==")
     print("x CE: median of paired ratios (each step right after a CE step); med/med: ratio of the "
           "two medians; targets are judged on the larger of the two")
+    print("ops: aten operator calls (+ fused kernel launches) of one forward+backward")
     print(f"{'loss':24s} {'ms':>9s} {'x CE':>6s} {'med/med':>7s} {'peak MiB':>9s} {'x CE':>6s} "
-          f"{'target':>7s}")
+          f"{'ops':>9s} {'target':>7s}")
     for _, loss_fn, _ in rows:  # warm every loss (allocator, workspaces) before timing any
         _stepper(loss_fn.to(device), logits, labels)()
     baseline, base_m, base_t = None, None, None
     for name, loss_fn, kind in rows:
         t, ratio, m = measure(loss_fn.to(device), logits, labels, repeat, baseline)
+        ops = operator_counts(loss_fn, logits, labels)
+        ops = f"{ops['aten_calls']}" + (f"+{ops['fused_launches']}" if ops["fused_launches"]
+                                          else "")
         if baseline is None:
             baseline, base_m, base_t = loss_fn, max(m, 1), t
         target = TARGETS.get(kind)
@@ -153,24 +227,35 @@ def run(device, shape, repeat):
         verdict = "" if target is None else (f"<={target:g} " + ("ok" if worst <= target
                                                                   else "MISS"))
         print(f"{name:24s} {t * 1e3:9.1f} {ratio:6.2f} {t / base_t:7.2f} {m / 2**20:9.1f} "
-              f"{m / base_m:6.2f} "
+              f"{m / base_m:6.2f} {ops:>9s} "
               f"{verdict}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small input (2, 19, 64, 128)")
+    parser.add_argument("--shape", default=None,
+                        help="N,C,H,W of the logits, e.g. 2,19,512,1024 (default 2,19,256,512)")
     parser.add_argument("--repeat", type=int, default=None, help="timed repetitions")
     parser.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--torch-path", action="store_true",
-                        help="surrogates on the pure-torch path, not the compiled CPU kernels")
+                        help="surrogates on the pure-torch path, not the compiled CPU kernels "
+                             "or the fused Triton kernels")
     args = parser.parse_args()
     if args.torch_path:
         kernels.ENABLED = False
+        fused.ENABLED = False
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = (2, 19, 64, 128) if args.quick else (2, 19, 256, 512)
+    if args.shape:
+        try:
+            shape = tuple(int(v) for v in args.shape.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 4 or min(shape) < 1:
+            parser.error(f"--shape {args.shape!r}: expected four positive ints N,C,H,W")
     repeat = args.repeat or 5
     devices = ["cpu"] if args.device == "cpu" else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():

@@ -1,35 +1,46 @@
 #!/usr/bin/env python
 """The measurements a GPU user needs, in one run of at most ~5 minutes on one GPU.
 
-    python benchmarks/gpu_check.py                                  # cuda, full sizes
-    python benchmarks/gpu_check.py --output output/gpu_check.json   # + JSON of every number
-    python benchmarks/gpu_check.py --device cpu                     # small sizes: CI smoke test
+    python benchmarks/gpu_check.py --output gpu_check.json         # cuda, full sizes, JSON
     python benchmarks/gpu_check.py --sections loss,eval             # a subset
+    python benchmarks/gpu_check.py --device cpu                     # small sizes: CI smoke test
+    TRITON_INTERPRET=1 python benchmarks/gpu_check.py --device cpu  # + the fused path on CPU
+
+It needs only torch, numpy and OpenCV for its ``loss`` and ``eval`` sections (no detectron2, no
+compiled extension ``segloss_d2._C``); Triton (installed with torch) for the fused rows. Run it
+from a checkout (the repository root goes on ``sys.path``); nothing is downloaded.
 
 Sections (each measured against a baseline in the same run, never against a stored number):
 
 1. ``loss``: forward+backward of every surrogate (mIoU, fwIoU, BIoU, BF1, mACC, pACC; the VOC
-   presets) vs cross-entropy on VOC-sized logits (4, 21, 512, 512), in fp32 and under autocast
-   (float16 logits, the AMP recipe; bfloat16 on CPU). Each loss step follows a cross-entropy step
-   and the ratio is the median of these pairs; peak memory is ``torch.cuda.max_memory_allocated``
-   above what was allocated before the step.
-2. ``proxy``: the search's inner loop (``train_candidates``) on the paper's proxy config
-   ``configs/voc_miou.yaml`` (R50-DeepLabV3+, 128x128 crops, batch 32) from scratch on synthetic
-   VOC-sized data: K=1 vs K=4 models per worker (one data pipeline), and K=4 with
+   presets) on the Cityscapes batch (2, 19, 512, 1024), on two paths: ``eager`` (the pure-torch
+   path) and ``fused`` (the Triton kernels of ``segloss_d2.surrogate.fused``), vs cross-entropy,
+   in fp32 and under autocast (float16 logits, the AMP recipe; bfloat16 on CPU). Each loss step
+   follows a cross-entropy step and the ratio is the median of these pairs; peak memory is
+   ``torch.cuda.max_memory_allocated`` above what was allocated before the step. Also: the
+   largest differences between the two paths (value and gradient), and the operator calls and
+   kernel launches of one forward+backward at two image sizes (they must not grow with the
+   image; ``bench_loss.count_ops``).
+2. ``proxy`` (needs detectron2): the search's inner loop (``train_candidates``) on the paper's
+   proxy config ``configs/voc_miou.yaml`` (R50-DeepLabV3+, 128x128 crops, batch 32) from scratch
+   on synthetic VOC-sized data: K=1 vs K=4 models per worker (one data pipeline), and K=4 with
    ``SOLVER.AMP.ENABLED`` (CUDA only): trials per hour of ``SEARCH.PROXY.MAX_ITER`` proxies.
-3. ``train``: a few iterations of the VOC DeepLabV3+ R101 config
+3. ``train`` (needs detectron2): a few iterations of the VOC DeepLabV3+ R101 config
    (``configs/voc/deeplabv3plus_R101_miou.yaml``, ``LOSS_TYPE searched``) from scratch
    (``MODEL.WEIGHTS ""``) on synthetic 512x512 images with 21 classes, batch 4 (one GPU's share
    of the paper's 32), vs the same model with cross-entropy; fp32 and AMP (CUDA only): seconds per
    iteration, peak memory, loss finite.
-4. ``eval``: ``SegMetrics`` and ``SegLossEvaluator`` (all metrics) on 1024x2048 predictions with
-   19 classes: seconds per image.
+4. ``eval``: ``SegMetrics`` (all metrics) on 1024x2048 predictions with 19 classes: seconds per
+   image; with detectron2 also ``SegLossEvaluator``, which must agree with it.
 
-No dataset is downloaded: images and labels are generated into a temporary directory and
-registered as detectron2 datasets. On CPU (or with ``--small``) every size shrinks so that the whole
-run takes well under a minute (what tests/benchmarks/test_gpu_check.py runs). A failing section is
-reported (traceback, ``"error"`` in the JSON) and the others still run; the exit status is 1 if any
-section failed.
+The detectron2 sections (and the evaluator part of ``eval``) run only when detectron2 imports;
+otherwise they are reported as skipped, with the reason, and do not fail the run. No dataset is
+downloaded: images and labels are generated into a temporary directory (and registered as
+detectron2 datasets). On CPU (or with ``--small``) every size shrinks so that the whole run takes
+well under a minute (what tests/benchmarks/test_gpu_check.py runs); there the fused rows run only
+in Triton's interpreter (``TRITON_INTERPRET=1``: slow, timings meaningless). A failing section is
+reported (traceback, ``"error"`` in the JSON) and the others still run; the exit status is 1 if
+any section failed.
 """
 import argparse
 import contextlib
@@ -51,16 +62,19 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, BENCH)
 
 from bench_eval import make_scene  # noqa: E402
-from bench_loss import SURROGATES, make_inputs  # noqa: E402
+from bench_loss import SURROGATES, make_inputs, operator_counts  # noqa: E402
 
 SECTIONS = ("loss", "proxy", "train", "eval")
+D2_SECTIONS = ("proxy", "train")  # need detectron2 (eval: only its evaluator part)
+PATHS = ("eager", "fused")
 PROXY_CONFIG = os.path.join(REPO, "configs", "voc_miou.yaml")
 TRAIN_CONFIG = os.path.join(REPO, "configs", "voc", "deeplabv3plus_R101_miou.yaml")
 
 # Sizes per mode: "full" on a GPU (the whole run ~5 minutes or less on one GPU), "small" on CPU.
 SIZES = {
     "full": dict(
-        loss_shape=(4, 21, 512, 512), loss_repeat=20,
+        loss_shape=(2, 19, 512, 1024), loss_repeat=10,
+        count_shapes=((2, 19, 128, 256), (2, 19, 512, 1024)),
         image=512, proxy_train_images=96, proxy_reward_images=16, proxy_iters=20,
         proxy_batch=32, proxy_crop=128, proxy_min_sizes=(64, 96, 128, 160, 192, 224, 256),
         proxy_test_size=128, proxy_workers=8, proxy_candidates_k1=2, proxy_candidates_k4=4,
@@ -68,7 +82,8 @@ SIZES = {
         train_workers=8, eval_size=(1024, 2048), eval_images=4,
     ),
     "small": dict(
-        loss_shape=(2, 21, 64, 64), loss_repeat=3,
+        loss_shape=(2, 6, 16, 32), loss_repeat=1,
+        count_shapes=((2, 6, 16, 32), (2, 6, 32, 64)),
         image=64, proxy_train_images=8, proxy_reward_images=2, proxy_iters=1,
         proxy_batch=2, proxy_crop=32, proxy_min_sizes=(32, 48, 64),
         proxy_test_size=32, proxy_workers=0, proxy_candidates_k1=1, proxy_candidates_k4=4,
@@ -81,6 +96,15 @@ SIZES = {
 THIN = ["MODEL.RESNETS.WIDTH_PER_GROUP", 8, "MODEL.RESNETS.RES2_OUT_CHANNELS", 32,
         "MODEL.RESNETS.STEM_OUT_CHANNELS", 16, "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS", 32,
         "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS", [8]]
+
+
+def detectron2_error():
+    """None if detectron2 imports, else why not (a string)."""
+    try:
+        import detectron2  # noqa: F401
+    except Exception as e:  # not installed, or broken against this torch
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 # --- timing helpers ------------------------------------------------------------------------------
@@ -215,7 +239,66 @@ def _loss_step(loss_fn, logits, labels):
         loss.backward()
         return loss
 
+    step.input = x
     return step
+
+
+def fused_status(device):
+    """(None, or why the fused rows are skipped on ``device``); on CPU, with
+    ``TRITON_INTERPRET=1``, the fused path is switched on for CPU tensors (Triton's interpreter)."""
+    from segloss_d2.surrogate import fused
+
+    if not fused.available():
+        return f"Triton is not available: {fused.load_error()}"
+    if device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return ("the fused path runs on CUDA (on CPU only in Triton's interpreter: set "
+                    "TRITON_INTERPRET=1)")
+        fused.DEVICES = tuple(fused.DEVICES) + (device.type,)
+    saved, fused.ENABLED = fused.ENABLED, True
+    try:
+        if not fused.use_fused(torch.empty(1, device=device)):
+            return f"the fused path does not run on {device} (see the warning above)"
+    finally:
+        fused.ENABLED = saved
+    return None
+
+
+@contextlib.contextmanager
+def loss_path(path):
+    """Run the surrogates on ``path``: ``eager`` (pure torch; the compiled CPU kernels off too)
+    or ``fused`` (the Triton kernels)."""
+    from segloss_d2.surrogate import fused, kernels
+
+    saved = fused.ENABLED, kernels.ENABLED
+    fused.ENABLED, kernels.ENABLED = path == "fused", False
+    try:
+        yield
+    finally:
+        fused.ENABLED, kernels.ENABLED = saved
+
+
+def _value_and_grad(loss_fn, logits, labels):
+    x = logits.detach().clone().requires_grad_()
+    value = loss_fn(x, labels)
+    value.backward()
+    return value.detach().double(), x.grad.detach().double()
+
+
+def _agreement(name, precision, loss_fn, logits, labels):
+    """Largest differences between the eager and the fused path, value and gradient."""
+    with loss_path("eager"):
+        value, grad = _value_and_grad(loss_fn, logits, labels)
+    with loss_path("fused"):
+        value_f, grad_f = _value_and_grad(loss_fn, logits, labels)
+    scale = float(grad.abs().max())
+    row = {"loss": name, "precision": precision, "value_eager": float(value),
+           "value_abs_diff": float((value - value_f).abs()),
+           "grad_max_abs_diff": float((grad - grad_f).abs().max()), "grad_scale": scale}
+    # float32 round-off of sums over millions of pixels, in a different order
+    row["agree"] = (row["value_abs_diff"] <= 1e-4 * max(1.0, abs(row["value_eager"]))
+                    and row["grad_max_abs_diff"] <= 1e-3 * max(scale, 1e-12))
+    return row
 
 
 def section_loss(device, sizes):
@@ -223,52 +306,118 @@ def section_loss(device, sizes):
     from segloss_d2.surrogate import SurrogateLoss, load_params
 
     shape, repeat = sizes["loss_shape"], sizes["loss_repeat"]
+    skip_fused = fused_status(device)
+    paths = [p for p in PATHS if p != "fused" or skip_fused is None]
     logits32, labels = make_inputs(shape, device)
-    losses = [("cross_entropy", LOSSES["cross_entropy"](shape[1]))]
-    losses += [(name, SurrogateLoss(load_params(preset), shape[1])) for name, preset in SURROGATES]
-    rows = []
+    ce = LOSSES["cross_entropy"](shape[1]).to(device)
+    surrogates = [(name, SurrogateLoss(load_params(preset), shape[1]).to(device))
+                  for name, preset in SURROGATES]
     amp = _amp_dtype(device)
-    print(f"logits {tuple(shape)} on {device}; median of {repeat} forward+backward; x CE = median "
-          f"of paired ratios (each step right after a CE step of the same precision); peak = "
-          f"memory allocated during the step above its inputs")
-    print(f"{'loss':16s} {'precision':>9s} {'ms':>9s} {'x CE':>6s} {'peak MiB':>9s} {'x CE':>6s} "
-          f"{'loss':>10s}")
+    print(f"logits {tuple(shape)} on {device}; median of {repeat} forward+backward; paths: eager "
+          f"(pure torch), fused (Triton kernels"
+          + (")" if skip_fused is None else f": skipped, {skip_fused})"))
+    print("x CE = median of paired ratios (each step right after a CE step of the same "
+          "precision); peak = memory allocated during the step above its inputs")
+    print(f"{'loss':16s} {'path':>6s} {'precision':>9s} {'ms':>9s} {'x CE':>6s} {'peak MiB':>9s} "
+          f"{'x CE':>6s} {'loss':>10s}")
+    rows, agreement = [], []
     for precision in ("fp32", "amp"):
+        label = precision if precision == "fp32" else str(amp)
         logits = logits32 if precision == "fp32" else logits32.to(amp)
-        steps = [(name, _loss_step(fn.to(device) if precision == "fp32" else
-                                   _Autocast(fn.to(device), device.type, amp), logits, labels))
-                 for name, fn in losses]
-        for _, step in steps:  # warm every loss (kernels, allocator) before timing any
-            step()
-        ce_step = steps[0][1]
+
+        def wrap(fn, precision=precision):
+            return fn if precision == "fp32" else _Autocast(fn, device.type, amp)
+
+        ce_step = _loss_step(wrap(ce), logits, labels)
+        ce_step()
+        runs = [("cross_entropy", None, ce_step)]
+        for name, fn in surrogates:
+            for path in paths:
+                runs.append((name, path, _loss_step(wrap(fn), logits, labels)))
+        for _, path, step in runs:  # warm every loss (kernels, allocator) before timing any
+            with loss_path(path or "eager"):
+                step()
         base_time = base_peak = None
-        for name, step in steps:
-            times, ratios = [], []
-            for _ in range(repeat):
-                with _Timer(device) as ce:
-                    ce_step()
-                with _Timer(device) as t:
-                    value = step()
-                times.append(t.seconds)
-                ratios.append(t.seconds / max(ce.seconds, 1e-9))
-            base = _reset_peak(device)
-            step()
-            peak = _peak_mib(device, base)
+        for name, path, step in runs:
+            with loss_path(path or "eager"):
+                times, ratios = [], []
+                for _ in range(repeat):
+                    with _Timer(device) as t_ce:
+                        ce_step()
+                    with _Timer(device) as t:
+                        value = step()
+                    times.append(t.seconds)
+                    ratios.append(t.seconds / max(t_ce.seconds, 1e-9))
+                base = _reset_peak(device)
+                step()
+                peak = _peak_mib(device, base)
             seconds = _median(times)
             if base_time is None:
                 base_time, base_peak = seconds, peak
             value = float(value.detach())
-            row = {"loss": name, "precision": precision if precision == "fp32" else str(amp),
-                   "ms": seconds * 1e3, "ratio_vs_ce": _median(ratios),
-                   "median_ratio_vs_ce": seconds / base_time, "peak_mib": peak,
+            row = {"loss": name, "path": path, "precision": label, "ms": seconds * 1e3,
+                   "ratio_vs_ce": _median(ratios), "median_ratio_vs_ce": seconds / base_time,
+                   "peak_mib": peak,
                    "peak_ratio_vs_ce": None if peak is None else peak / max(base_peak, 1e-9),
                    "loss_value": value, "finite": math.isfinite(value)}
             rows.append(row)
-            print(f"{name:16s} {precision:>9s} {row['ms']:9.2f} {row['ratio_vs_ce']:6.2f} "
-                  f"{_fmt(peak, '9.1f'):>9s} {_fmt(row['peak_ratio_vs_ce'], '6.2f'):>6s} "
-                  f"{value:10.4f}" + ("" if row["finite"] else "  NON-FINITE"))
-        del steps
-    return {"shape": list(shape), "repeat": repeat, "rows": rows}
+            print(f"{name:16s} {path or '-':>6s} {label:>9s} {row['ms']:9.2f} "
+                  f"{row['ratio_vs_ce']:6.2f} {_fmt(peak, '9.1f'):>9s} "
+                  f"{_fmt(row['peak_ratio_vs_ce'], '6.2f'):>6s} {value:10.4f}"
+                  + ("" if row["finite"] else "  NON-FINITE"))
+        del runs, ce_step
+        if skip_fused is None:
+            for name, fn in surrogates:
+                agreement.append(_agreement(name, label, wrap(fn), logits, labels))
+    if agreement:
+        print("eager vs fused: largest |value difference|, largest |gradient difference| / "
+              "largest |gradient|")
+        for row in agreement:
+            print(f"{row['loss']:16s} {row['precision']:>15s} {row['value_abs_diff']:10.2e} "
+                  f"{row['grad_max_abs_diff'] / max(row['grad_scale'], 1e-30):10.2e}"
+                  + ("" if row["agree"] else "  DISAGREE"))
+    ops = section_ops(device, sizes, surrogates, ce, paths)
+    return {"shape": list(shape), "repeat": repeat, "paths": paths, "fused_skipped": skip_fused,
+            "rows": rows, "agreement": agreement, "ops": ops}
+
+
+def section_ops(device, sizes, surrogates, ce, paths):
+    """Operator calls and kernel launches of one fp32 forward+backward at two image sizes."""
+    shapes = sizes["count_shapes"]
+    print(f"operator calls of one fp32 forward+backward at {' and '.join(map(str, shapes))}: aten "
+          f"calls + fused Triton launches" + (" (CUDA kernels run)" if device.type == "cuda"
+                                             else ""))
+    inputs = [make_inputs(shape, device) for shape in shapes]
+    rows = []
+    cuda, cuda_error = device.type == "cuda", None
+    for name, fn, path in [("cross_entropy", ce, None)] + [
+            (name, fn, path) for name, fn in surrogates for path in paths]:
+        with loss_path(path or "eager"):
+            try:
+                counts = [operator_counts(fn, logits, labels, cuda) for logits, labels in inputs]
+            except Exception as e:  # e.g. CUPTI not permitted in a container: CPU events only
+                if not cuda:
+                    raise
+                cuda, cuda_error = False, f"{type(e).__name__}: {e}"
+                print(f"CUDA kernels not counted (the profiler's CUDA activity failed: "
+                      f"{cuda_error})")
+                counts = [operator_counts(fn, logits, labels, False) for logits, labels in inputs]
+        row = {"loss": name, "path": path, "shapes": [list(s) for s in shapes], "counts": counts,
+               # what the loss calls; the kernels torch runs for one call may vary with the
+               # size (e.g. the radix sort of index_put_ on a GPU), reported apart
+               "constant": all(counts[0][k] == c[k] for c in counts
+                               for k in ("aten_calls", "fused_launches")),
+               "cuda_kernels_constant": all(counts[0]["cuda_kernels"] == c["cuda_kernels"]
+                                            for c in counts),
+               "cuda_profiler_error": cuda_error}
+        rows.append(row)
+        cells = [f"{c['aten_calls']}+{c['fused_launches']}"
+                 + (f" ({c['cuda_kernels']})" if c["cuda_kernels"] is not None else "")
+                 for c in counts]
+        print(f"{name:16s} {path or '-':>6s} " + "  ".join(f"{c:>16s}" for c in cells)
+              + ("" if row["constant"] else "  GROWS WITH THE IMAGE")
+              + ("" if row["cuda_kernels_constant"] else "  (CUDA kernels vary)"))
+    return rows
 
 
 # --- 2. the search's proxies ---------------------------------------------------------------------
@@ -452,15 +601,44 @@ def section_train(device, sizes, root):
 # --- 4. evaluator --------------------------------------------------------------------------------
 
 def section_eval(device, sizes, root):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from PIL import Image
-
-    from segloss_d2.evaluation.evaluator import SegLossEvaluator
     from segloss_d2.evaluation.metrics import SegMetrics
 
     (h, w), count, num_classes = sizes["eval_size"], sizes["eval_images"], 19
     rng = np.random.default_rng(0)
     scenes = [make_scene(rng, num_classes, h, w) for _ in range(count)]
+    print(f"{count} predictions of {h}x{w}, {num_classes} classes, all metrics (BIoU, BF1, "
+          f"Boundary IoU included), tolerance 5")
+
+    metrics = SegMetrics(num_classes, ignore_value=255, tolerance=5)
+    start = time.perf_counter()
+    for pred, gt in scenes:
+        metrics.update(pred, gt)
+    update_s = (time.perf_counter() - start) / count
+    start = time.perf_counter()
+    summary = metrics.compute()
+    compute_s = time.perf_counter() - start
+    print(f"SegMetrics.update        {update_s:8.3f} s/image (compute {compute_s:.3f} s)")
+    print(f"mIoU {summary['mIoU']:.2f} BIoU {summary['BIoU']:.2f} BF1 {summary['BF1']:.2f}")
+    result = {"size": [h, w], "images": count, "segmetrics_seconds_per_image": update_s,
+              "segmetrics_compute_seconds": compute_s, "mIoU": summary["mIoU"],
+              "BIoU": summary["BIoU"], "BF1": summary["BF1"]}
+    missing = detectron2_error()
+    if missing is not None:
+        print(f"SegLossEvaluator: skipped, detectron2 is not importable ({missing})")
+        result["evaluator_skipped"] = f"detectron2 is not importable: {missing}"
+        return result
+    result.update(_evaluator(device, root, scenes, summary, num_classes, h, w))
+    return result
+
+
+def _evaluator(device, root, scenes, summary, num_classes, h, w):
+    """SegLossEvaluator (detectron2) on the same predictions: seconds per image, agreement."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from PIL import Image
+
+    from segloss_d2.evaluation.evaluator import SegLossEvaluator
+
+    count = len(scenes)
     folder = os.path.join(root, "gpu_check_eval")
     os.makedirs(folder, exist_ok=True)
     dicts = []
@@ -476,18 +654,6 @@ def section_eval(device, sizes, root):
     DatasetCatalog.register(name, lambda: list(dicts))
     MetadataCatalog.get(name).set(stuff_classes=[f"c{i}" for i in range(num_classes)],
                                   ignore_label=255)
-    print(f"{count} predictions of {h}x{w}, {num_classes} classes, all metrics (BIoU, BF1, "
-          f"Boundary IoU included), tolerance 5")
-
-    metrics = SegMetrics(num_classes, ignore_value=255, tolerance=5)
-    start = time.perf_counter()
-    for pred, gt in scenes:
-        metrics.update(pred, gt)
-    update_s = (time.perf_counter() - start) / count
-    start = time.perf_counter()
-    summary = metrics.compute()
-    compute_s = time.perf_counter() - start
-
     # the detectron2 evaluator gets (C, H, W) scores on the model's device, as from inference
     outputs = []
     for pred, _ in scenes:
@@ -504,27 +670,36 @@ def section_eval(device, sizes, root):
     evaluator_s = (time.perf_counter() - start) / count
     same = all(results[k] == summary[k] or (math.isnan(results[k]) and math.isnan(summary[k]))
                for k in ("mIoU", "BIoU", "BF1"))
-    print(f"SegMetrics.update        {update_s:8.3f} s/image (compute {compute_s:.3f} s)")
     print(f"SegLossEvaluator         {evaluator_s:8.3f} s/image (process from {device} scores, "
-          f"GT PNG read, evaluate)")
-    print(f"mIoU {summary['mIoU']:.2f} BIoU {summary['BIoU']:.2f} BF1 {summary['BF1']:.2f}; "
-          f"evaluator agrees with SegMetrics: {same}")
-    return {"size": [h, w], "images": count, "segmetrics_seconds_per_image": update_s,
-            "segmetrics_compute_seconds": compute_s, "evaluator_seconds_per_image": evaluator_s,
-            "agree": same, "mIoU": summary["mIoU"], "BIoU": summary["BIoU"], "BF1": summary["BF1"]}
+          f"GT PNG read, evaluate); agrees with SegMetrics: {same}")
+    return {"evaluator_seconds_per_image": evaluator_s, "agree": same}
 
 
 # --- main ----------------------------------------------------------------------------------------
 
 def _environment(device):
-    import detectron2
+    from segloss_d2.surrogate import fused, kernels
 
-    from segloss_d2.surrogate import kernels
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:  # optional
+        triton_version = None
+    d2_error = detectron2_error()
+    if d2_error is None:
+        import detectron2
 
     env = {"python": platform.python_version(), "torch": torch.__version__,
-           "detectron2": detectron2.__version__, "device": str(device),
+           "triton": triton_version, "numpy": np.__version__,
+           "detectron2": detectron2.__version__ if d2_error is None else None,
+           "detectron2_error": d2_error, "device": str(device),
            "torch_threads": torch.get_num_threads(),
-           "cpu_kernels": bool(kernels.ENABLED)}
+           "cpu_kernels": bool(kernels.ENABLED),
+           "cpu_kernels_error": None if kernels.available() else str(kernels.load_error()),
+           "fused_available": fused.available(),
+           "fused_error": None if fused.available() else str(fused.load_error()),
+           "fused_enabled": bool(fused.ENABLED)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30,
@@ -556,7 +731,9 @@ def main(argv=None):
     mode = "small" if args.small or device.type == "cpu" else "full"
     sizes = SIZES[mode]
 
-    from segloss_d2 import engine  # noqa: F401  (registers segloss_d2's heads and datasets)
+    d2_error = detectron2_error()
+    if d2_error is None and any(name in D2_SECTIONS for name in sections):
+        from segloss_d2 import engine  # noqa: F401  (registers segloss_d2's heads and datasets)
 
     report = {"environment": _environment(device), "mode": mode, "sections": {}}
     print(f"== environment ==\n{json.dumps(report['environment'])}\nsizes: {mode}")
@@ -567,7 +744,10 @@ def main(argv=None):
             print(f"\n== {name} ==")
             start = time.perf_counter()
             try:
-                if name == "loss":
+                if name in D2_SECTIONS and d2_error is not None:
+                    print(f"skipped: detectron2 is not importable ({d2_error})")
+                    result = {"skipped": f"detectron2 is not importable: {d2_error}"}
+                elif name == "loss":
                     result = section_loss(device, sizes)
                 else:
                     result = globals()[f"section_{name}"](device, sizes, root)
@@ -582,8 +762,11 @@ def main(argv=None):
                 torch.cuda.empty_cache()
     report["seconds"] = time.perf_counter() - total
     report["failed"] = failed
+    report["skipped"] = [name for name in sections if "skipped" in report["sections"][name]]
+    ran = "every section ran" if not report["skipped"] else (
+        f"skipped: {report['skipped']} (detectron2 not importable), the others ran")
     print(f"\n== done in {report['seconds']:.1f} s" +
-          (f"; FAILED sections: {failed} ==" if failed else "; every section ran =="))
+          (f"; FAILED sections: {failed} ==" if failed else f"; {ran} =="))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:

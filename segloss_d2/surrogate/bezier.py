@@ -36,19 +36,14 @@ __all__ = [
     "bezier_curve",
     "curve_pieces",
     "Piece",
+    "evaluate",
     "evaluate_curve",
-    "block_size",
-    "workspace",
-    "BLOCK_ELEMENTS",
-    "ACCELERATOR_BLOCK_ELEMENTS",
+    "coefficient_table",
+    "FIELDS",
 ]
 
 CLAMP_MIN = 1e-4
 CLAMP_MAX = 1.0 - 1e-4
-# Block length per CPU thread of the cache-blocked evaluation (float32: 512 KiB per temporary).
-BLOCK_ELEMENTS = 1 << 17
-# Block length on other devices (GPUs): bounds the scratch (float32: 16 MiB per temporary).
-ACCELERATOR_BLOCK_ELEMENTS = 1 << 22
 
 
 CONSTRAINTS = ("all", "no_truth_table", "no_monotonic", "none")
@@ -231,6 +226,8 @@ class Piece(NamedTuple):
     ``SEGLOSS_PIECE_COEFFICIENTS``; :mod:`.kernels` checks at load time that the built extension
     declares this layout, and flattens a curve's pieces with
     :func:`.kernels.flat_coefficients`: ``len(Piece._fields)`` numbers per piece, pieces in order).
+    The pure-torch path and the Triton kernels read the fields by name, as the rows of
+    :func:`coefficient_table` (:data:`FIELDS`).
     """
 
     lo: float  # x_{2k}, the piece's start
@@ -278,95 +275,98 @@ def _piece_coefficients(control_points):
     return pieces
 
 
-def evaluate_block(x, pieces, g_out, d_out, work):
-    """Write g(x) into ``g_out`` and, if ``d_out`` is not None, dg/dx into ``d_out``.
+# The per-piece fields a curve evaluation reads per element, in the row order of
+# :func:`coefficient_table` (``hi`` is implied by the next piece's ``lo``).
+FIELDS = ("lo", "inv_w", "a", "b", "a2", "c1", "c2", "d1", "d2", "y_lo")
 
-    Instead of selecting per-element coefficients (a chain of ``torch.where``, several slow passes
-    each), every piece is evaluated with scalar coefficients on x clamped to its interval, and the
-    pieces are telescoped (piece 0 is not clamped below, the last piece not above):
 
-        g(x) = Σ_k [g_k(clamp(x, lo_k, hi_k)) - y(lo_k)].
+@functools.lru_cache(maxsize=256)
+def _cached_table(pieces, dtype, device):
+    rows = [[getattr(piece, name) for piece in pieces] for name in FIELDS]
+    table = torch.tensor(rows, dtype=torch.float64).to(device=device, dtype=dtype)
+    return table, dict(zip(FIELDS, table.unbind(0)))
 
-    Piece k >= 1 contributes exactly 0 for x <= lo_k (u = 0 gives t = 0), so below the first
-    break point g is piece 0 bit for bit; above it the finished pieces add their rise
-    ``y(hi) - y(lo)`` up to round-off. The derivative is that of the owning piece (piece 0 owns
-    x <= x_2, piece k >= 1 owns lo_k < x <= hi_k, as in the reference): with the exact indicator
-    ``m_k = sign(max(x - lo_k, 0))`` in {0, 1}, ``d <- d - d m_k + d_k m_k`` replaces d by d_k
-    exactly where x > lo_k.
 
-    Piece 0's start height ``y_0`` (0 under the truth-table constraint) is added at the end.
+def coefficient_table(pieces, like):
+    """One curve's coefficients as a (len(FIELDS), n) tensor of ``like``'s dtype and device.
 
-    Every op is in place on ``work``, (4, >= x.numel()) scratch of x's dtype and device, so a
-    block loop allocates nothing (fresh CPU allocations cost page faults), and scalars only enter
-    in-place ops (the ``out=`` variants wrap them in tensors, ~3x slower on CPU). Call this on
-    blocks that fit in cache (see :func:`block_size`).
+    Row ``i`` holds field ``FIELDS[i]`` of every piece (:class:`Piece`), so ``table[i]`` is
+    contiguous. Cached per (curve, dtype, device): a training loop that calls the loss with the
+    same curves copies them to the device once.
     """
-    shape, size = x.shape, x.numel()
-    u, s, tmp, above = (buf[:size].view(shape) for buf in work)
-    last = len(pieces) - 1
-    for k, piece in enumerate(pieces):
-        lo, hi, inv_w, a, b, a2 = piece.lo, piece.hi, piece.inv_w, piece.a, piece.b, piece.a2
-        c1, c2, d1, d2 = piece.c1, piece.c2, piece.d1, piece.d2
-        if k == 0 and k < last:
-            u = torch.clamp(x, max=hi, out=u)
-        elif k > 0:
-            torch.sub(x, lo, out=u).clamp_min_(0.0)
-            if d_out is not None:
-                torch.sign(u, out=above)  # 1 where x > lo, else 0
-            if k < last:
-                u.clamp_max_(hi - lo)
-        if k > 0 or k < last:
-            u.mul_(inv_w)
-        else:  # a single piece on [0, 1]: u = x, never written to
-            u = x
-        # s = sqrt(a^2 + b u) > 0 for u in [0, 1] (its square is a^2 at u = 0, (1 - a)^2 at 1)
-        if b == 0.0:  # a = 0.5, a straight piece: s = a, t = u / (2a) = u exactly
-            root, t = a, u
-        else:
-            root = torch.mul(u, b, out=s).add_(a2).sqrt_()
-            t = torch.div(u, torch.add(root, a, out=tmp), out=work[0][:size].view(shape))
-        rise = torch.mul(t, c2, out=tmp).add_(c1)
-        if k == 0:
-            torch.mul(rise, t, out=g_out)
-        else:
-            g_out.addcmul_(rise, t)
-        if d_out is None:
-            continue
-        if k == 0:
-            torch.mul(t, d2, out=d_out).add_(d1).div_(root)
-        else:
-            slope = t.mul_(d2).add_(d1).div_(root)
-            d_out.addcmul_(d_out, above, value=-1.0).addcmul_(slope, above)
-    y_start = pieces[0].y_lo
-    if y_start != 0.0:
-        g_out.add_(y_start)
+    return _cached_table(tuple(pieces), like.dtype, like.device)[0]
 
 
-def workspace(x, step):
-    """Scratch for :func:`evaluate_block` on blocks of up to ``step`` elements of ``x``."""
-    return x.new_empty(4, max(1, min(step, x.numel())))
+def _coefficient_rows(pieces, like):
+    """{field: (n,) row of :func:`coefficient_table`} (cached with it)."""
+    return _cached_table(tuple(pieces), like.dtype, like.device)[1]
 
 
-def block_size(x):
-    """Elements per block of the blocked evaluation on ``x``'s device.
+def _affine(c0, c1, t):
+    """``c0 + c1 t`` for Python-float or per-element tensor coefficients (one op for tensors)."""
+    if torch.is_tensor(c0):
+        return torch.addcmul(c0, c1, t)
+    out = torch.mul(t, c1)
+    return out.add_(c0) if c0 != 0.0 else out
 
-    On CPU the ~15-30 elementwise passes of a curve evaluation are memory bound over a full
-    tensor, so they run on blocks of :data:`BLOCK_ELEMENTS` per intra-op thread (each op splits its
-    block across the threads) that stay in cache. Other devices gain nothing from cache blocking,
-    but the block still bounds the scratch (:func:`workspace` and the per-block temporaries of the
-    callers) to a few blocks instead of several full-size tensors: blocks of
-    :data:`ACCELERATOR_BLOCK_ELEMENTS`, large enough that kernel launches do not dominate.
+
+def evaluate(x, pieces, need_grad):
+    """g(x) and (if ``need_grad``, else None) dg/dx in pure torch, on the whole tensor at once.
+
+    The formulas of :func:`_piece_coefficients` on the owning piece of each element (piece 0
+    owns x <= x_2, piece k >= 1 owns lo_k < x), as the C++ and Triton kernels compute them:
+
+        u = (x - lo) inv_w,   s = sqrt(a2 + b u),   t = u / (a + s),
+        g = y_lo + t (c1 + c2 t),   g' = (d1 + d2 t) / s.
+
+    A one-piece curve (BF1's) uses its coefficients as Python floats (a straight piece, a = 0.5,
+    has s = a and t = u exactly). With several pieces the owning piece is found once
+    (``torch.bucketize`` on the break points) and each coefficient is gathered per element from
+    :func:`coefficient_table` (one ``index_select`` each). Either way the number of ops is fixed
+    (10 kernels for one piece, 22 for several, plus views) whatever the size of x: no blocks,
+    one kernel launch per op on a GPU (docs/method.md §2.6). Scratch: a few tensors like x.
+
+    Args:
+        x (Tensor): any shape, float32 or float64; not modified, no autograd.
+        pieces: one curve (:func:`curve_pieces`).
     """
-    if x.device.type == "cpu":
-        return BLOCK_ELEMENTS * torch.get_num_threads()
-    return ACCELERATOR_BLOCK_ELEMENTS
+    if len(pieces) == 1:
+        values = pieces[0]._asdict()
+        coef = values.__getitem__  # Python floats
+        lo, inv_w = values["lo"], values["inv_w"]
+        u = x if lo == 0.0 and inv_w == 1.0 else torch.sub(x, lo).mul_(inv_w)
+    else:
+        rows = _coefficient_rows(pieces, x)
+        index = torch.bucketize(x, rows["lo"][1:], out_int32=True).reshape(-1)
+
+        def coef(name):  # per element, from the owning piece
+            return rows[name].index_select(0, index).view(x.shape)
+
+        u = torch.sub(x, coef("lo")).mul_(coef("inv_w"))
+    if len(pieces) == 1 and values["b"] == 0.0:
+        s, t = values["a"], u
+    else:
+        s = _affine(coef("a2"), coef("b"), u).sqrt_()  # a2 + b u
+        denominator = torch.add(s, coef("a"))
+        t = torch.div(u, denominator, out=denominator)
+    rise = _affine(coef("c1"), coef("c2"), t)  # c1 + c2 t
+    y_lo = coef("y_lo")
+    if torch.is_tensor(y_lo):
+        g = torch.addcmul(y_lo, rise, t)
+    else:
+        g = rise.mul_(t)
+        if y_lo != 0.0:
+            g.add_(y_lo)
+    if not need_grad:
+        return g, None
+    return g, _affine(coef("d1"), coef("d2"), t).div_(s)
 
 
 def evaluate_curve(x, pieces, need_grad):
     """g(x) and (if ``need_grad``, else None) dg/dx for a float32/float64 tensor; no autograd.
 
-    ``pieces`` from :func:`curve_pieces`. Dispatched by :func:`.ops.bezier`: on CPU one fused C++
-    pass, else evaluated block by block (:func:`evaluate_block`) into preallocated outputs.
+    ``pieces`` from :func:`curve_pieces`. Dispatched by :func:`.ops.bezier`: one fused pass in
+    the Triton kernel (CUDA) or the C++ kernel (CPU), else :func:`evaluate` in pure torch.
     """
     from . import ops  # the dispatch layer sits above this module (it imports it)
 
@@ -381,7 +381,8 @@ def curve_pieces(control_points):
             validated (see :func:`validate_control_points`).
 
     Returns:
-        opaque per-piece coefficients for :func:`evaluate_curve` / :func:`evaluate_block`.
+        opaque per-piece coefficients (a list of :class:`Piece`) for :func:`evaluate_curve` /
+        :func:`evaluate`.
     """
     if torch.is_tensor(control_points):
         control_points = control_points.detach().reshape(-1).tolist()
@@ -442,8 +443,8 @@ class _BezierFunction(torch.autograd.Function):
 def bezier_curve(x, control_points):
     """Evaluate the piecewise quadratic Bézier curve g elementwise on ``x`` (docs/method.md §3.1).
 
-    Solves ``x(t) = x`` in closed form: on CPU in one fused C++ pass (:mod:`.ops`), elsewhere
-    with scalar coefficients per piece on clamped copies of x, in blocks (:func:`evaluate_block`).
+    Solves ``x(t) = x`` in closed form: in one fused pass on CUDA (Triton) and on CPU (C++),
+    elsewhere in pure torch (:func:`evaluate`); the choice is :mod:`.ops`'s.
 
     Args:
         x (Tensor): any shape, values in [0, 1] (probabilities), any float dtype. Half and bfloat16

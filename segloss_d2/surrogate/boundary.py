@@ -9,53 +9,42 @@ Conventions (shapes, void labels, eps, ``None`` when undefined, statistics scope
 
 with D_gt the dilated exact ground-truth boundary and D~ the window maximum of B~ (read only at
 ground-truth boundary pixels). :func:`relaxed_bf1` is the definition; the autograd Functions below
-compute its sums with one gradient tensor each, in two interchangeable ways chosen by
-:func:`.ops.fused_bf1`: the compiled kernels (:class:`_FusedBoundaryTerms`) or pure torch
-(:class:`_SoftBoundary`, :func:`.ops.window_argmax`, :class:`_BoundaryMatch`). The erosion and
-dilation are in :mod:`.morphology`.
+compute its sums with one gradient tensor each, in three interchangeable ways chosen in
+:mod:`.ops`: the Triton kernels on CUDA (:class:`_AcceleratedBoundaryTerms`,
+:func:`.ops.accelerated`), the compiled CPU kernels (:class:`_FusedBoundaryTerms`,
+:func:`.ops.fused_bf1`) or pure torch (:class:`_SoftBoundary`, :func:`.ops.window_argmax`,
+:class:`_BoundaryMatch`). The erosion and dilation are in :mod:`.morphology`.
 """
 import torch
 
 from . import bezier as _curves
-from . import ops
+from . import fused, ops
 from .bezier import curve_pieces, first_order_backward
 from .labels import EPS, LabelInfo
-from .morphology import _erode, _erode_grad_add, _plane_chunks, check_radius, dilate_bool
+from .morphology import _erode, _erode_grad_add, check_radius, dilate_bool
 
 __all__ = ["relaxed_bf1"]
 
 
-def _soft_boundary_blocks(p, e, curves, need_grad):
-    """B and (if ``need_grad``) dB/dp, dB/de at full size, evaluated in cache-sized blocks."""
-    p_flat, e_flat = p.reshape(-1), e.reshape(-1)
-    soft = torch.empty_like(p_flat)
-    d_p = torch.empty_like(p_flat) if need_grad else None
-    d_e = torch.empty_like(p_flat) if need_grad else None
-    step = _curves.block_size(p_flat)
-    work = _curves.workspace(p_flat, step)
-    values = p_flat.new_empty(4, work.shape[1])
-    for start in range(0, p_flat.numel(), step):
-        sl = slice(start, start + step)
-        size = min(step, p_flat.numel() - start)
-        gp, ge, dp, de = (buf[:size] for buf in values)
-        dp, de = (dp, de) if need_grad else (None, None)
-        # union part: g3(p) + g4(e) - g3(p) g4(e)
-        _curves.evaluate_block(p_flat[sl], curves[2], gp, dp, work)
-        _curves.evaluate_block(e_flat[sl], curves[3], ge, de, work)
-        torch.add(gp, ge, out=soft[sl]).addcmul_(gp, ge, value=-1.0)
-        if need_grad:
-            torch.mul(ge, -1.0, out=d_p[sl]).add_(1.0).mul_(dp)
-            torch.mul(gp, -1.0, out=d_e[sl]).add_(1.0).mul_(de)
-        # minus the intersection g1(p) g2(e)
-        _curves.evaluate_block(p_flat[sl], curves[0], gp, dp, work)
-        _curves.evaluate_block(e_flat[sl], curves[1], ge, de, work)
-        soft[sl].addcmul_(gp, ge, value=-1.0)
-        if need_grad:
-            d_p[sl].addcmul_(dp, ge, value=-1.0)
-            d_e[sl].addcmul_(gp, de, value=-1.0)
+def _soft_boundary_torch(p, e, curves, need_grad):
+    """B and (if ``need_grad``) dB/dp, dB/de, like p, from p and its erosion e (whole tensors:
+    four curve evaluations and a fixed number of ops)."""
+    # union part: g3(p) + g4(e) - g3(p) g4(e)
+    gp, dp = _curves.evaluate(p, curves[2], need_grad)
+    ge, de = _curves.evaluate(e, curves[3], need_grad)
+    soft = torch.add(gp, ge).addcmul_(gp, ge, value=-1.0)
+    if need_grad:
+        d_p = torch.rsub(ge, 1.0).mul_(dp)
+        d_e = torch.rsub(gp, 1.0).mul_(de)
+    # minus the intersection g1(p) g2(e)
+    gp, dp = _curves.evaluate(p, curves[0], need_grad)
+    ge, de = _curves.evaluate(e, curves[1], need_grad)
+    soft.addcmul_(gp, ge, value=-1.0)
     if not need_grad:
-        return soft.view(p.shape), None, None
-    return soft.view(p.shape), d_p.view(p.shape), d_e.view(p.shape)
+        return soft, None, None
+    d_p.addcmul_(dp, ge, value=-1.0)
+    d_e.addcmul_(gp, de, value=-1.0)
+    return soft, d_p, d_e
 
 
 class _SoftBoundary(torch.autograd.Function):
@@ -63,22 +52,23 @@ class _SoftBoundary(torch.autograd.Function):
 
         e = MinPool3x3(p) (pad 1.0),   B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e).
 
-    The four curves and their derivatives are evaluated block by block in cache; only e, B and
-    the two partials are written at full size:
+    The four curves and their derivatives are evaluated on the whole tensors
+    (:func:`_soft_boundary_torch`); e, B and the two partials are kept:
 
         dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e),
 
     and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad_add`),
-    computed in place in the partials a chunk of planes at a time (a fresh full-size CPU tensor
-    costs page faults). A second backward through a retained graph recomputes the partials.
+    computed in place in the partials. A second backward through a retained graph recomputes the
+    partials.
 
-    On CPU, :class:`_FusedBoundaryTerms` replaces this and :class:`_BoundaryMatch`.
+    On CPU :class:`_FusedBoundaryTerms`, on CUDA :class:`_AcceleratedBoundaryTerms` replaces this
+    and :class:`_BoundaryMatch`.
     """
 
     @staticmethod
     def forward(ctx, p, curves):
         eroded = _erode(p)
-        soft, d_p, d_e = _soft_boundary_blocks(p, eroded, curves, ctx.needs_input_grad[0])
+        soft, d_p, d_e = _soft_boundary_torch(p, eroded, curves, ctx.needs_input_grad[0])
         ctx.save_for_backward(p, eroded)
         # scratch, not saved tensors: backward turns the partials into the gradient in place
         ctx.curves, ctx.partials = curves, (d_p, d_e)
@@ -91,14 +81,10 @@ class _SoftBoundary(torch.autograd.Function):
         ctx.partials = None
         p, eroded = ctx.saved_tensors
         if d_p is None:  # backward through a retained graph: the partials were consumed
-            _, d_p, d_e = _soft_boundary_blocks(p, eroded, ctx.curves, True)
-        views = [t.flatten(0, 1) for t in (p, eroded, d_p, d_e, grad.expand_as(p))]
-        for chunk in _plane_chunks(p):  # a few planes at a time, reused from cache
-            x, e, dp, de, g = (v[chunk] for v in views)
-            dp.mul_(g)
-            de.mul_(g)
-            _erode_grad_add(x, e, de, dp)
-        return d_p, None
+            _, d_p, d_e = _soft_boundary_torch(p, eroded, ctx.curves, True)
+        d_p.mul_(grad)
+        d_e.mul_(grad)
+        return _erode_grad_add(p, eroded, d_e, d_p), None
 
 
 class _BoundaryMatch(torch.autograd.Function):
@@ -186,6 +172,46 @@ class _FusedBoundaryTerms(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+class _AcceleratedBoundaryTerms(torch.autograd.Function):
+    """BF1's soft boundary and its three sums in the Triton kernels of :mod:`.fused` (CUDA).
+
+    The same as ``_BoundaryMatch(_SoftBoundary(p[:, keep]), dilated, ops.window_argmax(...))``
+    for probabilities p (N, C, H, W), the kept classes ``keep`` (K,) int64, the dilated
+    ground-truth boundaries ``dilated`` (N, K, H, W) bool and the ground-truth boundary pixels
+    ``positions`` (four (M,) int64 tensors n, k, h, w): returns ``n_fg``, ``match_fg`` (K,) and
+    ``picked`` (M,). p is read at the kept classes in place (no copy). Forward: one kernel for
+    the erosion, B and both sums, one for the window argmax (:func:`.ops.window_argmax`; the
+    separable torch fallback for windows too large to scan). Nothing full-size is saved but p:
+    backward scatters dL/dpicked (one kernel, atomic adds), re-evaluates the curves in a second,
+    composing ``dL/dB = dL/dn_fg + dL/dmatch_fg D + scatter(dL/dpicked)``, and routes the
+    erosion's gradient in a third.
+    """
+
+    @staticmethod
+    def forward(ctx, p, keep, curves, dilated, positions, radius):
+        p, dilated = p.contiguous(), dilated.contiguous()
+        soft, totals = fused.soft_boundary(p, keep, curves, dilated)
+        index = ops.window_argmax(soft, *positions, radius)
+        picked = soft.reshape(-1).take(index)
+        ctx.save_for_backward(p, keep, dilated, index)
+        ctx.curves = curves
+        return totals[:, 0].clone(), totals[:, 1].clone(), picked  # outputs with own memory
+
+    @staticmethod
+    @first_order_backward
+    def backward(ctx, grad_n, grad_match, grad_picked):
+        p, keep, dilated, index = ctx.saved_tensors
+        k = keep.numel()
+        grad_n = p.new_zeros(k) if grad_n is None else grad_n.to(p.dtype).contiguous()
+        grad_match = (p.new_zeros(k) if grad_match is None
+                      else grad_match.to(p.dtype).contiguous())
+        if grad_picked is not None:
+            grad_picked = grad_picked.to(p.dtype)
+        grad = fused.soft_boundary_grad(p, keep, ctx.curves, dilated, index, grad_picked, grad_n,
+                                        grad_match)
+        return grad, None, None, None, None, None
+
+
 def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=None):
     """BF1~ with four curves ``curves = [g1, g2, g3, g4]`` (docs/method.md §2.3).
 
@@ -208,7 +234,6 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     k = keep.numel()
     if k == 0:
         return None
-    dense = probs if k == c else probs.index_select(1, keep)
     pieces = [curve_pieces(cp) for cp in curves]
 
     # Prediction side against the exact dilated ground-truth boundaries of the kept classes;
@@ -220,10 +245,16 @@ def relaxed_bf1(probs, labels, curves, tolerance=5, drop_background=False, info=
     kept_class = position[info.safe]
     n_idx, h_idx, w_idx = torch.nonzero(edges & (kept_class >= 0), as_tuple=True)
     c_idx = kept_class[n_idx, h_idx, w_idx]
-    if ops.fused_bf1(dense):
+    positions = (n_idx, c_idx, h_idx, w_idx)
+    if ops.accelerated(probs):
+        n_fg, match_fg, soft_dilated = _AcceleratedBoundaryTerms.apply(
+            probs, keep, pieces, gt_dilated, positions, tolerance)
+    elif ops.fused_bf1(probs):
+        dense = probs if k == c else probs.index_select(1, keep)
         n_fg, match_fg, soft_dilated = _FusedBoundaryTerms.apply(
-            dense, pieces, gt_dilated, (n_idx, c_idx, h_idx, w_idx), tolerance)
+            dense, pieces, gt_dilated, positions, tolerance)
     else:
+        dense = probs if k == c else probs.index_select(1, keep)
         soft_edges = _SoftBoundary.apply(dense, pieces)
         index = ops.window_argmax(soft_edges, n_idx, c_idx, h_idx, w_idx, tolerance)
         n_fg, match_fg, soft_dilated = _BoundaryMatch.apply(soft_edges, gt_dilated, index)

@@ -2,9 +2,10 @@
 
 The kernels compute exactly the formulas of the pure-torch code in :mod:`.bezier`, :mod:`.region`
 and :mod:`.boundary` in one pass over memory instead of one pass per elementwise op (the
-surrogates are memory bound on CPU). The pure-torch code stays the reference, runs on every other
-device, and is the fallback when the extension was not built (e.g. ``SEGLOSS_NO_EXT=1`` at install
-time, or a torch upgraded after installing): then a warning says so once.
+surrogates are memory bound on CPU). The pure-torch code stays the reference, runs on other
+devices (CUDA: the Triton kernels of :mod:`.fused`, if Triton is available), and is the fallback
+when the extension was not built (e.g. ``SEGLOSS_NO_EXT=1`` at install time, or a torch upgraded
+after installing): then a warning says so once.
 
 This module says whether the kernels can run (:func:`use_kernels`); :mod:`.ops` holds one wrapper
 per compiled op that asks it and calls the op or its pure-torch fallback.
@@ -77,7 +78,7 @@ def use_kernels(*tensors):
         _warned = True
         logger.warning(
             "segloss_d2._C is not available (%s): the surrogates run the slower pure-torch CPU "
-            "path (about 2x). Rebuild it with 'pip install --no-build-isolation -e .' "
+            "path. Rebuild it with 'pip install --no-build-isolation -e .' "
             "(or 'make install').", _LOAD_ERROR)
     return False
 

@@ -1,19 +1,16 @@
-"""Morphology on (N, K, H, W) maps and the cache-blocking helpers of the pure-torch surrogates.
+"""Morphology on (N, K, H, W) maps for the pure-torch surrogates.
 
 - Radii: :func:`check_radius`, :func:`effective_radius` (window radii clamped to the image).
 - Dilation of bool maps (:func:`dilate_bool`: BIoU's trimap, BF1's dilated ground truth) and the
   3x3 erosion of probabilities with its exact gradient routing (:func:`_erode`,
   :func:`_erode_grad_add`: BF1's soft boundary, docs/method.md §2.3).
-- Cache blocking: :func:`_blocks` (the (N, K, L) region sums) and :func:`_plane_chunks` (the
-  BF1 planes), sized by :func:`.bezier.block_size` (read through the module at call time).
 
-No compiled ops here: those are dispatched in :mod:`.ops`.
+Every function works on the whole tensor at once: a fixed number of ops whatever the image size
+(docs/method.md §2.6). No compiled ops here: those are dispatched in :mod:`.ops`.
 """
 import numbers
 
 import torch
-
-from . import bezier as _curves
 
 __all__ = ["check_radius", "dilate_bool", "effective_radius"]
 
@@ -82,24 +79,6 @@ def dilate_bool(mask, radius):
     return out
 
 
-def _blocks(n, k, length, step):
-    """Cache-sized contiguous blocks of a contiguous (N, K, L) tensor, as index tuples.
-
-    Yields ``(i, rows, cols)``: ``x[i, rows, cols]`` is a contiguous (r, l) block of about ``step``
-    elements, either part of one row (``L >= step``) or several whole rows.
-    """
-    if length >= step:
-        for i in range(n):
-            for r in range(k):
-                for c0 in range(0, length, step):
-                    yield i, slice(r, r + 1), slice(c0, c0 + step)
-    else:
-        rows = max(1, step // max(1, length))
-        for i in range(n):
-            for r0 in range(0, k, rows):
-                yield i, slice(r0, r0 + rows), slice(None)
-
-
 def _min3(x, out, dim):
     """``out[i] = min(x[i-1], x[i], x[i+1])`` along ``dim`` (window cut at the border)."""
     out.copy_(x)
@@ -136,31 +115,12 @@ def _min3_backward(x, out, grad, dim, result, work, accumulate):
     return result
 
 
-def _plane_chunks(x):
-    """Slices of the flattened planes of (N, K, H, W) ``x``, about one block each.
-
-    The pure-torch BF1 code works on a few (H, W) planes at a time, ``block_size(x)`` elements
-    (at least one plane): on CPU a chunk stays in cache; on GPUs it bounds the scratch while
-    keeping kernel launches few (one chunk of many small planes instead of a loop over planes).
-    """
-    planes = x.shape[0] * x.shape[1]
-    step = max(1, _curves.block_size(x) // max(1, x.shape[2] * x.shape[3]))
-    return [slice(i, i + step) for i in range(0, planes, step)]
-
-
 def _erode(x):
     """3x3 min-pool of (N, K, H, W) values, windows cut at the border (= padding with 1.0).
 
-    Separable (rows, then columns), a chunk of planes at a time (see :func:`_plane_chunks`).
+    Separable: rows, then columns (six ops on the whole tensor).
     """
-    out = torch.empty_like(x)
-    flat_x, flat_out = x.flatten(0, 1), out.flatten(0, 1)
-    chunks = _plane_chunks(x)
-    rows = x.new_empty((chunks[0].stop - chunks[0].start,) + x.shape[2:]) if chunks else None
-    for chunk in chunks:
-        part = flat_x[chunk]
-        _min3(_min3(part, rows[: part.shape[0]], -1), flat_out[chunk], -2)
-    return out
+    return _min3(_min3(x, torch.empty_like(x), -1), torch.empty_like(x), -2)
 
 
 def _erode_grad_add(x, eroded, grad, result):

@@ -1,40 +1,46 @@
-"""The compiled ops of ``segloss_d2._C`` (``segloss_d2/csrc``), one Python function each.
+"""The dispatch layer: for each full-size op of the surrogates, the implementation that runs.
 
-This is the only module that calls ``torch.ops.segloss_d2.*``, and the one place where a compiled
-op is chosen or falls back: each function below asks :func:`.kernels.use_kernels` (CPU tensor,
-float32/float64, extension loaded, ``SEGLOSS_DISABLE_CPU_KERNELS`` unset; tests flip
-``kernels.ENABLED``) and then runs the C++ op or its pure-torch twin, defined next to it. Both
-compute the same formulas; the torch code is the reference, what every other device runs and the
-fallback without the extension. The rest of the package calls these functions only.
+Three implementations compute the same formulas:
 
-Function (= compiled op) and its pure-torch fallback:
+- the fused accelerator path (:mod:`.fused`: Triton kernels), on CUDA tensors, chosen by
+  :func:`accelerated` (``SEGLOSS_DISABLE_FUSED=1`` or ``fused.ENABLED = False`` turns it off);
+- the compiled CPU kernels of ``segloss_d2._C`` (``segloss_d2/csrc``), on CPU tensors, chosen
+  by :func:`.kernels.use_kernels` (float32/float64, extension loaded,
+  ``SEGLOSS_DISABLE_CPU_KERNELS`` unset; tests flip ``kernels.ENABLED``);
+- pure torch: the reference, the fallback everywhere. It works on whole tensors (no blocks), so
+  its number of ops per call does not grow with the image (docs/method.md §2.6).
 
-- :func:`bezier`: one curve elementwise; fallback: a block loop of :func:`.bezier.evaluate_block`.
-- :func:`region_dense`: the dense per-class sums of the region surrogates; fallback: the same
-  block loop, per class.
-- :func:`row_window_max`: BF1's row-window maxima; fallback: maxima of doubling span.
-- :func:`window_argmax`: BF1's window argmax at sparse positions; fallback: separable, from the
-  dense row maxima.
-- :func:`soft_boundary`, :func:`soft_boundary_backward_bf1`: kernel only (see below).
+This is the only module that calls ``torch.ops.segloss_d2.*``, and (with the autograd Functions
+that :func:`accelerated` selects in :mod:`.region` and :mod:`.boundary`) the only place that
+chooses. Functions (= compiled op) and their fallbacks:
 
-The two BF1 kernels replace a chain of autograd Functions rather than one torch op, so their
-fallback is that chain (in :mod:`.boundary`); the choice is still made here, by :func:`fused_bf1`.
+- :func:`bezier`: one curve elementwise; Triton kernel, C++ kernel, or
+  :func:`.bezier.evaluate`.
+- :func:`region_dense`: the dense per-class sums of the region surrogates (C++ or torch; on the
+  accelerator path the whole of ``region._RegionSums`` is one kernel instead,
+  ``region._AcceleratedRegionSums``).
+- :func:`row_window_max`: BF1's row-window maxima (C++ or torch: maxima of doubling span).
+- :func:`window_argmax`: BF1's window argmax at sparse positions (Triton or C++ scan of each
+  window; torch: separable, from the dense row maxima).
+- :func:`soft_boundary`, :func:`soft_boundary_backward_bf1`: C++ kernels only (see below).
 
-The curve coefficients handed to the kernels are flattened by :func:`.kernels.flat_coefficients`
-(layout: :data:`.kernels.COEFFICIENTS`).
+BF1's fused kernels replace a chain of autograd Functions rather than one torch op, so their
+fallback is that chain (in :mod:`.boundary`); the choice is still made here, by
+:func:`accelerated` (Triton) and :func:`fused_bf1` (C++).
 
-Cache blocking: the torch fallbacks read :func:`.bezier.block_size`, :func:`.bezier.workspace` and
-:func:`.bezier.evaluate_block` through the :mod:`.bezier` module at call time (tests patch them
-there).
+The curve coefficients handed to the C++ kernels are flattened by
+:func:`.kernels.flat_coefficients` (layout: :data:`.kernels.COEFFICIENTS`); the Triton kernels
+read :func:`.bezier.coefficient_table`.
 """
 import torch
 import torch.nn.functional as F
 
 from . import bezier as _curves  # the curve module; ``bezier`` below is the op's wrapper
-from . import kernels
-from .morphology import _blocks, _plane_chunks, effective_radius
+from . import fused, kernels
+from .morphology import effective_radius
 
 __all__ = [
+    "accelerated",
     "bezier",
     "fused_bf1",
     "region_dense",
@@ -43,6 +49,12 @@ __all__ = [
     "soft_boundary_backward_bf1",
     "window_argmax",
 ]
+
+
+def accelerated(*tensors):
+    """Whether the fused accelerator path (:mod:`.fused`, Triton) runs on ``tensors``."""
+    return fused.use_fused(*tensors)
+
 
 def _lib():
     """``torch.ops.segloss_d2`` (only reached once :func:`.kernels.use_kernels` said yes)."""
@@ -56,25 +68,16 @@ def _lib():
 def bezier(x, pieces, need_grad):
     """g(x) and (if ``need_grad``, else None) dg/dx for a float32/float64 tensor; no autograd.
 
-    ``pieces`` from :func:`.bezier.curve_pieces`. Kernel: one fused C++ pass. Fallback: block by
-    block (:func:`.bezier.block_size`) into preallocated outputs.
+    ``pieces`` from :func:`.bezier.curve_pieces`. One fused pass (Triton on CUDA, C++ on CPU),
+    else :func:`.bezier.evaluate` (pure torch, a fixed number of ops).
     """
+    if accelerated(x):
+        g, d = fused.bezier(x, pieces, need_grad)
+        return g.view(x.shape), None if d is None else d.view(x.shape)
     if kernels.use_kernels(x):
         g, d = _lib().bezier(x.contiguous(), kernels.flat_coefficients(pieces), need_grad)
         return g.view(x.shape), d.view(x.shape) if need_grad else None
-    return _bezier_torch(x, pieces, need_grad)
-
-
-def _bezier_torch(x, pieces, need_grad):
-    flat = x.reshape(-1)
-    g = torch.empty_like(flat)
-    d = torch.empty_like(flat) if need_grad else None
-    step = _curves.block_size(flat)
-    work = _curves.workspace(flat, step)
-    for start in range(0, flat.numel(), step):
-        sl = slice(start, start + step)
-        _curves.evaluate_block(flat[sl], pieces, g[sl], None if d is None else d[sl], work)
-    return g.view(x.shape), None if d is None else d.view(x.shape)
+    return _curves.evaluate(x, pieces, need_grad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,8 +96,8 @@ def region_dense(probs, weight, pieces, present, need_grad):
 
     Returns:
         ``Σ_l w g(p)`` (N, K) and, if ``need_grad``, the slopes ``w g'(p)`` (N, K, L) (else None).
-        g(p) is never stored at full size: the kernel evaluates it in one fused pass; the fallback
-        block by block (:func:`.morphology._blocks`).
+        The kernel evaluates g in one fused pass without storing it; the fallback evaluates the
+        whole (N, K, L) tensor at once (:func:`.bezier.evaluate`), a fixed number of ops.
     """
     if kernels.use_kernels(probs):
         classes = (torch.arange(probs.shape[1], device=probs.device) if present is None
@@ -106,26 +109,14 @@ def region_dense(probs, weight, pieces, present, need_grad):
 
 
 def _region_dense_torch(probs, weight, pieces, present, need_grad):
-    n, _, length = probs.shape
     dense = probs if present is None else probs.index_select(1, present)
-    k = dense.shape[1]
-    sums = probs.new_zeros(n, k)
-    slopes = torch.empty_like(dense) if need_grad else None
-    step = _curves.block_size(dense)
-    work = _curves.workspace(dense, step)
-    buffer = dense.new_empty(work.shape[1])
-    for i, rows, cols in _blocks(n, k, length, step):
-        x = dense[i, rows, cols]
-        g = buffer[: x.numel()].view(x.shape)
-        d = None if slopes is None else slopes[i, rows, cols]
-        _curves.evaluate_block(x, pieces, g, d, work)
-        if weight is None:
-            sums[i, rows] += g.sum(dim=1)
-        else:
-            sums[i, rows] += torch.mv(g, weight[i, cols])
-            if d is not None:
-                d.mul_(weight[i, cols])
-    return sums, slopes
+    g, slopes = _curves.evaluate(dense, pieces, need_grad)
+    if weight is None:
+        return g.sum(dim=2), slopes
+    w = weight.unsqueeze(1)
+    if slopes is not None:
+        slopes.mul_(w)
+    return g.mul_(w).sum(dim=2), slopes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,24 +127,26 @@ def row_window_max(values, radius):
     """max over ``values[n, c, h, w - r : w + r + 1]`` (cut at the border), like ``values``.
 
     The radius is clamped to W - 1 (:func:`.morphology.effective_radius`). Kernel: row by row in
-    C++. Fallback: a chunk of planes at a time (:func:`.morphology._plane_chunks`), rows padded
-    with -inf, then running maxima of doubling span (log2(2r+1) passes).
+    C++. Fallback: the rows padded with -inf, then running maxima of doubling span
+    (log2(2r+1) passes over the whole tensor).
     """
     radius = effective_radius(radius, values.shape[-1])
     if kernels.use_kernels(values):
         return _lib().row_window_max(values.contiguous(), radius)
-    result = torch.empty_like(values)
     size = 2 * radius + 1
-    flat_values, flat_result = values.flatten(0, 1), result.flatten(0, 1)
-    for chunk in _plane_chunks(values):
-        out = F.pad(flat_values[chunk], (radius, radius), value=float("-inf"))
-        span = 1
-        while span < size:
-            shift = min(span, size - span)
-            out = torch.maximum(out[..., :-shift], out[..., shift:])
-            span += shift
-        flat_result[chunk] = out
-    return result
+    out = F.pad(values, (radius, radius), value=float("-inf"))
+    span = 1
+    while span < size:
+        shift = min(span, size - span)
+        out = torch.maximum(out[..., :-shift], out[..., shift:])
+        span += shift
+    return out
+
+
+# The Triton window scan reads M (2r+1)^2 values, mostly from cache; the separable fallback
+# makes ~log2(2r+1) + 2 full passes and ~10 more launches. A guess, not measured: scan up to 8
+# values per element (19 classes at the default tolerance 5 always scan: 121 M <= 8 * 19 NHW).
+ACCELERATOR_SCAN_FACTOR = 8
 
 
 def window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
@@ -165,10 +158,11 @@ def window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
     clamped to max(H, W) - 1 (:func:`.morphology.effective_radius`: a larger one changes neither
     the maximum nor its index).
 
-    Kernel (CPU, sparse positions: M (2r+1)^2 <= values.numel(), e.g. boundary pixels): a direct
-    scan of each window. Fallback (and dense positions): separable, the first of the window's rows
-    whose row-window maximum (:func:`row_window_max`, itself dispatched) is the largest, then the
-    first column of that row holding it.
+    Kernels (sparse positions, e.g. boundary pixels: M (2r+1)^2 <= values.numel() for the C++
+    kernel on CPU, <= :data:`ACCELERATOR_SCAN_FACTOR` values.numel() for the Triton kernel on
+    CUDA): a direct scan of each window. Fallback (and dense positions): separable, the first of
+    the window's rows whose row-window maximum (:func:`row_window_max`, itself dispatched) is the
+    largest, then the first column of that row holding it.
 
     Args:
         values (Tensor): (N, K, H, W) float.
@@ -179,7 +173,11 @@ def window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
     """
     _, c, h, w = values.shape
     radius = effective_radius(radius, h, w)
-    if kernels.use_kernels(values) and n_idx.numel() * (2 * radius + 1) ** 2 <= values.numel():
+    scan = n_idx.numel() * (2 * radius + 1) ** 2
+    if accelerated(values) and scan <= ACCELERATOR_SCAN_FACTOR * values.numel():
+        return fused.window_argmax(values.detach().contiguous(), n_idx, c_idx, h_idx, w_idx,
+                                   radius)
+    if kernels.use_kernels(values) and scan <= values.numel():
         return _lib().window_argmax(
             values.detach().contiguous(), n_idx.contiguous(), c_idx.contiguous(),
             h_idx.contiguous(), w_idx.contiguous(), radius)
@@ -200,9 +198,10 @@ def window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius):
 
 
 def fused_bf1(p):
-    """Whether BF1's soft boundary and sums of ``p`` run in the fused kernels
+    """Whether BF1's soft boundary and sums of ``p`` run in the fused C++ kernels
     (:class:`.boundary._FusedBoundaryTerms`: :func:`soft_boundary` and
-    :func:`soft_boundary_backward_bf1`) or in the pure-torch Functions of :mod:`.boundary`."""
+    :func:`soft_boundary_backward_bf1`) or in the pure-torch Functions of :mod:`.boundary` (when
+    not :func:`accelerated`)."""
     return kernels.use_kernels(p)
 
 

@@ -8,11 +8,12 @@ autograd Function (:class:`_RegionSums`):
 
 over the valid pixels (BIoU: those inside the ground-truth trimap). Its only full-size work, the
 dense sum of g_O over the present classes, is :func:`.ops.region_dense` (compiled kernel on CPU,
-pure torch elsewhere).
+pure torch elsewhere). On CUDA the whole Function is replaced by two Triton kernels
+(:class:`_AcceleratedRegionSums`, chosen by :func:`.ops.accelerated`).
 """
 import torch
 
-from . import ops
+from . import fused, ops
 from .bezier import curve_pieces, evaluate_curve, first_order_backward
 from .labels import EPS, LabelInfo
 from .morphology import check_radius
@@ -30,8 +31,8 @@ class _RegionSums(torch.autograd.Function):
         g_sum_c = Σ_i w_i g_O(p_{i,c})  (c in present; 0 otherwise).
 
     The label-pixel terms touch one probability per pixel (a gather). The dense term is the only
-    full-size work: g_O and g_O' are evaluated block by block in cache, g_O(p) is reduced per
-    class at once (it is never stored), and only w g_O'(p) is kept for backward, where
+    full-size work (:func:`.ops.region_dense`): g_O(p) is reduced per class at once and only
+    w g_O'(p) is kept for backward, where
 
         dL/dp_{i,c} = w_i [g_O'(p_ic) dL/dg_sum_c + [l_i = c] (g_A'(p_ic) dL/dinter_c
                                                                 + g_O'(p_ic) dL/dg_lab_c)]
@@ -99,6 +100,46 @@ class _RegionSums(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+class _AcceleratedRegionSums(torch.autograd.Function):
+    """:class:`_RegionSums` in the Triton kernels of :mod:`.fused` (CUDA): same inputs, outputs
+    and formulas.
+
+    Forward is one kernel over every (image, pixel block) that evaluates both curves on the
+    ``present`` classes and reduces the three sums (without g_O: only the label pixels' g_A),
+    and one torch sum of its per-block partials. Nothing full-size is saved but p: backward is
+    one kernel that re-evaluates the curves' slopes and writes dL/dp of every class.
+    """
+
+    @staticmethod
+    def forward(ctx, probs, labels, weight, and_pieces, or_pieces, present):
+        n, c, length = probs.shape
+        labels = labels.reshape(n, length)
+        classes = torch.arange(c, device=probs.device) if present is None else present
+        sums = fused.region_sums(probs, labels, weight, classes, and_pieces, or_pieces)
+        if present is not None:
+            sums = sums.new_zeros(c, sums.shape[1]).index_copy_(0, present, sums)
+        ctx.save_for_backward(probs, labels, weight, present)
+        ctx.pieces = (and_pieces, or_pieces)
+        return tuple(column.clone() for column in sums.unbind(1))  # outputs with own memory
+
+    @staticmethod
+    @first_order_backward
+    def backward(ctx, grad_inter, grad_sum=None, grad_lab=None):
+        probs, labels, weight, present = ctx.saved_tensors
+        and_pieces, or_pieces = ctx.pieces
+        c = probs.shape[1]
+
+        def vector(grad):
+            return probs.new_zeros(c) if grad is None else grad.to(probs.dtype).contiguous()
+
+        grad_inter, grad_sum, grad_lab = vector(grad_inter), vector(grad_sum), vector(grad_lab)
+        if present is not None:  # no dense sum outside the present classes
+            grad_sum = torch.zeros_like(grad_sum).index_copy_(0, present, grad_sum[present])
+        grad = fused.region_grad(probs, labels, weight, grad_inter, grad_sum, grad_lab,
+                                 and_pieces, or_pieces)
+        return grad, None, None, None, None, None
+
+
 def _intersection_union(probs, info, and_cp, or_cp, mask):
     """Per-class relaxed intersection, union (None if ``or_cp`` is None) and GT counts.
 
@@ -116,9 +157,10 @@ def _intersection_union(probs, info, and_cp, or_cp, mask):
     or_pieces = None if or_cp is None else curve_pieces(or_cp)
     present = torch.nonzero(counts > 0).reshape(-1)
     present = None if present.numel() == c else present
+    function = _AcceleratedRegionSums if ops.accelerated(probs) else _RegionSums
     with torch.autocast(device_type=probs.device.type, enabled=False):
-        sums = _RegionSums.apply(probs.reshape(n, c, h * w).contiguous(), info.safe, weight,
-                                 and_pieces, or_pieces, present)
+        sums = function.apply(probs.reshape(n, c, h * w).contiguous(), info.safe, weight,
+                              and_pieces, or_pieces, present)
     sums = info.reducer.sums(*sums)  # statistics scope (docs/method.md §2.5)
     if or_cp is None:
         return sums[0], None, counts

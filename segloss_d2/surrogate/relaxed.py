@@ -24,10 +24,10 @@ the counted pixels contribute exactly 0 (value and gradient) to mIoU/fwIoU/BIoU/
 part of the work is restricted to the present classes; BF1 likewise only evaluates the classes that
 enter its mean.
 
-On CPU the full-size work (curve evaluations with their derivatives, the per-class sums, BF1's
-soft boundary and its backward, the window maxima) runs in the fused C++ kernels of
-``segloss_d2._C``; the torch code is the same computation, used on other devices and as the
-fallback. Where each one is chosen: :mod:`.ops`.
+The full-size work (curve evaluations with their derivatives, the per-class sums, BF1's soft
+boundary and its backward, the window maxima) runs in fused kernels: Triton on CUDA
+(:mod:`.fused`), C++ on CPU (``segloss_d2._C``); the torch code is the same computation, the
+reference and the fallback everywhere. Where each one is chosen: :mod:`.ops`.
 
 Where the code lives (this module re-exports it; every name importable from here stays so):
 
@@ -35,33 +35,30 @@ Where the code lives (this module re-exports it; every name importable from here
   sums (``_RegionSums``).
 - :mod:`.boundary`: BF1 (:func:`relaxed_bf1`): soft boundary, erosion, window match.
 - :mod:`.labels`: :class:`LabelInfo` (label statistics shared by the metrics of one batch).
-- :mod:`.morphology`: radii, dilation, erosion and the cache-blocking helpers.
-- :mod:`.ops`: the compiled ops and their pure-torch fallbacks.
+- :mod:`.morphology`: radii, dilation and erosion.
+- :mod:`.ops`: the choice of implementation, the compiled ops and their pure-torch fallbacks.
 """
 # Re-exports: the public names of this module, and the internals tests and tools reach here.
 from .bezier import (  # noqa: F401
-    block_size,
     curve_pieces,
-    evaluate_block,
+    evaluate,
     evaluate_curve,
     no_double_backward,
-    workspace,
 )
 from .boundary import (  # noqa: F401
+    _AcceleratedBoundaryTerms,
     _BoundaryMatch,
     _FusedBoundaryTerms,
-    _soft_boundary_blocks,
+    _soft_boundary_torch,
     _SoftBoundary,
     relaxed_bf1,
 )
 from .labels import EPS, LabelInfo  # noqa: F401
 from .morphology import (  # noqa: F401
-    _blocks,
     _erode,
     _erode_grad_add,
     _min3,
     _min3_backward,
-    _plane_chunks,
     check_radius,
     dilate_bool,
     effective_radius,
@@ -70,6 +67,7 @@ from .ops import region_dense as _dense_terms  # noqa: F401
 from .ops import row_window_max as _row_window_max  # noqa: F401
 from .ops import window_argmax as _window_argmax  # noqa: F401
 from .region import (  # noqa: F401
+    _AcceleratedRegionSums,
     _class_mean,
     _intersection_union,
     _RegionSums,

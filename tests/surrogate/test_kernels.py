@@ -228,11 +228,11 @@ def test_losses_do_not_depend_on_the_thread_count(preset):
 
 
 def test_cpu_losses_run_on_the_kernels(monkeypatch):
-    """With the extension loaded, no surrogate touches the pure-torch block loops on CPU."""
+    """With the extension loaded, no surrogate touches the pure-torch curve evaluation on CPU."""
     def forbidden(*args, **kwargs):
-        raise AssertionError("pure-torch block loop used on CPU with kernels enabled")
+        raise AssertionError("pure-torch curve evaluation used on CPU with kernels enabled")
 
-    monkeypatch.setattr(bezier, "evaluate_block", forbidden)
+    monkeypatch.setattr(bezier, "evaluate", forbidden)
     monkeypatch.setattr(boundary, "_erode", forbidden)
     labels = blob_labels(n=2, h=12, w=15)
     for preset in sorted(list_presets()):
