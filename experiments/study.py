@@ -859,8 +859,14 @@ class SearchStudy:
                                 for a in (p.scratch_answers if recipe == "scratch"
                                           else p.transfer_answers)],
                             recipe, _recipe_label(recipe))
-        for (t, row, b), r in zip(keys, self._map("retraining", jobs, [
-                _RETRAIN_COST * p.retrain_iters] * len(jobs))):
+        # the same training may be asked for twice (e.g. "best" is also a listed answer): run
+        # it once, so that two workers never train into one directory at the same time
+        unique = list(dict.fromkeys((kind, args[:3] + (args[4],)) for kind, args in jobs))
+        by_key = dict(zip(unique, self._map("retraining", [
+            next(j for j in jobs if (j[0], j[1][:3] + (j[1][4],)) == key) for key in unique],
+            [_RETRAIN_COST * p.retrain_iters] * len(unique))))
+        outputs = [by_key[(kind, args[:3] + (args[4],))] for kind, args in jobs]
+        for (t, row, b), r in zip(keys, outputs):
             if b is None:
                 results["retrain"].setdefault(t, {}).setdefault(row, []).append(r)
             else:
