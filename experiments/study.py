@@ -203,6 +203,7 @@ class StudyPlan:
             ``samples_per_iter`` full proxies (() = no curve).
         budget_methods (tuple of str): methods of the budget curve ("best" allowed).
         budget_seeds (tuple of int): search seeds of the budget curve (() = ``search_seeds``).
+        budget_targets (tuple of str): targets of the budget curve (() = ``targets``).
         scratch_targets (tuple of str): targets whose losses are also retrained from random
             weights (the unsearched ones and ``scratch_answers``): does the surrogate still learn
             the regions without the pretrained start?
@@ -241,6 +242,7 @@ class StudyPlan:
     budget_iterations: Tuple[int, ...] = ()
     budget_methods: Tuple[str, ...] = ("best", "random")
     budget_seeds: Tuple[int, ...] = ()
+    budget_targets: Tuple[str, ...] = ()
     scratch_targets: Tuple[str, ...] = ()
     scratch_answers: Tuple[str, ...] = ("best",)
     transfer_configs: Tuple[str, ...] = ()
@@ -288,10 +290,11 @@ class StudyPlan:
         for name in self.methods + tuple(m for m in self.budget_methods if m != "best"):
             method_opts(name, max(self.budget_iterations + (self.iterations,)),
                         self.samples_per_iter)  # unknown names, impossible budgets
-        bad = [t for t in self.scratch_targets if t not in self.targets]
-        if bad:
-            raise ValueError(f"StudyPlan.scratch_targets {bad} are not among the targets "
-                             f"{self.targets}")
+        for name in ("scratch_targets", "budget_targets"):
+            bad = [t for t in getattr(self, name) if t not in self.targets]
+            if bad:
+                raise ValueError(f"StudyPlan.{name} {bad} are not among the targets "
+                                 f"{self.targets}")
         for config in self.transfer_configs:
             if not os.path.isfile(config):
                 raise ValueError(f"StudyPlan.transfer_configs: no config file {config!r}")
@@ -333,17 +336,18 @@ PLANS = {
         screen_seeds=(901, 902), noise_seeds=(1, 2, 3), **_SHAPES,
     ),
     # The study of docs/search_study.md: 4 x 8 proxies of 100 iterations, 3 search seeds x 3
-    # training seeds, every option screened, finalists retrained, a budget curve.
+    # training seeds, every option screened, finalists retrained, a budget curve on mIoU.
+    # docs/search_study.md runs it in two passes to fit 2 cores: every method on search seeds 1
+    # and 2 (screening only), then the finalists on all three seeds (retrained).
     "full": StudyPlan(
         name="full", targets=("BF1", "mIoU"), search_seeds=(1, 2, 3), train_seeds=(1, 2, 3),
         iterations=4, samples_per_iter=8, proxy_iters=100, retrain_iters=400,
-        methods=("ppo", "random", "ppo_joint", "ppo_rank", "ppo_mirrored",
-                 "ppo_sigma", "ppo_trust", "ppo_lr", "ppo_seeds", "ppo_select", "random_select",
-                 "ppo_halving", "ppo_2piece"),
-        retrain=("ppo", "ppo:mu", "random", "ppo_select", "ppo_select:sampled", "best"),
-        retrain_top=0, screen_seeds=(901, 902, 903), budget_iterations=(2, 4, 8),
-        budget_methods=("best", "random"), fidelity_candidates=0,
-        noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
+        methods=("ppo", "random", "ppo_joint", "ppo_rank", "ppo_mirrored", "ppo_sigma",
+                 "ppo_trust", "ppo_select", "ppo_halving", "ppo_2piece", "ppo_guard"),
+        retrain=("ppo", "random", "ppo_select", "best"),
+        retrain_top=0, screen_seeds=(901, 902, 903), budget_iterations=(2, 4, 6),
+        budget_methods=("best", "random"), budget_seeds=(1, 2), budget_targets=("mIoU",),
+        fidelity_candidates=0, noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
     ),
 }
 
@@ -648,6 +652,10 @@ class SearchStudy:
                  f"{proxy_seed}: {[round(r, 4) for r in rewards]}")
         return rewards
 
+    def budget_targets(self) -> Tuple[str, ...]:
+        """The targets of the budget curve."""
+        return self.plan.budget_targets or self.plan.targets
+
     def methods_of(self, target: str) -> List[str]:
         """The plan's methods that apply to ``target``."""
         return [m for m in self.plan.methods
@@ -802,7 +810,7 @@ class SearchStudy:
         ablation = [(p.ablation_target, m, s) for m in ABLATION[1:] for s in p.ablation_seeds
                     if p.ablation_target]
         explicit_budget = [m for m in p.budget_methods if m != "best"]
-        curve = [(t, m, s, b) for t in p.targets for m in explicit_budget
+        curve = [(t, m, s, b) for t in self.budget_targets() for m in explicit_budget
                  for s in (p.budget_seeds or p.search_seeds) for b in p.budget_iterations]
         jobs = ([("search", (t, s, m)) for s in p.search_seeds for t in p.targets
                  for m in self.methods_of(t)] + [("search", (t, s, m)) for t, m, s in ablation])
@@ -817,7 +825,7 @@ class SearchStudy:
         if p.screen_seeds:
             results["best"] = {t: self.best_method(t, results["screen"][t]) for t in p.targets}
 
-        best_curve = [(t, results["best"][t], s, b) for t in p.targets if "best" in
+        best_curve = [(t, results["best"][t], s, b) for t in self.budget_targets() if "best" in
                       p.budget_methods for s in (p.budget_seeds or p.search_seeds)
                       for b in p.budget_iterations]
         best_curve = [c for c in best_curve if c[:2] not in {x[:2] for x in curve}]
@@ -887,7 +895,7 @@ class SearchStudy:
         """The whole study's cost in proxy-training iterations (for the time-left estimate)."""
         p = self.plan
         search = p.iterations * p.samples_per_iter * p.proxy_iters
-        curve_points = len(p.targets) * len(p.budget_methods) * len(
+        curve_points = len(self.budget_targets()) * len(p.budget_methods) * len(
             p.budget_seeds or p.search_seeds)
         answers = len(p.retrain) + p.retrain_top
         return (len(p.targets) * len(p.noise_seeds) * (1 + p.scratch_noise) * p.noise_thetas

@@ -11,6 +11,11 @@ import os
 
 import pytest
 
+# Triton's interpreter runs the fused accelerator path's kernels on CPU (tests/surrogate). Triton
+# reads TRITON_INTERPRET when triton.language is first imported, and importing torch's or
+# detectron2's modules imports it: it must be set here, before any test module imports them.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_sessionstart(session):
     if os.environ.get("SEGLOSS_REQUIRE_D2") == "1":

@@ -18,6 +18,7 @@ from segloss_d2.data import (  # noqa: E402
     check_datasets,
 )
 from segloss_d2.data.builtin import BUILTIN_DATASET_CHECKS  # noqa: E402
+from segloss_d2.data.shapes import VARIANT_SPLITS  # noqa: E402
 from segloss_d2.data.catalog import SeglossLoader  # noqa: E402
 from segloss_d2.engine import SegLossTrainer, get_segloss_cfg  # noqa: E402
 
@@ -68,7 +69,8 @@ def test_importing_segloss_leaves_detectron2_registrations_untouched():
              if line.startswith(("CHANGED", "ADDED"))}
     assert lines["CHANGED"] == "[] []", proc.stdout
     added = ast.literal_eval(lines["ADDED"])
-    assert set(added) == {"voc_2012_sem_seg_train_aug", "voc_2012_sem_seg_val", *SPLITS}
+    assert set(added) == {"voc_2012_sem_seg_train_aug", "voc_2012_sem_seg_val", *SPLITS,
+                          *VARIANT_SPLITS}
 
 
 def test_builtin_loaders_are_detectron2s_own():

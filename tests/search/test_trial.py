@@ -401,7 +401,8 @@ def test_project_trainer_runs_a_whole_search(tmp_path):
     assert result.best_trial is not None and result.best_trial["status"] == "ok"
     # 2 iterations x 3 candidates, K = 3: one loader (one data pipeline) per group
     assert sum(1 for c in trainer.calls if c[0] == "build_train_loader") == 2
-    assert trainer.calls.count("build_optimizer") == 6
+    # one per candidate, and one proxy built by the pre-flight check before any state is written
+    assert trainer.calls.count("build_optimizer") == 6 + 1
 
 
 def test_gradient_clipping_is_honoured(data):

@@ -3,18 +3,16 @@ pure-torch path (the fallback everywhere, and the reference). With ``SEGLOSS_TES
 runs on the fused accelerator path (the Triton kernels of ``segloss_d2.surrogate.fused``, forced
 onto CPU tensors in Triton's interpreter: minutes, not seconds).
 
-Triton's interpreter is switched on here (``TRITON_INTERPRET=1``), before segloss_d2 first imports
-its Triton kernels (lazily, on the first use of the fused path), so that the fused path's own
-tests (test_fused.py, test_op_counts.py) can run them on CPU. It changes nothing else: the fused
+Triton's interpreter is switched on by tests/conftest.py (``TRITON_INTERPRET=1``, before anything
+imports triton.language), so that the fused path's own tests (test_fused.py, test_op_counts.py)
+can run its kernels on CPU. It changes nothing else: the fused
 path only runs on the device types of ``fused.DEVICES`` (CUDA), unless a test adds ``"cpu"``.
 """
 import os
 
 import pytest
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from segloss_d2.surrogate import fused, kernels  # noqa: E402
+from segloss_d2.surrogate import fused, kernels
 
 PATHS = ["cpu_kernels", "torch"] + (["fused"] if os.environ.get("SEGLOSS_TEST_FUSED") == "1"
                                     else [])
