@@ -18,8 +18,8 @@ from segloss_d2.data import (  # noqa: E402
     check_datasets,
 )
 from segloss_d2.data.builtin import BUILTIN_DATASET_CHECKS  # noqa: E402
-from segloss_d2.data.shapes import VARIANT_SPLITS  # noqa: E402
 from segloss_d2.data.catalog import SeglossLoader  # noqa: E402
+from segloss_d2.data.shapes import VARIANT_SPLITS  # noqa: E402
 from segloss_d2.engine import SegLossTrainer, get_segloss_cfg  # noqa: E402
 
 from .._tools import load_tool  # noqa: E402
