@@ -856,7 +856,9 @@ class SearchStudy:
             for t_, m, s, b in curve + best_curve:
                 if t_ == t:
                     params = os.path.join(self.search_dir(t, s, m, b), "best_params.json")
-                    add(t, m, f"{m}_b{b}_s{s}", self.loss_opts(t, "", params), budget=b)
+                    # the main budget's search is the study's own: one retraining for both
+                    name = f"{m}_s{s}" if b == p.iterations else f"{m}_b{b}_s{s}"
+                    add(t, m, name, self.loss_opts(t, "", params), budget=b)
             recipes = (["scratch"] if t in p.scratch_targets else []) + list(p.transfer_configs)
             for recipe in recipes:
                 unsearched = UNSEARCHED if recipe == "scratch" else ("cross_entropy", "naive")

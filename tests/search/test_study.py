@@ -141,6 +141,7 @@ def test_plans_are_valid_and_bad_plans_are_refused(tmp_path):
                                 ("retrain", ("ppo_joint",), "not among the searched"),
                                 ("retrain", ("ppo:final",), "expected"),
                                 ("scratch_targets", ("mIoU+BF1",), "scratch_targets"),
+                                ("budget_targets", ("mIoU+BF1",), "budget_targets"),
                                 ("transfer_configs", ("nope.yaml",), "transfer_configs"),
                                 ("transfer_answers", ("ppo_joint",), "not among the"),
                                 ("budget_iterations", (1,), "budget_iterations"),
