@@ -5,7 +5,7 @@ EXTRAS ?= dev,ray
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench study clean
+.PHONY: install demo test test-fast lint bench study clean
 
 install:
 	SEGLOSS_EXTRAS=$(EXTRAS) bash tools/install.sh
@@ -15,6 +15,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# The unit tests only (no end-to-end runs of the demo, the study, train_net or gpu_check).
+test-fast: install
+	$(PY) -m pytest tests -m "not e2e" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

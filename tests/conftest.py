@@ -57,3 +57,18 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+# Directories whose every test runs a tool end to end (a subprocess, a training of minutes).
+_E2E_DIRS = ("e2e", "benchmarks")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the end-to-end tests ``e2e``: ``make test`` (CI) runs everything, ``make test-fast``
+    (``-m "not e2e"``) the unit tests only."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        parts = os.path.relpath(str(item.path), tests_dir).split(os.sep)
+        if parts[0] in _E2E_DIRS:
+            item.add_marker(pytest.mark.e2e)
+

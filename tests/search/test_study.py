@@ -165,6 +165,7 @@ def _run(out, *extra):
                           capture_output=True, text=True, cwd=REPO, timeout=900)
 
 
+@pytest.mark.e2e
 def test_study_smoke_run_and_resume(tmp_path):
     out = str(tmp_path / "study")
     first = _run(out, "--jobs", "2", "--report-dir", str(tmp_path / "report"))
