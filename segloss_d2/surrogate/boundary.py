@@ -1,7 +1,7 @@
 """The BF1 surrogate: soft boundary, erosion and window match (docs/method.md §2.3).
 
 Conventions (shapes, void labels, eps, ``None`` when undefined, statistics scope): see
-:mod:`.relaxed`. For probabilities p of the kept classes:
+:mod:`segloss_d2.surrogate`. For probabilities p of the kept classes:
 
     e = MinPool3x3(p) (pad 1.0),   B~ = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e),
     P_c = Σ B~ D_gt / (Σ B~ + eps),   R_c = Σ D~ B_gt / (Σ B_gt + eps),

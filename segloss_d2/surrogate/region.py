@@ -1,8 +1,8 @@
 """The region surrogates: mIoU, fwIoU, BIoU, mACC and pACC (docs/method.md §2.3).
 
 Conventions (shapes, void labels, eps, ``None`` when undefined, statistics scope): see
-:mod:`.relaxed`. Each metric is a ratio of per-class soft sums, all computed by one fused
-autograd Function (:class:`_RegionSums`):
+:mod:`segloss_d2.surrogate`. Each metric is a ratio of per-class soft sums, all computed by
+one fused autograd Function (:class:`_RegionSums`):
 
     I_c = Σ g_A(p_c) y_c,    U_c = Σ (g_O(p_c) + y_c - g_O(p_c) y_c) + eps,    n_c = Σ y_c
 

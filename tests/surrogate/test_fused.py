@@ -332,7 +332,8 @@ print("ok")
 
 
 def test_importing_the_core_does_not_import_triton():
-    code = ("import sys, torch\nimport segloss_d2.surrogate, segloss_d2.surrogate.relaxed\n"
+    code = ("import sys, torch\nimport segloss_d2.surrogate, segloss_d2.surrogate.region\n"
+            "import segloss_d2.surrogate.boundary, segloss_d2.surrogate.ops\n"
             "assert 'triton' not in sys.modules, 'triton imported'\n"
             "assert 'segloss_d2.surrogate.triton_kernels' not in sys.modules\nprint('ok')")
     proc = _python(code)

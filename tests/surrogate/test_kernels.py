@@ -17,7 +17,7 @@ from segloss_d2.surrogate import (
     kernels,
     list_presets,
     load_params,
-    relaxed,
+    ops,
 )
 from segloss_d2.surrogate.bezier import (
     curve_pieces,
@@ -102,11 +102,11 @@ def test_region_dense_matches_torch_path(monkeypatch, dtype, weighted, present):
     classes = None if present is None else torch.tensor(present)
     pieces = curve_pieces(_random_curve(2, 3))
     (sums, slopes), (sums_ref, slopes_ref) = _both(
-        monkeypatch, lambda: relaxed._dense_terms(probs, weight, pieces, classes, True))
+        monkeypatch, lambda: ops.region_dense(probs, weight, pieces, classes, True))
     assert sums.shape == (2, 6 if present is None else 3)
     torch.testing.assert_close(sums, sums_ref, **_tol(dtype))
     torch.testing.assert_close(slopes, slopes_ref, **_tol(dtype))
-    sums_only, none = relaxed._dense_terms(probs, weight, pieces, classes, False)
+    sums_only, none = ops.region_dense(probs, weight, pieces, classes, False)
     assert none is None
     torch.testing.assert_close(sums_only, sums, atol=0, rtol=0)
 
@@ -146,15 +146,15 @@ def test_bf1_terms_match_torch_path(monkeypatch, shape, ties, dtype):
     for radius in (0, 1, 3):
         def fused(radius=radius):
             leaf = p.clone().requires_grad_()
-            out = relaxed._FusedBoundaryTerms.apply(leaf, curves, mask, positions, radius)
+            out = boundary._FusedBoundaryTerms.apply(leaf, curves, mask, positions, radius)
             torch.autograd.backward(out, grads)
             return [t.detach() for t in out] + [leaf.grad]
 
         def composed(radius=radius, dtype=dtype):
             leaf = p.to(dtype, copy=True).requires_grad_()
-            soft = relaxed._SoftBoundary.apply(leaf, curves)
-            index = relaxed._window_argmax(soft, *positions, radius)
-            out = relaxed._BoundaryMatch.apply(soft, mask, index)
+            soft = boundary._SoftBoundary.apply(leaf, curves)
+            index = ops.window_argmax(soft, *positions, radius)
+            out = boundary._BoundaryMatch.apply(soft, mask, index)
             torch.autograd.backward(out, grads)
             return [t.detach() for t in out] + [leaf.grad]
 
@@ -178,7 +178,7 @@ def test_bf1_terms_retained_graph_and_unused_outputs():
 
     def terms():
         leaf = p.clone().requires_grad_()
-        return leaf, relaxed._FusedBoundaryTerms.apply(leaf, curves, mask, positions, 2)
+        return leaf, boundary._FusedBoundaryTerms.apply(leaf, curves, mask, positions, 2)
 
     leaf, (n_fg, match_fg, picked) = terms()
     total = n_fg.sum() + 2 * match_fg.sum() + picked.sum()
@@ -199,7 +199,7 @@ def test_bf1_terms_retained_graph_and_unused_outputs():
 @pytest.mark.parametrize("radius", [0, 1, 2, 5, 40])
 def test_row_window_max_matches_torch_path(monkeypatch, radius):
     values = _tied_probs((2, 3, 7, 33), 4) + torch.rand(2, 3, 7, 33, dtype=torch.float64) * 0.1
-    got, expected = _both(monkeypatch, lambda: relaxed._row_window_max(values, radius))
+    got, expected = _both(monkeypatch, lambda: ops.row_window_max(values, radius))
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
@@ -242,32 +242,32 @@ def test_cpu_losses_run_on_the_kernels(monkeypatch):
 
 
 def test_kernels_reject_bad_input():
-    ops = torch.ops.segloss_d2
+    lib = torch.ops.segloss_d2
     coeffs = kernels.flat_coefficients(curve_pieces([0.5, 0.5]))
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        ops.bezier(torch.zeros(4, dtype=torch.int64), coeffs, True)
+        lib.bezier(torch.zeros(4, dtype=torch.int64), coeffs, True)
     with pytest.raises(RuntimeError, match="contiguous"):
-        ops.bezier(torch.zeros(4, 4).t(), coeffs, True)
+        lib.bezier(torch.zeros(4, 4).t(), coeffs, True)
     with pytest.raises(RuntimeError, match="expected 11 curve coefficients, got 12"):
-        ops.bezier(torch.zeros(4), coeffs + [0.0], True)
+        lib.bezier(torch.zeros(4), coeffs + [0.0], True)
     with pytest.raises(RuntimeError, match="outside"):
-        ops.region_dense(torch.zeros(1, 2, 3), torch.tensor([2]), None, coeffs, True)
+        lib.region_dense(torch.zeros(1, 2, 3), torch.tensor([2]), None, coeffs, True)
     with pytest.raises(RuntimeError, match="4 curves"):
-        ops.soft_boundary(torch.zeros(1, 1, 2, 2), coeffs * 3, [1, 1, 1], True)
+        lib.soft_boundary(torch.zeros(1, 1, 2, 2), coeffs * 3, [1, 1, 1], True)
     p = torch.zeros(1, 1, 2, 2)
     at = [torch.tensor([0]), torch.tensor([0]), torch.tensor([2]), torch.tensor([0])]
     with pytest.raises(RuntimeError, match=r"position 0 \(0, 0, 2, 0\) outside"):
-        ops.window_argmax(p, *at, 1)
+        lib.window_argmax(p, *at, 1)
     with pytest.raises(RuntimeError, match="one length"):
-        ops.window_argmax(p, *at[:3], torch.tensor([0, 1]), 1)
+        lib.window_argmax(p, *at[:3], torch.tensor([0, 1]), 1)
     with pytest.raises(RuntimeError, match="mask must be a contiguous bool"):
-        ops.soft_boundary(p, coeffs * 4, [1, 1, 1, 1], True, torch.zeros(1, 1, 2, 2))
+        lib.soft_boundary(p, coeffs * 4, [1, 1, 1, 1], True, torch.zeros(1, 1, 2, 2))
     ones, mask = torch.ones(1), torch.ones(1, 1, 2, 2, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="must be sorted and within p, got 1 at 1"):
-        ops.soft_boundary_backward_bf1(p, p, p, mask, ones, ones, torch.tensor([2, 1]),
+        lib.soft_boundary_backward_bf1(p, p, p, mask, ones, ones, torch.tensor([2, 1]),
                                        torch.ones(2), p.clone())
     with pytest.raises(RuntimeError, match="equal"):
-        ops.soft_boundary_backward_bf1(p, p, p[..., :1].contiguous(), mask, ones, ones,
+        lib.soft_boundary_backward_bf1(p, p, p[..., :1].contiguous(), mask, ones, ones,
                                        torch.tensor([0]), ones, p.clone())
 
 

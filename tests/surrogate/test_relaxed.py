@@ -2,15 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from segloss_d2.surrogate.boundary import relaxed_bf1
 from segloss_d2.surrogate.loss import SurrogateLoss
+from segloss_d2.surrogate.morphology import check_radius, dilate_bool, effective_radius
 from segloss_d2.surrogate.params import identity_params, list_presets, load_params
-from segloss_d2.surrogate.relaxed import (
-    check_radius,
-    dilate_bool,
-    effective_radius,
-    relaxed_bf1,
-    relaxed_biou,
-)
+from segloss_d2.surrogate.region import relaxed_biou
 
 from .test_loss import C, _value_and_grad, blob_labels, random_logits
 

@@ -2,8 +2,8 @@
 
 Min- and max-pooling pass a window's gradient to one element: max-pooling's backward picks the
 first maximum in row-major window order. The BF1 surrogate computes its 3x3 erosion and the
-(2 tol + 1)^2 window argmax of its dilation separably (``relaxed._erode`` /
-``relaxed._erode_grad_add``, ``relaxed._window_argmax``), so on ties the separable passes must pick
+(2 tol + 1)^2 window argmax of its dilation separably (``morphology._erode`` /
+``morphology._erode_grad_add``, ``ops.window_argmax``), so on ties the separable passes must pick
 the same element as ``torch.nn.functional.max_pool2d(..., return_indices=True)`` (on the negated
 input for the minimum). Inputs: quantized values, constant planes, {0, 1} maps, checkerboards and
 (as a no-tie control) continuous values, on odd shapes down to 1x1.
@@ -12,9 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segloss_d2.surrogate.boundary import relaxed_bf1
 from segloss_d2.surrogate.loss import SurrogateLoss
+from segloss_d2.surrogate.morphology import _erode, _erode_grad_add
+from segloss_d2.surrogate.ops import window_argmax
 from segloss_d2.surrogate.params import load_params
-from segloss_d2.surrogate.relaxed import _erode, _erode_grad_add, _window_argmax, relaxed_bf1
 
 from ._reference import EPS, _dilate, _edge, bezier, one_hot
 from ._reference import surrogate as reference_surrogate
@@ -87,7 +89,7 @@ def test_window_argmax_is_max_pool_index(kind, shape, radius, positions):
     if positions == "sparse":
         keep = torch.arange(radius, values.numel(), (2 * radius + 1) ** 2)
         n_idx, c_idx, h_idx, w_idx, index = (t[keep] for t in (n_idx, c_idx, h_idx, w_idx, index))
-    got = _window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius)
+    got = window_argmax(values, n_idx, c_idx, h_idx, w_idx, radius)
     plane = (n_idx * k + c_idx) * shape[0] * shape[1]
     torch.testing.assert_close(got, plane + index, atol=0, rtol=0)
 
@@ -97,7 +99,7 @@ def test_window_argmax_on_a_subset_of_positions():
     _, index = F.max_pool2d(values, 5, stride=1, padding=2, return_indices=True)
     n_idx, c_idx, h_idx, w_idx = (torch.tensor(v) for v in
                                   ([1, 0, 1, 0], [0, 1, 1, 0], [5, 0, 3, 2], [6, 0, 2, 4]))
-    got = _window_argmax(values, n_idx, c_idx, h_idx, w_idx, 2)
+    got = window_argmax(values, n_idx, c_idx, h_idx, w_idx, 2)
     expected = (n_idx * 2 + c_idx) * 42 + index[n_idx, c_idx, h_idx, w_idx]
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
