@@ -191,7 +191,7 @@ def make_voc_like(root, name, count, size, seed, num_classes=21):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from PIL import Image
 
-    from segloss_d2.data.datasets import VOC_CLASSES
+    from segloss_d2.data.voc import VOC_CLASSES
 
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, name), exist_ok=True)
@@ -439,14 +439,15 @@ def _proxy_cfg(device, sizes, train_name, opts=()):
 
 
 def section_proxy(device, sizes, root):
-    from segloss_d2.search.trial import initial_mu, train_candidates
+    from segloss_d2.search.space import SearchSpace
+    from segloss_d2.search.trial import train_candidates
 
     s = sizes
     train = make_voc_like(root, "gpu_check_proxy_train", s["proxy_train_images"], s["image"], 1)
     reward = make_voc_like(root, "gpu_check_proxy_reward", s["proxy_reward_images"], s["image"], 2)
     cfg = _proxy_cfg(device, sizes, "gpu_check_proxy_train")
     g = torch.Generator().manual_seed(0)
-    mu = torch.tensor(initial_mu(cfg))
+    mu = torch.tensor(SearchSpace.from_config(cfg).initial_mu())
     n = max(s["proxy_candidates_k1"], s["proxy_candidates_k4"])
     thetas = torch.stack([mu] + [(mu + 0.2 * torch.randn(mu.shape, generator=g)).clamp(0, 1)
                                  for _ in range(n - 1)])

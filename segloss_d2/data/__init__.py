@@ -10,7 +10,7 @@ One module per concern:
   :func:`check_config_datasets`, run before training, evaluating or searching;
 - ``errors.py``: :class:`CorruptFileError` and the missing-file error;
 - ``mapper.py``: :class:`SemSegDatasetMapper`;
-- ``datasets.py``: :func:`register_all_segloss_datasets` and compatibility re-exports.
+- ``datasets.py``: :func:`register_all_segloss_datasets`.
 
 Importing this package registers ``voc_2012_sem_seg_{train_aug,val}`` and
 ``segloss_shapes_{train,val}`` in detectron2's ``DatasetCatalog`` (touching no file), like

@@ -1,4 +1,4 @@
-"""segloss_d2's dataset registrations (the entry point) and the former home of the dataset API.
+"""segloss_d2's dataset registrations: :func:`register_all_segloss_datasets`.
 
 :func:`register_all_segloss_datasets` runs on ``import segloss_d2.data``, like detectron2's
 ``detectron2/data/datasets/builtin.py``: it registers segloss_d2's own datasets (PASCAL VOC in
@@ -7,34 +7,15 @@ registrations. Missing files are reported by the pre-flight
 :func:`~segloss_d2.data.catalog.check_datasets` (the checks of detectron2's Cityscapes/ADE20K
 builtins are in ``builtin.py``) and by the loaders; unreadable files by
 :class:`~segloss_d2.data.errors.CorruptFileError`.
-
-The names below used to be defined here and are re-exported for compatibility.
 """
 import logging
 import os
 
-from .builtin import guard_builtin_dataset, register_dataset_check
-from .catalog import check_config_datasets, check_datasets
-from .errors import CorruptFileError, decode_image_file
 from .shapes import SPLITS, VARIANT_SPLITS
 from .shapes_catalog import register_shapes
-from .voc import VOC_CLASSES, VOC_SPLITS, load_voc_sem_seg, register_voc_sem_seg, voc_palette
+from .voc import VOC_SPLITS, register_voc_sem_seg
 
-__all__ = [
-    "CorruptFileError",
-    "VOC_CLASSES",
-    "VOC_SPLITS",
-    "check_config_datasets",
-    "check_datasets",
-    "decode_image_file",
-    "guard_builtin_dataset",
-    "load_voc_sem_seg",
-    "register_all_segloss_datasets",
-    "register_dataset_check",
-    "register_shapes",
-    "register_voc_sem_seg",
-    "voc_palette",
-]
+__all__ = ["register_all_segloss_datasets"]
 
 logger = logging.getLogger(__name__)
 

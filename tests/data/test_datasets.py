@@ -24,12 +24,8 @@ from segloss_d2.data import (  # noqa: E402
     register_shapes,
     register_voc_sem_seg,
 )
-from segloss_d2.data.datasets import (  # noqa: E402
-    VOC_CLASSES,
-    VOC_SPLITS,
-    guard_builtin_dataset,
-    voc_palette,
-)
+from segloss_d2.data.builtin import guard_builtin_dataset  # noqa: E402
+from segloss_d2.data.voc import VOC_CLASSES, VOC_SPLITS, voc_palette  # noqa: E402
 
 VOC_VAL_IDS = ["2007_000032", "2007_000039"]
 VOC_TRAIN_IDS = ["2007_000121", "2007_000123"]

@@ -121,7 +121,7 @@ from detectron2.data import (  # noqa: E402
 )
 
 from segloss_d2.data import CorruptFileError, SemSegDatasetMapper  # noqa: E402
-from segloss_d2.data.datasets import register_voc_sem_seg, voc_palette  # noqa: E402
+from segloss_d2.data.voc import register_voc_sem_seg, voc_palette  # noqa: E402
 from segloss_d2.engine import SegLossTrainer, get_segloss_cfg  # noqa: E402
 from segloss_d2.evaluation.evaluator import SegLossEvaluator  # noqa: E402
 
