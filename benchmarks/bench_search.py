@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
 from segloss_d2.search.backends import LocalBackend, RayBackend  # noqa: E402
-from segloss_d2.search.trial import initial_mu  # noqa: E402
+from segloss_d2.search.space import SearchSpace  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "configs", "shapes", "search_tiny_bf1.yaml")
@@ -39,7 +39,7 @@ def make_cfg(args, opts=()):
 
 def candidates(cfg, n):
     g = torch.Generator().manual_seed(0)
-    mu = torch.tensor(initial_mu(cfg))
+    mu = torch.tensor(SearchSpace.from_config(cfg).initial_mu())
     return torch.stack([mu] + [(mu + 0.2 * torch.randn(mu.shape, generator=g)).clamp(0, 1)
                                for _ in range(n - 1)])
 

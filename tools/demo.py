@@ -40,8 +40,8 @@ from experiments.study import rewards_across_seeds  # noqa: E402
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
 from segloss_d2.search.plots import plot_reward_curve  # noqa: E402
 from segloss_d2.search.runner import SearchRunner  # noqa: E402
+from segloss_d2.search.space import SearchSpace  # noqa: E402
 from segloss_d2.search.state import META  # noqa: E402
-from segloss_d2.search.trial import initial_mu, parse_target_metrics  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 from segloss_d2.visualize import plot_curves, plot_surfaces  # noqa: E402
 
@@ -117,8 +117,9 @@ def reward_noise(args, cfg, trials):
     if missing:
         print(f"[demo] reward noise: the identity candidate with proxy seeds {missing}",
               flush=True)
+        identity = SearchSpace.from_config(cfg).initial_mu()
         cached.update({s: r[0] for s, r in
-                       rewards_across_seeds(cfg, [initial_mu(cfg)], missing).items()})
+                       rewards_across_seeds(cfg, [identity], missing).items()})
         with open(path, "w") as f:
             json.dump(cached, f)
     first_mu = [t["reward"] for t in trials if t["iteration"] == 0 and t["index"] == 0]
@@ -228,7 +229,7 @@ def main():
     losses = [("cross_entropy", ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy")),
               (f"naive {target} (unsearched)", ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "naive",
                                                 "MODEL.SEM_SEG_HEAD.SURROGATE.METRICS",
-                                                parse_target_metrics(target))),
+                                                SearchSpace.parse_target(target))),
               (f"searched {target}", ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
                                       "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS", best))]
     runs, models = {}, []
@@ -245,7 +246,8 @@ def main():
                   f"{seeds})")
     rows = list(runs.items())
     table = comparison_table(rows, target=TARGET_KEY[args.target])
-    keys = [TARGET_KEY[args.target]] if TARGET_KEY[args.target] else parse_target_metrics(target)
+    keys = ([TARGET_KEY[args.target]] if TARGET_KEY[args.target]
+            else SearchSpace.parse_target(target))
     verdicts = [verdict(runs[losses[2][0]], runs[losses[1][0]], key) for key in keys]
     print(table)
     print(f"[demo] search: {summary}")

@@ -41,8 +41,9 @@ from .loop import SearchResult, run_search
 from .ppo import ADVANTAGES, CONTROLLERS, PPOController
 from .seeds import PROXY_SEED_MODES, iteration_seed, selection_seeds
 from .selection import Selection
+from .space import SearchSpace
 from .state import SearchState, search_stage_trials
-from .trial import search_space, validate_proxy_training
+from .trial import validate_proxy_training
 
 __all__ = [
     "validate_search_config",
@@ -132,7 +133,7 @@ def validate_search_config(cfg) -> None:
     candidate with its own loss through ``set_loss_fn``, which a stock detectron2 head lacks.
     Datasets are checked by :func:`~segloss_d2.search.holdout.search_datasets`.
     """
-    search_space(cfg)  # SEARCH.TARGET_METRIC, NUM_PIECES, CONSTRAINTS
+    SearchSpace.from_config(cfg)  # SEARCH.TARGET_METRIC, NUM_PIECES, CONSTRAINTS
     if cfg.SEARCH.METHOD not in CONTROLLERS:
         raise ValueError(f"SEARCH.METHOD must be one of {sorted(CONTROLLERS)}, got "
                          f"{cfg.SEARCH.METHOD!r}")
@@ -225,7 +226,7 @@ def check_proxy_builds(cfg) -> None:
     from ..modeling.build import build_surrogate_loss
     from .trial import _quiet, proxy_cfg, search_trainer
 
-    space = search_space(cfg)
+    space = SearchSpace.from_config(cfg)
     try:
         build_surrogate_loss(cfg, space.to_params(space.initial_mu()))
     except (ValueError, TypeError) as e:
@@ -329,7 +330,7 @@ def search_fingerprint_config(cfg) -> Dict[str, Any]:
     spelling; what SearchState fingerprints."""
     plain = _to_plain(cfg)
     # one search whatever the spelling: "miou" and "mIoU" are the same target
-    plain["SEARCH"]["TARGET_METRIC"] = search_space(cfg).target
+    plain["SEARCH"]["TARGET_METRIC"] = SearchSpace.from_config(cfg).target
     not_fingerprinted = _NOT_FINGERPRINTED
     if cfg.SEARCH.PROXY.HALVING:  # halving ranks the proxies of a group: K changes the results
         not_fingerprinted = [p for p in not_fingerprinted if p != ("SEARCH", "MODELS_PER_WORKER")]
@@ -344,7 +345,7 @@ def search_fingerprint_config(cfg) -> Dict[str, Any]:
 def build_controller(cfg) -> PPOController:
     """The controller of a search config (``SEARCH.METHOD``: PPO or random search), starting at
     the identity curves (docs/method.md)."""
-    s, space = cfg.SEARCH, search_space(cfg)
+    s, space = cfg.SEARCH, SearchSpace.from_config(cfg)
     schedule = {"sigma_end": float(s.SIGMA_END), "iterations": s.ITERATIONS} if s.SIGMA_END else {}
     return CONTROLLERS[s.METHOD](
         space.dim, space.initial_mu(), sigma=float(s.SIGMA), mu_lr=float(s.MU_LR),
@@ -366,7 +367,7 @@ def write_search_results(cfg, state: SearchState, result: SearchResult,
     """
     from .plots import plot_reward_curve, plot_searched_curves
 
-    out, space = state.output_dir, search_space(cfg)
+    out, space = state.output_dir, SearchSpace.from_config(cfg)
     paths = {"reward_curve": os.path.join(out, "reward_curve.png")}
     trials = search_stage_trials(state.all_trials(), ok_only=False)
     mu_is_sample_0 = cfg.SEARCH.METHOD == "ppo" and cfg.SEARCH.BASELINE == "mu"

@@ -20,11 +20,7 @@ from ..metric_names import ALIASES, METRICS, canonical_metric
 from ..surrogate.bezier import CLAMP_MAX, CLAMP_MIN, check_constraints, identity_theta
 from ..surrogate.params import SurrogateParams, default_num_pieces, theta_dim
 
-__all__ = ["SearchSpace", "REWARD_KEYS"]
-
-REWARD_KEYS = {**{m: m for m in METRICS}, **ALIASES}
-"""Search target metric -> key of :class:`SegMetrics` results that scores it (the same name: one
-vocabulary, :mod:`segloss_d2.metric_names`; the paper's spellings map to it)."""
+__all__ = ["SearchSpace"]
 
 
 class SearchSpace:

@@ -51,19 +51,9 @@ from ..evaluation.evaluator import build_seg_metrics, load_sem_seg_gt
 from ..metric_names import METRICS
 from ..modeling.build import build_surrogate_loss
 from ..modeling.heads import LossFnHead
-from ..surrogate.params import SurrogateParams
-from .space import REWARD_KEYS, SearchSpace
+from .space import SearchSpace
 
 __all__ = [
-    "REWARD_KEYS",
-    "search_space",
-    "parse_target_metrics",
-    "search_num_pieces",
-    "search_constraints",
-    "search_dim",
-    "initial_mu",
-    "theta_to_params",
-    "reward_from_metrics",
     "search_trainer",
     "validate_proxy_training",
     "proxy_cfg",
@@ -72,48 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-def search_space(cfg) -> SearchSpace:
-    """The :class:`~segloss_d2.search.space.SearchSpace` of a search config (validated)."""
-    return SearchSpace.from_config(cfg)
-
-
-# The functions below are the search space's parts one at a time (kept for callers of the public
-# API); within the library, build the SearchSpace once and use it.
-def parse_target_metrics(target: str) -> List[str]:
-    """``"mIoU+BF1"`` -> ``["mIoU", "BF1"]``; raises ValueError for unknown or repeated names."""
-    return SearchSpace.parse_target(target)
-
-
-def search_num_pieces(cfg) -> List[int]:
-    """Bézier pieces per target metric: ``SEARCH.NUM_PIECES``, or the paper's choice if 0."""
-    return search_space(cfg).num_pieces
-
-
-def search_constraints(cfg) -> str:
-    """``SEARCH.CONSTRAINTS`` (the curve parameterization), checked."""
-    return search_space(cfg).constraints
-
-
-def search_dim(cfg) -> int:
-    """Number of search variables D of the config's target metric(s)."""
-    return search_space(cfg).dim
-
-
-def initial_mu(cfg) -> List[float]:
-    """The identity curves as search variables: :meth:`SearchSpace.initial_mu`."""
-    return search_space(cfg).initial_mu()
-
-
-def theta_to_params(cfg, theta, reward=None, provenance=None) -> SurrogateParams:
-    """A flat candidate (D numbers in [0, 1]) -> SurrogateParams: :meth:`SearchSpace.to_params`."""
-    return search_space(cfg).to_params(theta, reward=reward, provenance=provenance)
-
-
-def reward_from_metrics(metrics: Dict[str, float], targets: Sequence[str]) -> float:
-    """Reward in [0, 1] of SegMetrics results for ``targets``: :meth:`SearchSpace.reward`."""
-    return SearchSpace(list(targets)).reward(metrics)
-
 
 _TRAINER_EXAMPLE = "segloss_d2.engine.SegLossTrainer"
 
@@ -461,7 +409,8 @@ def train_candidates(
         cfg (CfgNode): the search config (segloss + search keys); proxies use its MODEL, INPUT,
             SOLVER and DATALOADER keys with ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``, through
             the ``build_*`` classmethods of ``SEARCH.TRAINER`` (see the module docstring).
-        thetas (Tensor or array): ``(K, D)`` candidates, D = :func:`search_dim`, values in [0, 1].
+        thetas (Tensor or array): ``(K, D)`` candidates, values in [0, 1]; D is the
+            :attr:`~.space.SearchSpace.dim` of the config's search space.
         train_dicts (list of dict): proxy training images (detectron2 dataset dicts with
             ``sem_seg_file_name``).
         reward_dicts (list of dict): the reward set.
@@ -497,7 +446,7 @@ def _train_group(cfg, thetas, train_dicts, reward_dicts, seed, halving) -> List[
     """:func:`train_candidates` on a list of thetas, where None is a cross-entropy proxy."""
     start = time.perf_counter()
     seed = int(cfg.SEARCH.SEED if seed is None else seed)
-    space = search_space(cfg)
+    space = SearchSpace.from_config(cfg)
     trainer = search_trainer(cfg)
     _check_amp_device(cfg, str(cfg.MODEL.DEVICE))  # before building anything; again on the model
     source = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else "search"

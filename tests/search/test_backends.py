@@ -11,15 +11,15 @@ from segloss_d2.search import backends  # noqa: E402
 from segloss_d2.search.backends import LocalBackend, RayBackend, build_backend  # noqa: E402
 from segloss_d2.search.loop import run_search  # noqa: E402
 from segloss_d2.search.ppo import PPOController  # noqa: E402
+from segloss_d2.search.space import SearchSpace  # noqa: E402
 from segloss_d2.search.state import SearchState  # noqa: E402
-from segloss_d2.search.trial import initial_mu  # noqa: E402
 
 from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
 
 
 def _thetas(cfg, n, seed=11):
     g = torch.Generator().manual_seed(seed)
-    mu = torch.tensor(initial_mu(cfg))
+    mu = torch.tensor(SearchSpace.from_config(cfg).initial_mu())
     return torch.stack([mu] + [(mu + 0.25 * torch.randn(mu.shape, generator=g)).clamp(0, 1)
                                for _ in range(n - 1)])
 
@@ -202,7 +202,7 @@ def test_ray_task_that_raises_is_not_logged(real_ray):
     cfg = tiny_search_cfg(opts=["SEARCH.BACKEND", "ray", "SEARCH.MODELS_PER_WORKER", 1,
                                 "SEARCH.RAY.CPUS_PER_TRIAL", 1])
     thetas = _thetas(cfg, 2)
-    thetas[1, 3] = float("nan")  # the task of trial 1 raises in theta_to_params
+    thetas[1, 3] = float("nan")  # the task of trial 1 raises in SearchSpace.to_params
     backend = build_backend(cfg)
     reported = []
     with pytest.raises(RuntimeError, match=r"(?s)trials \[1\].*theta must be finite"):

@@ -17,7 +17,7 @@ from segloss_d2.search.runner import (  # noqa: E402
     search_fingerprint_config,
     validate_search_config,
 )
-from segloss_d2.search.trial import initial_mu, search_dim  # noqa: E402
+from segloss_d2.search.space import SearchSpace  # noqa: E402
 from segloss_d2.surrogate.bezier import bezier_curve  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 
@@ -173,8 +173,9 @@ def test_method_builds_its_controller_at_the_identity():
                                         "SEARCH.CONSTRAINTS", constraints])
             validate_search_config(cfg)
             controller = build_controller(cfg)
-            assert type(controller) is cls and controller.dim == search_dim(cfg)
-            torch.testing.assert_close(controller.mu, torch.tensor(initial_mu(cfg)))
+            space = SearchSpace.from_config(cfg)
+            assert type(controller) is cls and controller.dim == space.dim
+            torch.testing.assert_close(controller.mu, torch.tensor(space.initial_mu()))
     assert type(build_controller(tiny_search_cfg())) is PPOController  # the default
 
 
@@ -272,7 +273,7 @@ def test_random_search_with_free_curves_end_to_end(tmp_path):
     assert [(r["iteration"], r["index"]) for r in trials] == [(t, i) for t in (0, 1)
                                                               for i in range(3)]
     assert all(r["status"] == "ok" and 0 <= r["reward"] <= 1 for r in trials)
-    mu0 = initial_mu(cfg)
+    mu0 = SearchSpace.from_config(cfg).initial_mu()
     assert len(mu0) == 32  # mIoU 2 x 8 + BF1 4 x 4: free end heights
     assert all(r["theta"] != pytest.approx(mu0, abs=1e-3) for r in trials)  # all random
     ckpt = torch.load(os.path.join(out, "controller.pt"), weights_only=True)
@@ -354,7 +355,6 @@ _PAPER_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(
 def test_paper_search_configs(path):
     from segloss_d2.engine import get_segloss_cfg
     from segloss_d2.metric_names import canonical_metric
-    from segloss_d2.search.trial import parse_target_metrics, search_dim
 
     cfg = get_segloss_cfg()
     cfg.merge_from_file(path)
@@ -362,10 +362,10 @@ def test_paper_search_configs(path):
     dataset, *metrics = os.path.basename(path)[:-5].split("_")
     # file names use the paper's spellings (voc_gacc.yaml: gAcc = pACC); voc_miou_bf1.yaml is
     # the combined target
-    assert parse_target_metrics(cfg.SEARCH.TARGET_METRIC) == [canonical_metric(m)
-                                                              for m in metrics]
+    space = SearchSpace.from_config(cfg)
+    assert space.metrics == [canonical_metric(m) for m in metrics]
     dims = {"miou": 12, "fwiou": 12, "biou": 12, "bf1": 8, "macc": 6, "gacc": 6}
-    assert search_dim(cfg) == sum(dims[m] for m in metrics)
+    assert space.dim == sum(dims[m] for m in metrics)
     assert cfg.SEARCH.HOLDOUT.SIZE == {"voc": 1500, "cityscapes": 500}[dataset]
     assert (cfg.SEARCH.ITERATIONS, cfg.SEARCH.SAMPLES_PER_ITER, cfg.SEARCH.PROXY.MAX_ITER) == \
         (12, 32, 1000)

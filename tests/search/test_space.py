@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from segloss_d2.search.space import REWARD_KEYS, SearchSpace
+from segloss_d2.search.space import SearchSpace
 from segloss_d2.surrogate.bezier import CONSTRAINTS
 from segloss_d2.surrogate.params import METRICS, theta_dim
 
@@ -54,7 +54,21 @@ def test_reward_is_the_mean_of_the_target_metrics():
     results = {"mIoU": 40.0, "pACC": 80.0, "fwIoU": 1.0}
     assert space.reward(results) == pytest.approx(0.6)
     assert math.isnan(space.reward({"mIoU": float("nan"), "pACC": 80.0}))
-    assert set(METRICS) <= set(REWARD_KEYS) and set(REWARD_KEYS.values()) == set(METRICS)
+    metrics = {"mIoU": 60.0, "fwIoU": 70.0, "mACC": 80.0, "pACC": 90.0, "BIoU": 40.0, "BF1": 20.0}
+    assert SearchSpace(["BF1"]).reward(metrics) == pytest.approx(0.2)
+    assert SearchSpace(["mIoU", "BF1"]).reward(metrics) == pytest.approx(0.4)
+    # the paper's spellings score the SegMetrics key of the same metric (canonical_metric)
+    assert SearchSpace(["FWIoU"]).reward(metrics) == pytest.approx(0.7)
+    assert SearchSpace(["mAcc", "gAcc"]).reward(metrics) == pytest.approx(0.85)
+
+
+def test_parse_target():
+    assert SearchSpace.parse_target("BF1") == ["BF1"]
+    assert SearchSpace.parse_target("mIoU + BF1") == ["mIoU", "BF1"]
+    assert SearchSpace.parse_target("miou+gAcc") == ["mIoU", "pACC"]  # aliases, any case
+    for bad in ("Dice", "mIoU+mIoU", "mIoU+miou", "mIoU+", "IoU"):
+        with pytest.raises(ValueError, match="SEARCH.TARGET_METRIC"):
+            SearchSpace.parse_target(bad)
 
 
 @pytest.mark.parametrize("cfg,match", [

@@ -1,7 +1,6 @@
 """The search's inner loop: candidate -> params, hold-out split, K proxies side by side, the
 proxies built by a detectron2 Trainer (SEARCH.TRAINER)."""
 import itertools
-import math
 
 import pytest
 import torch
@@ -18,51 +17,36 @@ from detectron2.data import transforms as T  # noqa: E402
 from segloss_d2.engine import SegLossTrainer  # noqa: E402
 from segloss_d2.search import trial  # noqa: E402
 from segloss_d2.search.holdout import search_datasets, split_holdout  # noqa: E402
-from segloss_d2.search.trial import (  # noqa: E402
-    initial_mu,
-    parse_target_metrics,
-    reward_from_metrics,
-    search_dim,
-    theta_to_params,
-    train_candidates,
-)
+from segloss_d2.search.space import SearchSpace  # noqa: E402
+from segloss_d2.search.trial import train_candidates  # noqa: E402
 from segloss_d2.surrogate.params import identity_params  # noqa: E402
 
 from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
 
 
-def test_parse_target_metrics():
-    assert parse_target_metrics("BF1") == ["BF1"]
-    assert parse_target_metrics("mIoU + BF1") == ["mIoU", "BF1"]
-    assert parse_target_metrics("miou+gAcc") == ["mIoU", "pACC"]  # aliases, any case
-    for bad in ("Dice", "mIoU+mIoU", "mIoU+miou", "mIoU+", "IoU"):
-        with pytest.raises(ValueError, match="SEARCH.TARGET_METRIC"):
-            parse_target_metrics(bad)
-
-
-def test_search_dim_and_initial_mu_are_the_identity_curves():
-    cfg = tiny_search_cfg()
-    assert search_dim(cfg) == 12 + 8  # mIoU: 2 curves x 6, BF1: 4 curves x 2 (1 piece)
-    params = theta_to_params(cfg, initial_mu(cfg))
+def test_search_space_of_the_config_is_the_identity_curves():
+    space = SearchSpace.from_config(tiny_search_cfg())
+    assert space.dim == 12 + 8  # mIoU: 2 curves x 6, BF1: 4 curves x 2 (1 piece)
+    params = space.to_params(space.initial_mu())
     ident = identity_params(["mIoU", "BF1"])
     assert params.metrics == ["mIoU", "BF1"] and params.num_pieces == [2, 1]
     for got, want in zip(params.control_points, ident.control_points):
         assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-6)
-    cfg.SEARCH.NUM_PIECES = 3
-    assert search_dim(cfg) == 2 * 10 + 4 * 10
-    assert len(initial_mu(cfg)) == 60
+    space = SearchSpace.from_config(tiny_search_cfg(opts=["SEARCH.NUM_PIECES", 3]))
+    assert space.dim == 2 * 10 + 4 * 10 and len(space.initial_mu()) == 60
 
 
 @pytest.mark.parametrize("constraints, bf1, miou", [("all", 8, 12), ("no_monotonic", 8, 12),
                                                     ("no_truth_table", 16, 16), ("none", 16, 16)])
-def test_search_dim_and_initial_mu_under_constraints(constraints, bf1, miou):
+def test_search_space_of_the_config_under_constraints(constraints, bf1, miou):
     from segloss_d2.surrogate.bezier import bezier_curve
 
     cfg = tiny_search_cfg(opts=["SEARCH.CONSTRAINTS", constraints])
-    assert search_dim(cfg) == miou + bf1
-    mu = initial_mu(cfg)
+    space = SearchSpace.from_config(cfg)
+    assert space.dim == miou + bf1
+    mu = space.initial_mu()
     assert len(mu) == miou + bf1 and all(0 < v < 1 for v in mu)  # the controller's open interval
-    params = theta_to_params(cfg, mu)
+    params = space.to_params(mu)
     assert params.constraints == [constraints] * 2
     assert [len(c) for c in params.thetas[0]] == [miou // 2] * 2
     assert [len(c) for c in params.thetas[1]] == [bf1 // 4] * 4
@@ -72,37 +56,29 @@ def test_search_dim_and_initial_mu_under_constraints(constraints, bf1, miou):
             assert (bezier_curve(x, cp) - x).abs().max() < 1e-3
     for metric, expected in (("BF1", bf1), ("mIoU", miou), ("mACC", miou // 2)):
         cfg.SEARCH.TARGET_METRIC = metric
-        assert search_dim(cfg) == len(initial_mu(cfg)) == expected
+        space = SearchSpace.from_config(cfg)
+        assert space.dim == len(space.initial_mu()) == expected
     with pytest.raises(ValueError, match=f"needs {expected}"):
-        theta_to_params(cfg, [0.5] * (expected + 1))
+        space.to_params([0.5] * (expected + 1))
 
 
 def test_bad_search_constraints():
     cfg = tiny_search_cfg(opts=["SEARCH.CONSTRAINTS", "monotone"])
-    for fn in (search_dim, initial_mu):
-        with pytest.raises(ValueError, match="SEARCH.CONSTRAINTS: .*got 'monotone'"):
-            fn(cfg)
+    with pytest.raises(ValueError, match="SEARCH.CONSTRAINTS: .*got 'monotone'"):
+        SearchSpace.from_config(cfg)
 
-def test_theta_to_params_splits_by_metric_in_order():
-    cfg = tiny_search_cfg()
+
+def test_to_params_splits_by_metric_in_order():
+    space = SearchSpace.from_config(tiny_search_cfg())
     theta = torch.linspace(0.05, 0.95, 20)
-    params = theta_to_params(cfg, theta, reward=0.5, provenance={"seed": 1})
+    params = space.to_params(theta, reward=0.5, provenance={"seed": 1})
     assert [len(c) for c in params.thetas[0]] == [6, 6]
     assert [len(c) for c in params.thetas[1]] == [2, 2, 2, 2]
     assert params.thetas[0][0][0] == pytest.approx(0.05)
     assert params.thetas[1][3][1] == pytest.approx(0.95)
     assert params.reward == 0.5 and params.provenance == {"seed": 1}
     with pytest.raises(ValueError, match="needs 20"):
-        theta_to_params(cfg, theta[:-1])
-
-
-def test_reward_from_metrics_maps_names_and_averages():
-    metrics = {"mIoU": 60.0, "fwIoU": 70.0, "mACC": 80.0, "pACC": 90.0, "BIoU": 40.0, "BF1": 20.0}
-    assert reward_from_metrics(metrics, ["BF1"]) == pytest.approx(0.2)
-    assert reward_from_metrics(metrics, ["mIoU", "BF1"]) == pytest.approx(0.4)
-    assert reward_from_metrics(metrics, ["fwIoU"]) == pytest.approx(0.7)
-    assert reward_from_metrics(metrics, ["mACC", "pACC"]) == pytest.approx(0.85)
-    assert math.isnan(reward_from_metrics({**metrics, "BF1": float("nan")}, ["BF1"]))
+        space.to_params(theta[:-1])
 
 
 def test_split_holdout_is_seeded_disjoint_and_validated():
@@ -136,7 +112,7 @@ def data():
 
 def _thetas(cfg, n):
     g = torch.Generator().manual_seed(7)
-    mu = torch.tensor(initial_mu(cfg))
+    mu = torch.tensor(SearchSpace.from_config(cfg).initial_mu())
     rows = [mu] + [(mu + 0.2 * torch.randn(mu.shape, generator=g)).clamp(0, 1)
                    for _ in range(n - 1)]
     return torch.stack(rows)
