@@ -10,7 +10,8 @@ import textwrap
 import torch
 from matplotlib.figure import Figure
 
-from .surrogate.bezier import bezier_curve, control_point_coordinates
+from .surrogate.autograd import bezier_curve
+from .surrogate.bezier import control_point_coordinates
 
 __all__ = ["curve_names", "plot_curves", "plot_surfaces"]
 

@@ -33,18 +33,24 @@ boundary and its backward, the window maxima) runs in fused kernels: Triton on C
 (:mod:`.fused`), C++ on CPU (``segloss_d2._C``); the torch code is the same computation, the
 reference and the fallback everywhere. Where each one is chosen: :mod:`.ops`.
 
-Where the code lives:
+Modules, in layers (each imports only from its own layer or the layers below, and the imports
+form no cycle; tests/surrogate/test_layering.py checks both):
 
-- :mod:`.bezier`: the curves (control points, constraints, evaluation, :func:`bezier_curve`).
-- :mod:`.region`: mIoU, fwIoU, BIoU, mACC, pACC and their fused soft sums.
-- :mod:`.boundary`: BF1: soft boundary, erosion, window match.
-- :mod:`.labels`: :class:`~.labels.LabelInfo` (label statistics shared by the metrics of one
-  batch).
-- :mod:`.morphology`: radii, dilation and erosion.
-- :mod:`.ops`: the choice of implementation, the compiled ops and their pure-torch fallbacks.
-- :mod:`.params`: parameters files; :mod:`.loss`: :class:`~.loss.SurrogateLoss`.
+1. curve maths and pure helpers, importing nothing from this package: :mod:`.bezier` (control
+   points and their constraints, the per-piece coefficient layout :class:`~.bezier.Piece` and
+   table, the pure-torch evaluation :func:`~.bezier.evaluate`), :mod:`.morphology` (radii,
+   dilation, erosion), :mod:`.stats` (cross-process reduction), :mod:`.inputs` (input checks);
+2. kernels and data over layer 1: :mod:`.kernels` (loading of the C++ kernels), :mod:`.fused`
+   (launchers of the Triton kernels of :mod:`.triton_kernels`, imported on first use),
+   :mod:`.labels` (:class:`~.labels.LabelInfo`), :mod:`.params` (parameters files);
+3. dispatch: :mod:`.ops` (per op: Triton, C++ or pure torch; no autograd);
+4. autograd: :mod:`.autograd` (the first-order-only guard of this package's Functions, and
+   :func:`~.autograd.bezier_curve`, the differentiable curve);
+5. the relaxed metrics and their autograd Functions: :mod:`.region`, :mod:`.boundary`;
+6. the loss: :mod:`.loss` (:class:`~.loss.SurrogateLoss`), and this package's namespace.
 """
-from .bezier import bezier_curve, identity_theta, theta_to_control_points, validate_control_points
+from .autograd import bezier_curve
+from .bezier import identity_theta, theta_to_control_points, validate_control_points
 from .loss import SurrogateLoss
 from .params import (
     METRICS,

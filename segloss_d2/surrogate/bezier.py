@@ -14,13 +14,19 @@ heights are free and appended to the flat list, ``[..., x_{2n-1}, y_{2n-1}, y_0,
 are free in [0, 1]. The x coordinates always increase strictly (g stays a function of x).
 
 The curve is only evaluated, never trained by gradient descent (the search is black-box), so
-control points are constants: :func:`bezier_curve` is differentiable with respect to ``x`` only.
+control points are constants: :func:`.autograd.bezier_curve` is differentiable with respect to
+``x`` only.
+
+This module is the lowest layer of the surrogates: the curve maths (θ <-> control points and
+their constraints, the per-piece coefficients :class:`Piece` and their table
+:func:`coefficient_table`, the pure-torch evaluation :func:`evaluate`), importing only torch and
+the standard library, nothing of this package. Choosing an implementation (C++ / Triton / torch)
+is :mod:`.ops`'s, autograd is :mod:`.autograd`'s.
 """
 import functools
 from typing import NamedTuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "CONSTRAINTS",
@@ -33,11 +39,9 @@ __all__ = [
     "control_points_to_theta",
     "control_point_coordinates",
     "validate_control_points",
-    "bezier_curve",
     "curve_pieces",
     "Piece",
     "evaluate",
-    "evaluate_curve",
     "coefficient_table",
     "FIELDS",
 ]
@@ -362,17 +366,6 @@ def evaluate(x, pieces, need_grad):
     return g, _affine(coef("d1"), coef("d2"), t).div_(s)
 
 
-def evaluate_curve(x, pieces, need_grad):
-    """g(x) and (if ``need_grad``, else None) dg/dx for a float32/float64 tensor; no autograd.
-
-    ``pieces`` from :func:`curve_pieces`. Dispatched by :func:`.ops.bezier`: one fused pass in
-    the Triton kernel (CUDA) or the C++ kernel (CPU), else :func:`evaluate` in pure torch.
-    """
-    from . import ops  # the dispatch layer sits above this module (it imports it)
-
-    return ops.bezier(x, pieces, need_grad)
-
-
 def curve_pieces(control_points):
     """Validate the length of one curve's flat control points and precompute its pieces.
 
@@ -381,8 +374,8 @@ def curve_pieces(control_points):
             validated (see :func:`validate_control_points`).
 
     Returns:
-        opaque per-piece coefficients (a list of :class:`Piece`) for :func:`evaluate_curve` /
-        :func:`evaluate`.
+        opaque per-piece coefficients (a list of :class:`Piece`) for :func:`evaluate` and
+        :func:`.ops.bezier`.
     """
     if torch.is_tensor(control_points):
         control_points = control_points.detach().reshape(-1).tolist()
@@ -391,77 +384,3 @@ def curve_pieces(control_points):
         raise ValueError(f"control_points must have length 4n-2 (2, 6, 10, ...) or, with free "
                          f"end heights, 4n (4, 8, 12, ...), got {n}")
     return _piece_coefficients(control_points)
-
-
-def no_double_backward():
-    """Raise if a higher-order graph is requested: these backwards are first-order only, and
-    autograd runs a backward with grad mode enabled exactly when ``create_graph=True``, which would
-    otherwise silently miss second-order terms. Applied by :func:`first_order_backward`."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "segloss_d2's surrogates support first-order gradients only; double backward "
-            "(create_graph=True) is not implemented"
-        )
-
-
-def first_order_backward(backward):
-    """Decorator for the ``backward`` of this package's custom autograd Functions.
-
-    torch's :func:`~torch.autograd.function.once_differentiable` runs the backward without
-    recording a graph. On its own it is not enough: it only defers an error to a node attached
-    to its outputs when an incoming *gradient* requires grad, so a second-order request whose
-    incoming gradients are constants (mACC, pACC), or an ``autograd.grad(..., inputs=x)`` that
-    prunes the error node, would silently drop this backward's second-order terms. So
-    :func:`no_double_backward` raises first, as soon as ``create_graph=True`` reaches it.
-
-    Use below ``@staticmethod``.
-    """
-    inner = once_differentiable(backward)
-
-    @functools.wraps(backward)
-    def guarded(ctx, *grads):
-        no_double_backward()
-        return inner(ctx, *grads)
-
-    return guarded
-
-
-class _BezierFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, pieces):
-        g, grad = evaluate_curve(x, pieces, need_grad=x.requires_grad)
-        ctx.save_for_backward(grad)
-        return g
-
-    @staticmethod
-    @first_order_backward
-    def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        return grad_out * grad, None
-
-
-def bezier_curve(x, control_points):
-    """Evaluate the piecewise quadratic Bézier curve g elementwise on ``x`` (docs/method.md §3.1).
-
-    Solves ``x(t) = x`` in closed form: in one fused pass on CUDA (Triton) and on CPU (C++),
-    elsewhere in pure torch (:func:`evaluate`); the choice is :mod:`.ops`'s.
-
-    Args:
-        x (Tensor): any shape, values in [0, 1] (probabilities), any float dtype. Half and bfloat16
-            inputs are computed and returned in float32 (also under autocast); float64 stays
-            float64.
-        control_points: one curve's free control points, flat (4n-2,) sequence or tensor, already
-            validated (see :func:`validate_control_points`).
-
-    Returns:
-        Tensor like ``x`` (float32 or float64) holding g(x); differentiable with respect to ``x``
-        (dg/dx = (dg/dt)(dt/du)(du/dx), through the owning piece only, as in the reference).
-    """
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor, got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}")
-    pieces = curve_pieces(control_points)
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return _BezierFunction.apply(x, pieces)

@@ -19,7 +19,8 @@ import torch
 
 from . import bezier as _curves
 from . import fused, ops
-from .bezier import curve_pieces, first_order_backward
+from .autograd import first_order_backward
+from .bezier import curve_pieces
 from .labels import EPS, LabelInfo
 from .morphology import _erode, _erode_grad_add, check_radius, dilate_bool
 

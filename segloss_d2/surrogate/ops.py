@@ -12,7 +12,9 @@ Three implementations compute the same formulas:
 
 This is the only module that calls ``torch.ops.segloss_d2.*``, and (with the autograd Functions
 that :func:`accelerated` selects in :mod:`.region` and :mod:`.boundary`) the only place that
-chooses. Functions (= compiled op) and their fallbacks:
+chooses. It sits above the curve maths (:mod:`.bezier`) and the kernels (:mod:`.kernels`,
+:mod:`.fused`), and below every autograd Function (:mod:`.autograd`, :mod:`.region`,
+:mod:`.boundary`); no autograd here. Functions (= compiled op) and their fallbacks:
 
 - :func:`bezier`: one curve elementwise; Triton kernel, C++ kernel, or
   :func:`.bezier.evaluate`.

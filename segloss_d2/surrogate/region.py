@@ -14,7 +14,8 @@ pure torch elsewhere). On CUDA the whole Function is replaced by two Triton kern
 import torch
 
 from . import fused, ops
-from .bezier import curve_pieces, evaluate_curve, first_order_backward
+from .autograd import first_order_backward
+from .bezier import curve_pieces
 from .labels import EPS, LabelInfo
 from .morphology import check_radius
 
@@ -52,7 +53,7 @@ class _RegionSums(torch.autograd.Function):
         p_lab = probs.gather(1, index).reshape(-1)
 
         def label_sum(pieces):
-            g, d = evaluate_curve(p_lab, pieces, need_grad)
+            g, d = ops.bezier(p_lab, pieces, need_grad)
             if flat_weight is not None:
                 g = g.mul_(flat_weight)
                 d = None if d is None else d.mul_(flat_weight)

@@ -18,7 +18,7 @@ from segloss_d2.search.runner import (  # noqa: E402
     validate_search_config,
 )
 from segloss_d2.search.space import SearchSpace  # noqa: E402
-from segloss_d2.surrogate.bezier import bezier_curve  # noqa: E402
+from segloss_d2.surrogate.autograd import bezier_curve  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 
 from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402

@@ -31,7 +31,7 @@ def test_initial_mu_is_the_identity(metric, constraints):
     space = SearchSpace([metric], 0, constraints)
     params = space.to_params(space.initial_mu())
     x = torch.linspace(0, 1, 11, dtype=torch.float64)
-    from segloss_d2.surrogate.bezier import bezier_curve
+    from segloss_d2.surrogate.autograd import bezier_curve
 
     for curve in params.control_points[0]:
         assert torch.allclose(bezier_curve(x, curve), x, atol=2e-4)

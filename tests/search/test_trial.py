@@ -39,7 +39,7 @@ def test_search_space_of_the_config_is_the_identity_curves():
 @pytest.mark.parametrize("constraints, bf1, miou", [("all", 8, 12), ("no_monotonic", 8, 12),
                                                     ("no_truth_table", 16, 16), ("none", 16, 16)])
 def test_search_space_of_the_config_under_constraints(constraints, bf1, miou):
-    from segloss_d2.surrogate.bezier import bezier_curve
+    from segloss_d2.surrogate.autograd import bezier_curve
 
     cfg = tiny_search_cfg(opts=["SEARCH.CONSTRAINTS", constraints])
     space = SearchSpace.from_config(cfg)

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from segloss_d2.surrogate.bezier import bezier_curve
+from segloss_d2.surrogate.autograd import bezier_curve
 from segloss_d2.surrogate.loss import SurrogateLoss
 from segloss_d2.surrogate.params import METRICS, SurrogateParams, list_presets, load_params
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from segloss_d2.surrogate.autograd import bezier_curve
 from segloss_d2.surrogate.bezier import (
     CONSTRAINTS,
-    bezier_curve,
     check_constraints,
     control_points_to_theta,
     curve_length,

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from segloss_d2.surrogate import SurrogateLoss, fused, load_params, ops
-from segloss_d2.surrogate.bezier import bezier_curve, curve_pieces, theta_to_control_points
+from segloss_d2.surrogate.autograd import bezier_curve
+from segloss_d2.surrogate.bezier import curve_pieces, theta_to_control_points
 from segloss_d2.surrogate.params import METRICS, SurrogateParams, list_presets
 
 from .conftest import use_fused_on_cpu, use_torch_path
@@ -333,7 +334,7 @@ print("ok")
 
 def test_importing_the_core_does_not_import_triton():
     code = ("import sys, torch\nimport segloss_d2.surrogate, segloss_d2.surrogate.region\n"
-            "import segloss_d2.surrogate.boundary, segloss_d2.surrogate.ops\n"
+            "import segloss_d2.surrogate.boundary, segloss_d2.surrogate.autograd\n"
             "assert 'triton' not in sys.modules, 'triton imported'\n"
             "assert 'segloss_d2.surrogate.triton_kernels' not in sys.modules\nprint('ok')")
     proc = _python(code)

@@ -109,7 +109,7 @@ def test_identity_curves_reproduce_soft_iou():
 @pytest.mark.parametrize("preset", sorted(list_presets()))
 def test_truth_tables_at_binary_inputs(preset):
     """h_AND(p, y) = g(p) y and h_OR = g(p) + y - g(p) y reproduce AND/OR on {0, 1}."""
-    from segloss_d2.surrogate.bezier import bezier_curve
+    from segloss_d2.surrogate.autograd import bezier_curve
 
     for cp in load_params(preset).control_points[0]:
         g = bezier_curve(torch.tensor([0.0, 1.0, 0.0, 1.0]), cp)
