@@ -928,7 +928,8 @@ class SearchStudy:
                 results["ablation"][f"{m}/{s}"] = out["trials"]
 
     def _retrained_answers(self, target: str, results: Dict) -> List[str]:
-        answers = [results["best"][target] if a == "best" else a for a in self.plan.retrain]
+        answers = [results["best"][target] if a == "best" else a for a in self.plan.retrain
+                   if a == "best" or a.partition(":")[0] in self.methods_of(target)]
         if self.plan.retrain_top:
             screen = results["screen"][target]
             ranked = sorted(self.methods_of(target), key=lambda m: -_screen_gain(screen, m)[0])
