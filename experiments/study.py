@@ -40,6 +40,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from segloss_d2.config import PAPER_SEARCH_SETTINGS
 from segloss_d2.metric_names import METRICS
 from segloss_d2.search.ppo import PPOController
 from segloss_d2.search.state import META
@@ -58,12 +59,7 @@ PRESET_OF_TARGET = {"mIoU": "voc_miou", "fwIoU": "voc_fwiou", "BIoU": "voc_biou"
 
 # The paper's settings of every option of docs/method.md §4.6: the reference method sets them
 # explicitly, so it stays the paper's whatever the config's defaults are.
-PAPER_OPTS = ("SEARCH.METHOD", "ppo", "SEARCH.RATIO", "per_dim", "SEARCH.BASELINE", "mu",
-              "SEARCH.ADVANTAGE", "raw", "SEARCH.MIRRORED", False, "SEARCH.SIGMA_END", 0.0,
-              "SEARCH.MAX_MU_STEP", 0.0, "SEARCH.MU_LR", 0.2, "SEARCH.SIGMA", 0.2,
-              "SEARCH.PROXY.SEEDS", "fixed", "SEARCH.PROXY.HALVING", [],
-              "SEARCH.SELECTION.TOP_K", 0, "SEARCH.NUM_PIECES", 0, "SEARCH.CONSTRAINTS", "all",
-              "SEARCH.REWARD_GUARD", "")
+PAPER_OPTS = PAPER_SEARCH_SETTINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,13 +322,13 @@ class StudyPlan:
 _SHAPES = dict(holdout_size=40, search_opts=("SOLVER.BASE_LR", 0.05), pretrain_iters=300)
 
 PLANS = {
-    # What a reviewer runs in <= 15 minutes on 2 CPU cores (2 jobs): the reference PPO, random
-    # search and the new default on both targets, 2 search x 2 training seeds, screened and
-    # retrained; no ablation, budget curve or fidelity check.
+    # What a reviewer runs in <= 15 minutes on 2 CPU cores (2 jobs): the paper's PPO, random
+    # search and segloss_d2's default (BF1: 2-piece curves; mIoU: the paper's settings) on both
+    # targets, 2 search x 2 training seeds, screened and retrained; no budget curve.
     "quick": StudyPlan(
         name="quick", targets=("BF1", "mIoU"), search_seeds=(1, 2), train_seeds=(1, 2),
         iterations=3, samples_per_iter=6, proxy_iters=60, retrain_iters=200,
-        methods=("ppo", "random", "ppo_select"), retrain=("ppo", "random", "ppo_select"),
+        methods=("ppo", "random", "ppo_2piece"), retrain=("ppo", "random", "ppo_2piece"),
         screen_seeds=(901, 902), noise_seeds=(1, 2, 3), **_SHAPES,
     ),
     # The study of docs/search_study.md: 4 x 8 proxies of 100 iterations, 3 search seeds x 3
@@ -343,11 +339,12 @@ PLANS = {
         name="full", targets=("BF1", "mIoU"), search_seeds=(1, 2, 3), train_seeds=(1, 2, 3),
         iterations=4, samples_per_iter=8, proxy_iters=100, retrain_iters=400,
         methods=("ppo", "random", "ppo_joint", "ppo_rank", "ppo_mirrored", "ppo_sigma",
-                 "ppo_trust", "ppo_select", "ppo_halving", "ppo_2piece", "ppo_guard"),
-        retrain=("ppo", "random", "ppo_select", "best"),
+                 "ppo_trust", "ppo_select", "ppo_halving", "ppo_2piece", "random+ppo_2piece",
+                 "ppo_guard"),
+        retrain=("ppo", "random", "ppo_select", "best", "ppo_guard", "random+ppo_2piece"),
         retrain_top=0, screen_seeds=(901, 902, 903), budget_iterations=(2, 4, 6),
         budget_methods=("best", "random"), budget_seeds=(1, 2), budget_targets=("mIoU",),
-        fidelity_candidates=0, noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
+        scratch_targets=("BF1",), fidelity_candidates=0, noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
     ),
 }
 
