@@ -28,7 +28,8 @@ def test_space_of_the_paper_targets():
 def test_default_pieces_are_two_for_every_metric():
     space = SearchSpace.from_config(_cfg())  # 0: segloss_d2's default
     assert space.num_pieces == [2, 2] and space.dim == 12 + theta_dim("BF1", 2)
-    assert SearchSpace(["BF1"], [-1]).num_pieces == [1] and SearchSpace(["BF1"], 3).num_pieces == [3]
+    assert SearchSpace(["BF1"], [-1]).num_pieces == [1]
+    assert SearchSpace(["BF1"], 3).num_pieces == [3]
 
 
 def test_paper_settings_switch_gives_the_paper_search():
