@@ -120,9 +120,7 @@ def add_search_config(cfg):
     cfg.SEARCH.GUARD_REFERENCE = 0.0
     # Reward lost per unit of relative shortfall below the guard's threshold.
     cfg.SEARCH.GUARD_PENALTY = 1.0
-    # Bézier pieces per curve of the searched curves: n >= 1 for every metric; 0 = segloss_d2's
-    # default, 2 for every metric (BF1 searched better with 2, docs/search_study.md); -1 = the
-    # paper's choice per metric (2, and 1 for BF1).
+    # Bézier pieces per curve; 0 = the paper's choice per metric (2, and 1 for BF1).
     cfg.SEARCH.NUM_PIECES = 0
     # Curve parameterization: "all" = the paper's truth-table and monotonicity constraints;
     # "no_truth_table" (free end heights), "no_monotonic" (free y coordinates) or "none" for the
@@ -188,18 +186,3 @@ def add_search_config(cfg):
     # Retries of a Ray task that failed (worker died, node lost) before its trials count as failed.
     cfg.SEARCH.RAY.MAX_RETRIES = 2
     return cfg
-
-
-# The paper's search settings of every option (docs/method.md §4.6): what `tools/search_net.py
-# --paper-settings` applies on top of a config. The budget keys (ITERATIONS, SAMPLES_PER_ITER,
-# PROXY.*) and the proxy are the config's own.
-PAPER_SEARCH_SETTINGS = (
-    "SEARCH.METHOD", "ppo", "SEARCH.RATIO", "per_dim", "SEARCH.BASELINE", "mu",
-    "SEARCH.ADVANTAGE", "raw", "SEARCH.MIRRORED", False, "SEARCH.SIGMA", 0.2,
-    "SEARCH.SIGMA_END", 0.0, "SEARCH.MU_LR", 0.2, "SEARCH.PPO_STEPS", 60, "SEARCH.CLIP_EPS", 0.2,
-    "SEARCH.MAX_MU_STEP", 0.0, "SEARCH.PROXY.SEEDS", "fixed", "SEARCH.PROXY.HALVING", [],
-    "SEARCH.SELECTION.TOP_K", 0, "SEARCH.NUM_PIECES", -1, "SEARCH.CONSTRAINTS", "all",
-    "SEARCH.REWARD_GUARD", "",
-)
-"""KEY, VALUE pairs (for ``cfg.merge_from_list``) of the paper's search settings."""
-

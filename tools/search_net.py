@@ -4,7 +4,6 @@
     tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml
     tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml --resume
     tools/search_net.py --config-file configs/shapes/search_tiny_bf1.yaml --overwrite
-    tools/search_net.py --config-file configs/cityscapes_bf1.yaml --paper-settings
     tools/search_net.py --config-file configs/voc_miou.yaml SEARCH.BACKEND ray \
         SEARCH.RAY.ADDRESS auto SEARCH.RAY.GPUS_PER_TRIAL 1 SEARCH.MODELS_PER_WORKER 4
 
@@ -27,7 +26,6 @@ import sys
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils.logger import setup_logger
 
-from segloss_d2.config import PAPER_SEARCH_SETTINGS
 from segloss_d2.data.errors import CorruptFileError
 from segloss_d2.engine import get_segloss_cfg
 from segloss_d2.search.runner import SearchFailedError, SearchRunner, search_output_dir
@@ -37,8 +35,6 @@ from segloss_d2.search.state import SearchLockedError
 def setup_cfg(args):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(args.config_file)
-    if args.paper_settings:  # the paper's search options; the command line's opts still win
-        cfg.merge_from_list(list(PAPER_SEARCH_SETTINGS))
     cfg.merge_from_list(args.opts)
     cfg.OUTPUT_DIR = search_output_dir(cfg)  # log.txt and config.yaml go next to the search
     cfg.freeze()
@@ -97,13 +93,8 @@ def _remedy(error: OSError) -> str:
 
 
 def argument_parser():
-    """detectron2's default parser plus ``--overwrite`` and ``--paper-settings``."""
+    """detectron2's default parser plus ``--overwrite``."""
     parser = default_argument_parser()
-    parser.add_argument("--paper-settings", action="store_true",
-                        help="search with the paper's settings of every search option "
-                             "(segloss_d2.config.PAPER_SEARCH_SETTINGS: PPO, per-dimension ratio, "
-                             "raw advantages, fixed sigma, no selection, 1-piece BF1 curves) "
-                             "instead of segloss_d2's defaults")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the search in the output directory (its state and results) "
                              "and start over")

@@ -330,11 +330,7 @@ def search_fingerprint_config(cfg) -> Dict[str, Any]:
     spelling; what SearchState fingerprints."""
     plain = _to_plain(cfg)
     # one search whatever the spelling: "miou" and "mIoU" are the same target
-    space = SearchSpace.from_config(cfg)
-    plain["SEARCH"]["TARGET_METRIC"] = space.target
-    # the pieces searched, not the key's shorthand (0 = the default, -1 = the paper's), so that
-    # a search made under another default is refused on resume, naming the key
-    plain["SEARCH"]["NUM_PIECES"] = space.num_pieces
+    plain["SEARCH"]["TARGET_METRIC"] = SearchSpace.from_config(cfg).target
     not_fingerprinted = _NOT_FINGERPRINTED
     if cfg.SEARCH.PROXY.HALVING:  # halving ranks the proxies of a group: K changes the results
         not_fingerprinted = [p for p in not_fingerprinted if p != ("SEARCH", "MODELS_PER_WORKER")]

@@ -20,17 +20,7 @@ from ..metric_names import ALIASES, METRICS, canonical_metric
 from ..surrogate.bezier import CLAMP_MAX, CLAMP_MIN, check_constraints, identity_theta
 from ..surrogate.params import SurrogateParams, default_num_pieces, theta_dim
 
-__all__ = ["SearchSpace", "DEFAULT_PIECES", "PAPER_PIECES", "paper_num_pieces"]
-
-DEFAULT_PIECES = 2
-"""Pieces per curve of a search when ``SEARCH.NUM_PIECES`` is 0, for every metric: BF1's 2-piece
-curves searched better than the paper's 1-piece ones (docs/search_study.md)."""
-
-PAPER_PIECES = -1
-"""``SEARCH.NUM_PIECES`` value selecting the paper's choice per metric (1 for BF1, 2 otherwise)."""
-
-paper_num_pieces = default_num_pieces
-"""The paper's pieces per curve of a metric (its released configs): 1 for BF1, 2 otherwise."""
+__all__ = ["SearchSpace"]
 
 
 class SearchSpace:
@@ -40,8 +30,7 @@ class SearchSpace:
         metrics (list[str]): target metrics (e.g. ``["mIoU", "BF1"]``; aliases accepted,
             :mod:`segloss_d2.metric_names`), distinct.
         num_pieces (int or list[int]): Bézier pieces per curve, one for all or one per metric;
-            0 = segloss_d2's default, :data:`DEFAULT_PIECES` for every metric; -1 = the paper's
-            choice for that metric (:func:`paper_num_pieces`: 1 for BF1, 2 otherwise).
+            0 = the paper's choice for that metric.
         constraints (str): curve constraints, one of
             :data:`~segloss_d2.surrogate.bezier.CONSTRAINTS`.
 
@@ -61,14 +50,11 @@ class SearchSpace:
         pieces = list(num_pieces) if isinstance(num_pieces, (list, tuple)) else (
             [num_pieces] * len(metrics))
         if len(pieces) != len(metrics) or any(
-                isinstance(n, bool) or not isinstance(n, int) or n < PAPER_PIECES for n in pieces):
-            raise ValueError(f"num_pieces must be an int >= 1, 0 (segloss_d2's default, "
-                             f"{DEFAULT_PIECES}) or -1 (the paper's per metric), or one such per "
+                isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in pieces):
+            raise ValueError(f"num_pieces must be an int >= 0 (0 = paper default) or one per "
                              f"metric, got {num_pieces!r}")
         self.metrics: List[str] = metrics
-        self.num_pieces: List[int] = [
-            paper_num_pieces(m) if n == PAPER_PIECES else n or DEFAULT_PIECES
-            for m, n in zip(metrics, pieces)]
+        self.num_pieces: List[int] = [n or default_num_pieces(m) for m, n in zip(metrics, pieces)]
         self.constraints: str = check_constraints(constraints)
         self.dims: List[int] = [theta_dim(m, n, self.constraints)
                                 for m, n in zip(self.metrics, self.num_pieces)]
@@ -80,10 +66,9 @@ class SearchSpace:
         s = cfg.SEARCH
         names = cls.parse_target(s.TARGET_METRIC)
         n = s.NUM_PIECES
-        if isinstance(n, bool) or not isinstance(n, int) or n < PAPER_PIECES:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(
-                f"SEARCH.NUM_PIECES must be an int >= 1, 0 (segloss_d2's default, "
-                f"{DEFAULT_PIECES} pieces) or -1 (the paper's: 1 for BF1, 2 otherwise), got {n!r}")
+                f"SEARCH.NUM_PIECES must be an int >= 0 (0 = paper default), got {n!r}")
         try:
             check_constraints(s.CONSTRAINTS)
         except ValueError as e:

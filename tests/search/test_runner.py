@@ -119,7 +119,7 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
     ("SEARCH.PROXY.MAX_ITER", 0, "SEARCH.PROXY.MAX_ITER"),
     ("SEARCH.SIGMA", 0.0, "SEARCH.SIGMA"),
     ("SEARCH.CLIP_EPS", 1.5, "SEARCH.CLIP_EPS"),
-    ("SEARCH.NUM_PIECES", -2, "SEARCH.NUM_PIECES"),
+    ("SEARCH.NUM_PIECES", -1, "SEARCH.NUM_PIECES"),
     ("SEARCH.HOLDOUT.SIZE", 0, "SEARCH.HOLDOUT.SIZE"),
     ("SEARCH.CONSTRAINTS", "monotone", "SEARCH.CONSTRAINTS: .*got 'monotone'"),
     ("SEARCH.CONSTRAINTS", "", "SEARCH.CONSTRAINTS"),
@@ -274,7 +274,7 @@ def test_random_search_with_free_curves_end_to_end(tmp_path):
                                                               for i in range(3)]
     assert all(r["status"] == "ok" and 0 <= r["reward"] <= 1 for r in trials)
     mu0 = SearchSpace.from_config(cfg).initial_mu()
-    assert len(mu0) == 48  # mIoU 2 x 8 + BF1 4 x 8: 2 pieces each, free end heights
+    assert len(mu0) == 32  # mIoU 2 x 8 + BF1 4 x 4: free end heights
     assert all(r["theta"] != pytest.approx(mu0, abs=1e-3) for r in trials)  # all random
     ckpt = torch.load(os.path.join(out, "controller.pt"), weights_only=True)
     assert ckpt["controller"]["config"]["method"] == "random"

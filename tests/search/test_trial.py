@@ -25,9 +25,7 @@ from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
 
 
 def test_search_space_of_the_config_is_the_identity_curves():
-    space = SearchSpace.from_config(tiny_search_cfg())  # segloss_d2's default: 2 pieces
-    assert space.dim == 12 + 24 and space.num_pieces == [2, 2]
-    space = SearchSpace.from_config(tiny_search_cfg(opts=["SEARCH.NUM_PIECES", -1]))  # paper's
+    space = SearchSpace.from_config(tiny_search_cfg())
     assert space.dim == 12 + 8  # mIoU: 2 curves x 6, BF1: 4 curves x 2 (1 piece)
     params = space.to_params(space.initial_mu())
     ident = identity_params(["mIoU", "BF1"])
@@ -43,7 +41,7 @@ def test_search_space_of_the_config_is_the_identity_curves():
 def test_search_space_of_the_config_under_constraints(constraints, bf1, miou):
     from segloss_d2.surrogate.autograd import bezier_curve
 
-    cfg = tiny_search_cfg(opts=["SEARCH.CONSTRAINTS", constraints, "SEARCH.NUM_PIECES", -1])
+    cfg = tiny_search_cfg(opts=["SEARCH.CONSTRAINTS", constraints])
     space = SearchSpace.from_config(cfg)
     assert space.dim == miou + bf1
     mu = space.initial_mu()
@@ -71,7 +69,7 @@ def test_bad_search_constraints():
 
 
 def test_to_params_splits_by_metric_in_order():
-    space = SearchSpace.from_config(tiny_search_cfg(opts=["SEARCH.NUM_PIECES", -1]))
+    space = SearchSpace.from_config(tiny_search_cfg())
     theta = torch.linspace(0.05, 0.95, 20)
     params = space.to_params(theta, reward=0.5, provenance={"seed": 1})
     assert [len(c) for c in params.thetas[0]] == [6, 6]
