@@ -986,10 +986,23 @@ def _recipe_label(recipe: str) -> str:
 def _screen_gain(screen: Dict, answer: str) -> Tuple[float, float, List[float]]:
     """Screening gain of ``answer`` over the identity: per search seed the mean over the fresh
     proxy seeds of (answer's reward − identity's reward); returns (mean, std over search seeds,
-    per-seed gains)."""
+    per-seed gains). Search seeds whose screening lacks ``answer`` (a study resumed with another
+    method list) are left out."""
     per_seed = [float(np.mean([r[answer] - r["identity"] for r in by_proxy.values()]))
-                for _, by_proxy in sorted(screen.items(), key=lambda kv: int(kv[0]))]
+                for _, by_proxy in sorted(screen.items(), key=lambda kv: int(kv[0]))
+                if all(answer in r for r in by_proxy.values())]
+    if not per_seed:
+        raise KeyError(f"no screening holds the answer {answer!r}")
     return (*mean_std(per_seed), per_seed)
+
+
+def screened_answers(screen: Dict) -> List[str]:
+    """Every answer screened for any search seed (first-seen order), the identity left out."""
+    seen: Dict[str, None] = {}
+    for by_proxy in screen.values():
+        for r in by_proxy.values():
+            seen.update((a, None) for a in r if a != "identity")
+    return list(seen)
 
 
 def best_so_far(trials: List[Dict], iterations: Optional[int] = None) -> List[float]:

@@ -18,6 +18,7 @@ from .study import (
     _screen_gain,
     best_so_far,
     mean_std,
+    screened_answers,
     spearman,
     target_value,
 )
@@ -269,8 +270,7 @@ def write_report(results: Dict, out_dir: str) -> str:
     for target in plan["targets"]:
         screen = results["screen"].get(target)
         if screen:
-            some = next(iter(next(iter(screen.values())).values()))
-            answers = [a for a in some if a != "identity"]
+            answers = screened_answers(screen)
             lines += [
                 f"## {target}: screening (proxy level)", "",
                 "The answer of every search and the identity curves (the unsearched start), "
@@ -284,7 +284,8 @@ def write_report(results: Dict, out_dir: str) -> str:
             for answer in answers:
                 gain, sd, per_seed = _screen_gain(screen, answer)
                 reward = mean_std([np.mean([r[answer] for r in by.values()])
-                                   for by in screen.values()])
+                                   for by in screen.values()
+                                   if all(answer in r for r in by.values())])
                 method = answer.partition(":")[0]
                 runs = _runs(results["searches"], f"{target}/{method}/")
                 search_side = "| | | "

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("detectron2")
@@ -13,10 +14,12 @@ from experiments.study import (  # noqa: E402
     METHODS,
     PLANS,
     SearchStudy,
+    _screen_gain,
     answer_names,
     best_so_far,
     mean_std,
     method_opts,
+    screened_answers,
     search_budget,
     spearman,
     target_value,
@@ -53,6 +56,20 @@ def test_spearman_and_mean_std():
     assert mean_std([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2.0)))
     assert mean_std([5.0]) == (5.0, 0.0)
     assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_screen_gain_over_seeds_with_different_methods():
+    # A study resumed with another method list: seed 3 screened fewer answers than seeds 1 and 2.
+    screen = {"1": {"901": {"identity": 0.5, "ppo": 0.6, "ppo_joint": 0.52}},
+              "2": {"901": {"identity": 0.5, "ppo": 0.54, "ppo_joint": 0.56}},
+              "3": {"901": {"identity": 0.4, "ppo": 0.45}, "902": {"identity": 0.4, "ppo": 0.47}}}
+    assert screened_answers(screen) == ["ppo", "ppo_joint"]
+    gain, sd, per_seed = _screen_gain(screen, "ppo")
+    assert per_seed == pytest.approx([0.1, 0.04, 0.06])
+    assert gain == pytest.approx(np.mean([0.1, 0.04, 0.06]))
+    assert _screen_gain(screen, "ppo_joint")[2] == pytest.approx([0.02, 0.06])
+    with pytest.raises(KeyError, match="ppo_halving"):
+        _screen_gain(screen, "ppo_halving")
 
 
 def test_best_so_far():
