@@ -129,7 +129,8 @@ def reward_noise(args, cfg, trials):
 
 def learning_summary(trials, noise_std):
     """One line: mu's reward at the first and last iteration against the reward noise."""
-    mu = sorted((t["iteration"], t["reward"]) for t in trials if t["index"] == 0)
+    mu = sorted((t["iteration"], t["reward"]) for t in trials
+                if t["index"] == 0 and t.get("stage", "search") == "search")
     first, last = mu[0][1], mu[-1][1]
     verdict = ("the search learned: mu's reward rose by more than the noise" if
                last - first > noise_std else

@@ -16,6 +16,9 @@ TINY_OPTS = [
     "SOLVER.IMS_PER_BATCH", 4,
     "SOLVER.BASE_LR", 0.01,
     "SEARCH.MODELS_PER_WORKER", 3,
+    # the paper's answer (no selection stage), so that trial counts stay those of the iterations;
+    # tests of the selection (and of the defaults) set it themselves
+    "SEARCH.SELECTION.TOP_K", 0,
 ]
 
 

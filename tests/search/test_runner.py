@@ -14,6 +14,7 @@ from segloss_d2.search.ppo import PPOController, RandomSearchController  # noqa:
 from segloss_d2.search.runner import (  # noqa: E402
     SearchRunner,
     build_controller,
+    build_selection,
     search_fingerprint_config,
     validate_search_config,
 )
@@ -372,6 +373,12 @@ def test_paper_search_configs(path):
     assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, tuple(cfg.INPUT.CROP.SIZE)) == \
         (32, 0.02, (128, 128))
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.RESNETS.NORM == "BN"
+    # the default answer: the 3 best sampled candidates and the mean re-evaluated with 2 fresh
+    # seeds each (8 proxy trainings after the paper's 384); TOP_K 0 is the paper's best sampled
+    selection = build_selection(cfg)
+    assert (selection.top_k, len(selection.seeds), selection.max_trainings) == (3, 2, 8)
+    cfg.merge_from_list(["SEARCH.SELECTION.TOP_K", 0])
+    assert build_selection(cfg) is None
 
 
 def test_guarded_search_measures_the_reference_once_and_resume_keeps_it(tmp_path, monkeypatch):

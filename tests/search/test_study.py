@@ -100,6 +100,15 @@ def test_every_method_spends_the_same_budget(method, iterations, samples):
     assert search_budget(cfg) == iterations * samples * 100, method
 
 
+def test_the_tiny_config_with_the_default_selection_spends_the_study_budget():
+    """configs/shapes/search_tiny_bf1.yaml (the demo's search) with the library's defaults, i.e.
+    the selection on, costs what the study's 4 x 8 searches cost."""
+    cfg = _cfg([])
+    assert cfg.SEARCH.SELECTION.TOP_K == 3
+    assert search_budget(cfg) == 4 * 8 * cfg.SEARCH.PROXY.MAX_ITER
+    assert search_budget(_cfg(method_opts("ppo_select", 4, 8))) == search_budget(cfg)
+
+
 def test_method_options_and_names():
     opts = method_opts("ppo_select+ppo_trust", 4, 8)
     cfg = _cfg(opts)
