@@ -9,8 +9,9 @@
 
 Results in SEARCH.OUTPUT_DIR (or OUTPUT_DIR): best_params.json (the candidate the final selection
 chose; use it with ``MODEL.SEM_SEG_HEAD.LOSS_TYPE searched MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS
-<path>``), best_sampled_params.json (the paper's answer), final_mu_params.json, trials.jsonl, controller.pt, TensorBoard scalars, reward_curve.png and the
-searched curves. ``--resume`` continues an interrupted search and re-runs only unfinished trials;
+<path>``), best_sampled_params.json (the paper's answer), final_mu_params.json, trials.jsonl,
+controller.pt, TensorBoard scalars, reward_curve.png and the searched curves. ``--resume``
+continues an interrupted search and re-runs only unfinished trials;
 ``--overwrite`` deletes the search found in the directory (its state and results) and starts
 over. One process at a time may use a directory (a second one is refused). The search runs in
 one process (``local`` backend) or on Ray: detectron2's launcher options ``--num-gpus`` /

@@ -201,7 +201,7 @@ def test_study_smoke_run_and_resume(tmp_path):
     for section in ("## Reward noise", "## BF1: screening", "## BF1: final training",
                     "## BF1: budget curve", "PPO, paper settings", "random search",
                     "naive (identity curves)", "cross-entropy", "released VOC preset",
-                    "PPO + selection by re-evaluation: best sampled θ",
+                    "PPO + selection by re-evaluation (the default): best sampled θ",
                     "## BF1: final training from random weights",
                     "## BF1: transfer to another network: tiny Semantic FPN",
                     "PPO, BF1 reward guarded by mIoU",
