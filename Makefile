@@ -24,7 +24,7 @@ lint: install
 	$(PY) -m ruff check .
 
 # The search-quality study (docs/search_study.md): --quick 10.3 min measured on 2 CPU cores;
-# `make study STUDY_ARGS=` runs the full study (145 minutes on 2 cores, measured as three passes:
+# `make study STUDY_ARGS=` runs the full study (151 minutes on 2 cores, measured as four passes:
 # docs/search_study.md).
 STUDY_ARGS ?= --quick
 study: install
