@@ -23,9 +23,8 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check .
 
-# The search-quality study (docs/search_study.md): --quick 10.3 min measured on 2 CPU cores;
-# `make study STUDY_ARGS=` runs the full study (151 minutes on 2 cores, measured as four passes:
-# docs/search_study.md).
+# The search-quality study (docs/search_study.md, which gives both modes' measured wall times):
+# --quick by default; `make study STUDY_ARGS=` runs the full study.
 STUDY_ARGS ?= --quick
 study: install
 	$(PY) benchmarks/study_search.py $(STUDY_ARGS)

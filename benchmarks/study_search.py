@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Search-quality study: PPO vs random search vs no search, at equal budget (docs/search_study.md).
 
-    .venv/bin/python benchmarks/study_search.py --quick        # 10.3 min measured, 2 cores
-    .venv/bin/python benchmarks/study_search.py                # full: 151 min measured
+    .venv/bin/python benchmarks/study_search.py --quick        # what `make study` runs
+    .venv/bin/python benchmarks/study_search.py                # full mode
     .venv/bin/python benchmarks/study_search.py --quick --report-dir docs/search_study/quick
 
 Runs :class:`experiments.study.SearchStudy` on the embedded segloss_shapes data (CPU) and

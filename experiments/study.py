@@ -983,16 +983,24 @@ def _recipe_label(recipe: str) -> str:
     return f" @{_recipe_tag(recipe)[1:]}" if recipe else ""
 
 
-def _screen_gain(screen: Dict, answer: str) -> Tuple[float, float, List[float]]:
-    """Screening gain of ``answer`` over the identity: per search seed the mean over the fresh
-    proxy seeds of (answer's reward − identity's reward); returns (mean, std over search seeds,
-    per-seed gains). Search seeds whose screening lacks ``answer`` (a study resumed with another
-    method list) are left out."""
-    per_seed = [float(np.mean([r[answer] - r["identity"] for r in by_proxy.values()]))
-                for _, by_proxy in sorted(screen.items(), key=lambda kv: int(kv[0]))
-                if all(answer in r for r in by_proxy.values())]
-    if not per_seed:
+def screened_seeds(screen: Dict, answer: str) -> List[List[Dict[str, float]]]:
+    """Per search seed (in seed order) whose screening holds ``answer``, its proxy-seed results
+    ({answer: reward}); seeds screened without it (a study resumed with another method list) are
+    left out."""
+    rows = [list(by_proxy.values())
+            for _, by_proxy in sorted(screen.items(), key=lambda kv: int(kv[0]))]
+    rows = [r for r in rows if all(answer in one for one in r)]
+    if not rows:
         raise KeyError(f"no screening holds the answer {answer!r}")
+    return rows
+
+
+def _screen_gain(screen: Dict, answer: str) -> Tuple[float, float, List[float]]:
+    """Screening gain of ``answer`` over the identity: per search seed (of
+    :func:`screened_seeds`) the mean over the fresh proxy seeds of (answer's reward − identity's
+    reward); returns (mean, std over search seeds, per-seed gains)."""
+    per_seed = [float(np.mean([r[answer] - r["identity"] for r in rows]))
+                for rows in screened_seeds(screen, answer)]
     return (*mean_std(per_seed), per_seed)
 
 

@@ -19,6 +19,7 @@ from .study import (
     best_so_far,
     mean_std,
     screened_answers,
+    screened_seeds,
     spearman,
     target_value,
 )
@@ -283,9 +284,8 @@ def write_report(results: Dict, out_dir: str) -> str:
                 "μ step |", "|---|---|---|---|---|---|---|---|"]
             for answer in answers:
                 gain, sd, per_seed = _screen_gain(screen, answer)
-                reward = mean_std([np.mean([r[answer] for r in by.values()])
-                                   for by in screen.values()
-                                   if all(answer in r for r in by.values())])
+                reward = mean_std([np.mean([r[answer] for r in rows])
+                                   for rows in screened_seeds(screen, answer)])
                 method = answer.partition(":")[0]
                 runs = _runs(results["searches"], f"{target}/{method}/")
                 search_side = "| | | "

@@ -41,7 +41,7 @@ from segloss_d2.engine import get_segloss_cfg  # noqa: E402
 from segloss_d2.search.plots import plot_reward_curve  # noqa: E402
 from segloss_d2.search.runner import SearchRunner  # noqa: E402
 from segloss_d2.search.space import SearchSpace  # noqa: E402
-from segloss_d2.search.state import META  # noqa: E402
+from segloss_d2.search.state import META, search_stage_trials  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 from segloss_d2.visualize import plot_curves, plot_surfaces  # noqa: E402
 
@@ -129,8 +129,8 @@ def reward_noise(args, cfg, trials):
 
 def learning_summary(trials, noise_std):
     """One line: mu's reward at the first and last iteration against the reward noise."""
-    mu = sorted((t["iteration"], t["reward"]) for t in trials
-                if t["index"] == 0 and t.get("stage", "search") == "search")
+    mu = sorted((t["iteration"], t["reward"])
+                for t in search_stage_trials(trials, ok_only=False) if t["index"] == 0)
     first, last = mu[0][1], mu[-1][1]
     verdict = ("the search learned: mu's reward rose by more than the noise" if
                last - first > noise_std else
@@ -224,7 +224,7 @@ def main():
                       "(the naive surrogate)")
     plot_surfaces(params, os.path.join(out, "searched_surfaces.png"),
                   title=f"searched {target} surrogate: h_AND / h_OR")
-    plot_reward_curve([t for t in trials if t.get("stage", "search") == "search"],
+    plot_reward_curve(search_stage_trials(trials, ok_only=False),
                       os.path.join(out, "reward_curve.png"), target, noise_std=noise_std)
 
     losses = [("cross_entropy", ("MODEL.SEM_SEG_HEAD.LOSS_TYPE", "cross_entropy")),
