@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/study_search.py --quick        # what `make study` runs
     .venv/bin/python benchmarks/study_search.py                # full mode
+    .venv/bin/python benchmarks/study_search.py --plan boundary --output-dir output/study_boundary
     .venv/bin/python benchmarks/study_search.py --quick --report-dir docs/search_study/quick
 
 Runs :class:`experiments.study.SearchStudy` on the embedded segloss_shapes data (CPU) and
@@ -33,8 +34,11 @@ TRAIN_CONFIG = os.path.join(REPO, "configs", "shapes", "Base-Tiny-DeepLabV3Plus.
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="the small plan (what a reviewer runs)")
-    p.add_argument("--output-dir", default="", help="default: output/study_{quick,full}")
+    p.add_argument("--quick", action="store_true", help="the small plan (what a reviewer runs); "
+                   "same as --plan quick")
+    p.add_argument("--plan", default="full", choices=sorted(PLANS),
+                   help="the plan of experiments.study.PLANS (default full)")
+    p.add_argument("--output-dir", default="", help="default: output/study_<plan>")
     p.add_argument("--report-dir", default="", help="also copy the report and plots here")
     p.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
                    help="override a StudyPlan field, e.g. --set retrain_iters 50 or --set "
@@ -47,7 +51,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    plan = PLANS["quick" if args.quick else "full"].with_configs(SEARCH_CONFIG, TRAIN_CONFIG)
+    plan = PLANS["quick" if args.quick else args.plan].with_configs(SEARCH_CONFIG, TRAIN_CONFIG)
     fields = {f.name: f for f in dataclasses.fields(plan)}
     for name, value in args.set:
         if name not in fields:

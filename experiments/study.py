@@ -44,6 +44,8 @@ from segloss_d2.metric_names import METRICS
 from segloss_d2.search.ppo import PPOController
 from segloss_d2.search.state import META
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 __all__ = ["StudyPlan", "PLANS", "SearchStudy", "Method", "METHODS", "spearman", "mean_std",
            "UNSEARCHED", "PRESET_OF_TARGET", "rewards_across_seeds", "best_so_far",
            "method_opts", "search_budget", "answer_names", "route_library_logs",
@@ -350,6 +352,22 @@ PLANS = {
         budget_methods=("best", "random"), budget_seeds=(1, 2), budget_targets=("mIoU",),
         scratch_targets=("BF1",), fidelity_candidates=0, noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
     ),
+    # Boundary losses people can adopt (docs/search_study.md, "Boundaries without losing the
+    # regions"): the full mode's budget and seeds, run into a copy of a full study's directory so
+    # that its searches and retrainings are reused. Adds the combined mIoU+BF1 target (the default
+    # search, retrained from the pretrained and from random weights) and retrains the default
+    # search's answer of every target with two other networks and on segloss_shapes_hires, a
+    # dataset no search has seen (the transfer).
+    "boundary": StudyPlan(
+        name="boundary", targets=("BF1", "mIoU", "mIoU+BF1"), search_seeds=(1, 2, 3),
+        train_seeds=(1, 2, 3), iterations=4, samples_per_iter=8, proxy_iters=100,
+        retrain_iters=400, methods=("ppo_select", "ppo_guard"),
+        retrain=("ppo_select", "ppo_guard"), screen_seeds=(901, 902, 903),
+        scratch_targets=("BF1", "mIoU+BF1"), scratch_answers=("ppo_select",),
+        transfer_configs=tuple(os.path.join(_REPO, "configs", "shapes", f"Base-Tiny-{name}.yaml")
+                               for name in ("SemanticFPN", "PointRend", "DeepLabV3Plus-Hires")),
+        transfer_answers=("ppo_select",), noise_seeds=(1, 2, 3, 4, 5), **_SHAPES,
+    ),
 }
 
 
@@ -600,22 +618,13 @@ class SearchStudy:
         results on the config's test split (percent). ``recipe``: "" = the plan's train config
         from the pretrained weights; "scratch" = the same from random weights; a config file =
         that model/dataset (for the transfer rows) from the pretrained weights."""
-        from segloss_d2.engine import get_segloss_cfg
-
         from .compare import train_and_evaluate
 
         out = os.path.join(self.out, "retrain", target, f"{name}_t{train_seed}")
         path = os.path.join(out, "study_results.json")
         if os.path.exists(path):
             return _read_json(path)["results"]
-        config = recipe if recipe not in ("", "scratch") else self.plan.train_config
-        cfg = get_segloss_cfg()
-        with open(config, encoding="utf-8") as f:
-            if "POINT_HEAD" in f.read():  # detectron2's PointRend project needs its keys
-                from detectron2.projects.point_rend import add_pointrend_config
-
-                add_pointrend_config(cfg)
-        cfg.merge_from_file(config)
+        cfg = _train_cfg(recipe if recipe not in ("", "scratch") else self.plan.train_config)
         weights = "" if recipe == "scratch" else self.weights()
         cfg.merge_from_list(["SOLVER.MAX_ITER", self.plan.retrain_iters, "SEED", train_seed,
                              "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out, *loss_opts])
@@ -771,7 +780,11 @@ class SearchStudy:
         from segloss_d2 import engine  # noqa: F401  (registers the datasets)
 
         self.weights()
-        for name in ("segloss_shapes_train", "segloss_shapes_val", "segloss_shapes_pretrain"):
+        names = ["segloss_shapes_train", "segloss_shapes_val", "segloss_shapes_pretrain"]
+        for config in self.plan.transfer_configs:  # e.g. segloss_shapes_hires, made on first use
+            cfg = _train_cfg(config)
+            names += list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+        for name in dict.fromkeys(names):
             DatasetCatalog.get(name)
 
     def best_method(self, target: str, screen: Dict) -> str:
@@ -968,6 +981,21 @@ class SearchStudy:
         return [{"reward": t["reward"], "retrained": target_value(r, target),
                  "iteration": t["iteration"],
                  "index": t["index"]} for t, r in zip(picks, retrained)]
+
+
+def _train_cfg(config_file: str):
+    """An unfrozen segloss_d2 config merged from a train config file (PointRend's keys added when
+    the file uses them)."""
+    from segloss_d2.engine import get_segloss_cfg
+
+    cfg = get_segloss_cfg()
+    with open(config_file, encoding="utf-8") as f:
+        if "POINT_HEAD" in f.read():  # detectron2's PointRend project needs its keys
+            from detectron2.projects.point_rend import add_pointrend_config
+
+            add_pointrend_config(cfg)
+    cfg.merge_from_file(config_file)
+    return cfg
 
 
 def _recipe_tag(recipe: str) -> str:
