@@ -23,23 +23,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
 from segloss_d2.search.backends import LocalBackend, RayBackend  # noqa: E402
-from segloss_d2.search.space import SearchSpace  # noqa: E402
+from segloss_d2.search.settings import SearchSettings  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "configs", "shapes", "search_tiny_bf1.yaml")
 
 
-def make_cfg(args, opts=()):
+def make_settings(args, opts=()):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(["SEARCH.PROXY.MAX_ITER", args.max_iter,
                          "SEARCH.HOLDOUT.SIZE", args.holdout] + list(opts))
-    return cfg
+    return SearchSettings.from_config(cfg)
 
 
-def candidates(cfg, n):
+def candidates(settings, n):
     g = torch.Generator().manual_seed(0)
-    mu = torch.tensor(SearchSpace.from_config(cfg).initial_mu())
+    mu = torch.tensor(settings.space.initial_mu())
     return torch.stack([mu] + [(mu + 0.2 * torch.randn(mu.shape, generator=g)).clamp(0, 1)
                                for _ in range(n - 1)])
 
@@ -76,11 +76,10 @@ def main():
     print(f"config {args.config_file}, {args.candidates} candidates, proxy MAX_ITER "
           f"{args.max_iter}, hold-out {args.holdout}, torch threads {torch.get_num_threads()}")
 
-    cfg = make_cfg(args)
-    thetas = candidates(cfg, args.candidates)
-    timed(LocalBackend(make_cfg(args, ["SEARCH.MODELS_PER_WORKER", 1])), thetas[:1])  # warm-up
+    thetas = candidates(make_settings(args), args.candidates)
+    timed(LocalBackend(make_settings(args, ["SEARCH.MODELS_PER_WORKER", 1])), thetas[:1])  # warm-up
     rows = {}
-    backends = {k: LocalBackend(make_cfg(args, ["SEARCH.MODELS_PER_WORKER", k]))
+    backends = {k: LocalBackend(make_settings(args, ["SEARCH.MODELS_PER_WORKER", k]))
                 for k in (1, args.candidates)}
     for _ in range(args.repeats):
         for k, backend in backends.items():
@@ -102,9 +101,9 @@ def main():
             rows = {}
             for workers in (1, 2):
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-                backend = RayBackend(make_cfg(args, ["SEARCH.BACKEND", "ray",
-                                                     "SEARCH.MODELS_PER_WORKER", 1,
-                                                     "SEARCH.RAY.CPUS_PER_TRIAL", 1]))
+                backend = RayBackend(make_settings(args, ["SEARCH.BACKEND", "ray",
+                                                          "SEARCH.MODELS_PER_WORKER", 1,
+                                                          "SEARCH.RAY.CPUS_PER_TRIAL", 1]))
                 timed(backend, thetas[:workers])  # warm-up: start the workers, load the data
                 seconds, rewards = min(timed(backend, thetas) for _ in range(args.repeats))
                 rows[f"ray {workers} worker(s)"] = (seconds, len(thetas), rewards)

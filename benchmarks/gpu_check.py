@@ -439,15 +439,15 @@ def _proxy_cfg(device, sizes, train_name, opts=()):
 
 
 def section_proxy(device, sizes, root):
-    from segloss_d2.search.space import SearchSpace
+    from segloss_d2.search.settings import SearchSettings
     from segloss_d2.search.trial import train_candidates
 
     s = sizes
     train = make_voc_like(root, "gpu_check_proxy_train", s["proxy_train_images"], s["image"], 1)
     reward = make_voc_like(root, "gpu_check_proxy_reward", s["proxy_reward_images"], s["image"], 2)
-    cfg = _proxy_cfg(device, sizes, "gpu_check_proxy_train")
+    settings = SearchSettings.from_config(_proxy_cfg(device, sizes, "gpu_check_proxy_train"))
     g = torch.Generator().manual_seed(0)
-    mu = torch.tensor(SearchSpace.from_config(cfg).initial_mu())
+    mu = torch.tensor(settings.space.initial_mu())
     n = max(s["proxy_candidates_k1"], s["proxy_candidates_k4"])
     thetas = torch.stack([mu] + [(mu + 0.2 * torch.randn(mu.shape, generator=g)).clamp(0, 1)
                                  for _ in range(n - 1)])
@@ -456,7 +456,7 @@ def section_proxy(device, sizes, root):
           f"{s['proxy_crop']}, reward on {len(reward)} images, {s['proxy_workers']} loader workers")
     if device.type == "cuda":  # warm-up: CUDA context, cuDNN autotuning, loader workers
         warm = _proxy_cfg(device, sizes, "gpu_check_proxy_train", ["SEARCH.PROXY.MAX_ITER", 1])
-        train_candidates(warm, thetas[:1], train, reward)
+        train_candidates(SearchSettings.from_config(warm), thetas[:1], train, reward)
     runs = [("K=1", 1, s["proxy_candidates_k1"], ()), ("K=4", 4, s["proxy_candidates_k4"], ())]
     if device.type == "cuda":
         runs.append(("K=4 AMP", 4, s["proxy_candidates_k4"], ("SOLVER.AMP.ENABLED", True)))
@@ -464,12 +464,14 @@ def section_proxy(device, sizes, root):
     print(f"{'models/worker':14s} {'trials':>6s} {'s/trial':>8s} {'trials/h':>9s} {'x K=1':>6s} "
           f"{'peak MiB':>9s}  rewards")
     for name, k, count, opts in runs:
-        cfg = _proxy_cfg(device, sizes, "gpu_check_proxy_train", list(opts))
+        settings = SearchSettings.from_config(
+            _proxy_cfg(device, sizes, "gpu_check_proxy_train", list(opts)))
         results, peak = [], 0.0
         start = time.perf_counter()
         for first in range(0, count, k):
             base = _reset_peak(device)
-            results += train_candidates(cfg, thetas[first:min(first + k, count)], train, reward)
+            group = thetas[first:min(first + k, count)]
+            results += train_candidates(settings, group, train, reward)
             group_peak = _peak_mib(device, base)
             peak = None if group_peak is None else max(peak, group_peak)
         _sync(device)

@@ -164,21 +164,23 @@ def method_opts(name: str, iterations: int, samples_per_iter: int) -> List:
     return opts + ["SEARCH.ITERATIONS", its, "SEARCH.SAMPLES_PER_ITER", samples]
 
 
-def search_budget(cfg) -> int:
-    """Proxy training iterations a search config spends: every iteration's proxies (with
-    successive halving, each up to where it stops) plus the selection's re-evaluations."""
-    s = cfg.SEARCH
-    t, m, k = s.PROXY.MAX_ITER, s.SAMPLES_PER_ITER, s.MODELS_PER_WORKER
+def search_budget(settings) -> int:
+    """Proxy training iterations a search (:class:`~segloss_d2.search.settings.SearchSettings`)
+    spends: every iteration's proxies (with successive halving, each up to where it stops) plus
+    the selection's re-evaluations and the guard's cross-entropy reference."""
+    t, m = settings.proxy.max_iter, settings.samples_per_iter
+    k = settings.backend.models_per_worker
     per_group = []
     for size in [k] * (m // k) + ([m % k] if m % k else []):
         cost, live, last = 0, size, 0
-        for stop in [round(f * t) for f in s.PROXY.HALVING]:
+        for stop in settings.proxy.halving_stops:
             cost += live * (stop - last)
             live, last = max(1, live // 2), stop
         per_group.append(cost + live * (t - last))
-    selection = (s.SELECTION.TOP_K + 1) * s.SELECTION.SEEDS * t if s.SELECTION.TOP_K else 0
-    reference = t if s.REWARD_GUARD and not s.GUARD_REFERENCE else 0  # the guard's CE proxy
-    return s.ITERATIONS * sum(per_group) + selection + reference
+    sel, guard = settings.selection, settings.guard
+    selection = (sel.top_k + 1) * len(sel.seeds) * t if sel is not None else 0
+    reference = t if guard is not None and guard.reference is None else 0
+    return settings.iterations * sum(per_group) + selection + reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,17 +418,17 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def rewards_across_seeds(cfg, thetas, seeds: Sequence[int]) -> Dict[int, List[float]]:
+def rewards_across_seeds(settings, thetas, seeds: Sequence[int]) -> Dict[int, List[float]]:
     """Proxy rewards of candidates ``thetas`` ``(K, D)`` trained side by side with each proxy
-    seed of ``seeds`` on the search data of ``cfg`` (one hold-out split, ``SEARCH.SEED``'s),
+    seed of ``seeds`` on the search data of ``settings`` (one hold-out split, its seed's),
     fully (no halving): how much of a reward is the candidate and how much the seed. Returns
     {seed: [K rewards]}."""
     from segloss_d2.search.holdout import search_datasets
     from segloss_d2.search.trial import train_candidates
 
-    train_dicts, reward_dicts = search_datasets(cfg)
+    train_dicts, reward_dicts = search_datasets(settings)
     return {int(seed): [r["reward"] for r in train_candidates(
-        cfg, thetas, train_dicts, reward_dicts, seed=int(seed), halving=False)]
+        settings, thetas, train_dicts, reward_dicts, seed=int(seed), halving=False)]
         for seed in seeds}
 
 
@@ -570,6 +572,14 @@ class SearchStudy:
         cfg.freeze()
         return cfg
 
+    def search_settings(self, target: str, seed: int, method: str = "ppo",
+                        iterations: Optional[int] = None, scratch: bool = False):
+        """The :class:`~segloss_d2.search.settings.SearchSettings` of :meth:`search_cfg`."""
+        from segloss_d2.search.settings import SearchSettings
+
+        return SearchSettings.from_config(self.search_cfg(target, seed, method, iterations,
+                                                          scratch))
+
     def search_dir(self, target, seed, method="ppo", iterations=None) -> str:
         budget = "" if iterations in (None, self.plan.iterations) else f"_b{iterations}"
         return os.path.join(self.out, "search", f"{target}_{method}{budget}_s{seed}")
@@ -601,16 +611,17 @@ class SearchStudy:
         from segloss_d2.search.runner import SearchRunner
         from segloss_d2.search.state import SearchState
 
-        cfg = self.search_cfg(target, seed, method, iterations)
-        out = cfg.SEARCH.OUTPUT_DIR
+        settings = self.search_settings(target, seed, method, iterations)
+        out = settings.output_dir
         best = os.path.join(out, "best_params.json")
         done = os.path.exists(best) and os.path.exists(os.path.join(out, "final_mu_params.json"))
         if not done:
             self.log(f"[study] search {target} {method} seed {seed}"
                      f"{'' if iterations is None else f' ({iterations} iterations)'}")
             resume = os.path.exists(os.path.join(out, META))
-            SearchRunner(cfg, resume=resume, log=self._search_line).run()
-        return {"trials": SearchState.read_trials(out), "dir": out, "budget": search_budget(cfg)}
+            SearchRunner(settings, resume=resume, log=self._search_line).run()
+        return {"trials": SearchState.read_trials(out), "dir": out,
+                "budget": search_budget(settings)}
 
     def retrain(self, target: str, name: str, train_seed: int, loss_opts: List,
                 recipe: str = "") -> Dict:
@@ -639,12 +650,11 @@ class SearchStudy:
                  f"{target_value(results, target):.2f}")
         return results
 
-    def _noise_thetas(self, cfg):
-        from segloss_d2.search.runner import build_controller
-
-        controller = build_controller(cfg)
-        return PPOController(controller.dim, controller.mu.tolist(),
-                             sigma=float(cfg.SEARCH.SIGMA), seed=0).sample(self.plan.noise_thetas)
+    def _noise_thetas(self, settings):
+        """The identity curves and ``noise_thetas - 1`` candidates drawn around them."""
+        space = settings.space
+        return PPOController(space.dim, space.initial_mu(), sigma=settings.controller.sigma,
+                             seed=0).sample(self.plan.noise_thetas)
 
     def noise(self, target: str, proxy_seed: int, scratch: bool = False) -> List[float]:
         """Rewards of ``noise_thetas`` candidates (row 0: the identity curves) trained with one
@@ -654,9 +664,9 @@ class SearchStudy:
                             f"p{proxy_seed}.json")
         if os.path.exists(path):
             return _read_json(path)["rewards"]
-        cfg = self.search_cfg(target, self.plan.search_seeds[0], scratch=scratch)
-        thetas = self._noise_thetas(cfg)
-        rewards = rewards_across_seeds(cfg, thetas, [proxy_seed])[proxy_seed]
+        settings = self.search_settings(target, self.plan.search_seeds[0], scratch=scratch)
+        thetas = self._noise_thetas(settings)
+        rewards = rewards_across_seeds(settings, thetas, [proxy_seed])[proxy_seed]
         _write_json(path, {"thetas": thetas.tolist(), "rewards": rewards})
         self.log(f"[study] noise {target}{' (scratch proxy)' if scratch else ''} proxy seed "
                  f"{proxy_seed}: {[round(r, 4) for r in rewards]}")
@@ -696,27 +706,26 @@ class SearchStudy:
             return result
         import torch
 
-        from segloss_d2.search.space import SearchSpace
-
         # One group per search space (e.g. 1- and 2-piece curves). Every group trains with the
         # same seed, hence on the same batches from the same weights (common random numbers):
         # answers added to a plan later are screened alone and still compare with the others.
         groups = {}
         for name in missing:
             if name == "identity":
-                cfg = self.search_cfg(target, seed)
-                theta = SearchSpace.from_config(cfg).initial_mu()
+                settings = self.search_settings(target, seed)
+                theta = settings.space.initial_mu()
             else:
                 method, file = answer_names(name)
-                cfg = self.search_cfg(target, seed, method)
+                settings = self.search_settings(target, seed, method)
                 params = load_params(os.path.join(self.search_dir(target, seed, method), file))
                 theta = [v for term in params.thetas for curve in term for v in curve]
-            group = groups.setdefault(repr(SearchSpace.from_config(cfg)), (cfg, [], []))
+            group = groups.setdefault(repr(settings.space), (settings, [], []))
             group[1].append(name)
             group[2].append(theta)
-        for group_cfg, group_names, thetas in groups.values():
-            rewards = rewards_across_seeds(group_cfg, torch.tensor(thetas, dtype=torch.float32),
-                                           [screen_seed])[screen_seed]
+        for group_settings, group_names, thetas in groups.values():
+            rewards = rewards_across_seeds(
+                group_settings, torch.tensor(thetas, dtype=torch.float32), [screen_seed])
+            rewards = rewards[screen_seed]
             result.update(zip(group_names, rewards))
         _write_json(path, result)
         names = [n for n in result if n != "identity"]
@@ -953,7 +962,6 @@ class SearchStudy:
     def fidelity(self, target: str, trials: List[Dict], train_seed: int) -> List[Dict]:
         """Retrain ``fidelity_candidates`` distinct candidates spread over the reward range of
         ``trials`` (one search); returns [{reward, retrained, theta}] ordered by reward."""
-        from segloss_d2.search.space import SearchSpace
         from segloss_d2.surrogate.params import save_params
 
         ok = sorted((t for t in trials if t["status"] == "ok" and t.get("stage", "search")
@@ -967,7 +975,7 @@ class SearchStudy:
         k = min(self.plan.fidelity_candidates, len(unique))
         picks = [unique[i] for i in np.unique(np.linspace(0, len(unique) - 1, k).round()
                                                .astype(int))]
-        space = SearchSpace.from_config(self.search_cfg(target, self.plan.search_seeds[0]))
+        space = self.search_settings(target, self.plan.search_seeds[0]).space
         jobs = []
         for t in picks:
             name = f"fidelity_it{t['iteration']}_{t['index']}"

@@ -40,6 +40,7 @@ from experiments.study import rewards_across_seeds  # noqa: E402
 from segloss_d2.engine import get_segloss_cfg  # noqa: E402
 from segloss_d2.search.plots import plot_reward_curve  # noqa: E402
 from segloss_d2.search.runner import SearchRunner  # noqa: E402
+from segloss_d2.search.settings import SearchSettings  # noqa: E402
 from segloss_d2.search.space import SearchSpace  # noqa: E402
 from segloss_d2.search.state import META, search_stage_trials  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
@@ -96,19 +97,20 @@ def search(args, out, weights, lr):
           f"{cfg.SEARCH.SAMPLES_PER_ITER} candidates, proxy {cfg.SEARCH.PROXY.MAX_ITER} "
           f"iterations{' (resuming)' if resume else ''}", flush=True)
     try:
-        runner = SearchRunner(cfg, resume=resume, config_file=SEARCH_CONFIGS[args.target],
+        settings = SearchSettings.from_config(cfg)
+        runner = SearchRunner(settings, resume=resume, config_file=SEARCH_CONFIGS[args.target],
                               log=print)
     except ValueError as e:  # e.g. an earlier demo's search with other settings
         raise SystemExit(f"demo: {e}\n(pass --fresh to start the demo over)") from e
     runner.run()
-    return cfg, runner.state.all_trials()
+    return settings, runner.state.all_trials()
 
 
-def reward_noise(args, cfg, trials):
+def reward_noise(args, settings, trials):
     """Seed-to-seed std of the reward of the search's first mean (the identity curves): its
     reward in the search plus ``--noise-seeds`` proxy trainings with other seeds (cached)."""
-    path = os.path.join(cfg.OUTPUT_DIR, "reward_noise.json")
-    seeds = [cfg.SEARCH.SEED + 1 + i for i in range(args.noise_seeds)]
+    path = os.path.join(settings.output_dir, "reward_noise.json")
+    seeds = [settings.seed + 1 + i for i in range(args.noise_seeds)]
     cached = {}
     if os.path.exists(path):
         with open(path) as f:
@@ -117,9 +119,9 @@ def reward_noise(args, cfg, trials):
     if missing:
         print(f"[demo] reward noise: the identity candidate with proxy seeds {missing}",
               flush=True)
-        identity = SearchSpace.from_config(cfg).initial_mu()
+        identity = settings.space.initial_mu()
         cached.update({s: r[0] for s, r in
-                       rewards_across_seeds(cfg, [identity], missing).items()})
+                       rewards_across_seeds(settings, [identity], missing).items()})
         with open(path, "w") as f:
             json.dump(cached, f)
     first_mu = [t["reward"] for t in trials if t["iteration"] == 0 and t["index"] == 0]
@@ -210,11 +212,11 @@ def main():
     progress = Progress(3 * len(seeds))
 
     weights, lr = initial_weights(args)
-    search_cfg, trials = search(args, out, weights, lr)
-    target = search_cfg.SEARCH.TARGET_METRIC
-    best = os.path.join(search_cfg.OUTPUT_DIR, "best_params.json")
+    settings, trials = search(args, out, weights, lr)
+    target = settings.target
+    best = os.path.join(settings.output_dir, "best_params.json")
     params = load_params(best)
-    noise_std = reward_noise(args, search_cfg, trials)
+    noise_std = reward_noise(args, settings, trials)
     summary = learning_summary(trials, noise_std)
     progress.step(summary)
     plot_curves(params, os.path.join(out, "searched_curves.png"),

@@ -29,7 +29,8 @@ from detectron2.utils.logger import setup_logger
 
 from segloss_d2.data.errors import CorruptFileError
 from segloss_d2.engine import get_segloss_cfg
-from segloss_d2.search.runner import SearchFailedError, SearchRunner, search_output_dir
+from segloss_d2.search.runner import SearchFailedError, SearchRunner
+from segloss_d2.search.settings import SearchSettings
 from segloss_d2.search.state import SearchLockedError
 
 
@@ -37,7 +38,8 @@ def setup_cfg(args):
     cfg = get_segloss_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.OUTPUT_DIR = search_output_dir(cfg)  # log.txt and config.yaml go next to the search
+    # log.txt and config.yaml go next to the search
+    cfg.OUTPUT_DIR = cfg.SEARCH.OUTPUT_DIR or cfg.OUTPUT_DIR
     cfg.freeze()
     return cfg
 
@@ -59,7 +61,8 @@ def main(args):
     except (KeyError, ValueError, AssertionError) as e:  # yacs asserts on unknown keys
         sys.exit(f"search_net.py: error: bad config {args.config_file} {args.opts}: {e}")
     try:
-        runner = SearchRunner(cfg, resume=args.resume, config_file=args.config_file,
+        settings = SearchSettings.from_config(cfg)  # every key the search uses, checked here
+        runner = SearchRunner(settings, resume=args.resume, config_file=args.config_file,
                               overwrite=args.overwrite)
     except (ValueError, OSError, ImportError, SearchLockedError) as e:
         # OSError covers FileExistsError / FileNotFoundError (state, data, MODEL.WEIGHTS) and an

@@ -17,10 +17,12 @@ Pure core (torch/numpy only, no detectron2; usable from any framework):
     ``plots``          PNGs of a search's results (matplotlib ``Figure``)
 
 detectron2 adapters (where the search calls detectron2):
+    ``settings``       :class:`~.settings.SearchSettings`: every key a search uses, read and
+                       validated once from a detectron2 config (the only reader of the config)
     ``trial``          trains proxy models through a detectron2 Trainer and scores them
     ``holdout``        the proxies' training images and the reward set from detectron2 datasets
     ``backends``       local and Ray evaluation of candidates (``evaluate_fn`` of the loop)
-    ``runner``         :class:`~.runner.SearchRunner`: a whole search from a detectron2 config
+    ``runner``         :class:`~.runner.SearchRunner`: a whole search from its settings
 
 The search-quality study that measures all this is not part of the library: ``experiments.study``
 (benchmarks/study_search.py).

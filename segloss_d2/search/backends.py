@@ -21,11 +21,10 @@ import torch
 
 from .holdout import search_datasets
 from .reaper import start_reaper
+from .settings import BACKENDS, SearchSettings
 from .trial import train_candidates
 
-__all__ = ["BACKENDS", "LocalBackend", "RayBackend", "build_backend", "import_ray"]
-
-BACKENDS = ("local", "ray")
+__all__ = ["LocalBackend", "RayBackend", "build_backend", "import_ray"]
 logger = logging.getLogger(__name__)
 
 
@@ -51,10 +50,10 @@ def _groups(indices: List[int], thetas: torch.Tensor, seeds: List[Optional[int]]
 class LocalBackend:
     """Trains groups of ``SEARCH.MODELS_PER_WORKER`` candidates in this process, in turn."""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self.models_per_worker = int(cfg.SEARCH.MODELS_PER_WORKER)
-        self.train_dicts, self.reward_dicts = search_datasets(cfg)
+    def __init__(self, settings: SearchSettings):
+        self.settings = settings
+        self.models_per_worker = settings.backend.models_per_worker
+        self.train_dicts, self.reward_dicts = search_datasets(settings)
 
     def __call__(self, iteration: int, indices: List[int], thetas: torch.Tensor,
                  on_trial_done: Callable, seeds: Optional[List[Optional[int]]] = None,
@@ -64,7 +63,7 @@ class LocalBackend:
         seeds = seeds or [None] * len(indices)
         for group, group_thetas, seed in _groups(indices, thetas, seeds, self.models_per_worker):
             results = _with_threads(train_candidates(
-                self.cfg, group_thetas, self.train_dicts, self.reward_dicts, seed=seed,
+                self.settings, group_thetas, self.train_dicts, self.reward_dicts, seed=seed,
                 halving=stage == "search"))
             for index, result in zip(group, results):
                 on_trial_done(index, result)
@@ -73,16 +72,13 @@ class LocalBackend:
         pass
 
 
-def _ray_train_group(cfg_yaml: str, thetas: List[List[float]], seed: Optional[int] = None,
-                     halving: bool = True):
-    """Body of a Ray task: rebuild the config, register segloss_d2, train one group."""
-    from detectron2.config import CfgNode
-
+def _ray_train_group(settings: SearchSettings, thetas: List[List[float]],
+                     seed: Optional[int] = None, halving: bool = True):
+    """Body of a Ray task: register segloss_d2, train one group."""
     from .. import engine  # noqa: F401  (registers segloss_d2's heads, backbone, datasets)
 
-    cfg = CfgNode.load_cfg(cfg_yaml)
-    train_dicts, reward_dicts = search_datasets(cfg)
-    return _with_threads(train_candidates(cfg, torch.tensor(thetas, dtype=torch.float32),
+    train_dicts, reward_dicts = search_datasets(settings)
+    return _with_threads(train_candidates(settings, torch.tensor(thetas, dtype=torch.float32),
                                           train_dicts, reward_dicts, seed=seed, halving=halving))
 
 
@@ -114,27 +110,25 @@ class RayBackend:
     reward and ``--resume`` runs exactly them again.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, settings: SearchSettings):
         ray = import_ray()
         self.ray = ray
-        self.cfg = cfg
-        self.models_per_worker = int(cfg.SEARCH.MODELS_PER_WORKER)
+        self.settings = settings
+        b = settings.backend
+        self.models_per_worker = b.models_per_worker
         self._owns_ray = False
         self._reaper = None
         if not ray.is_initialized():
             env = {k: os.environ[k] for k in ("DETECTRON2_DATASETS", "SEGLOSS_CACHE")
                    if k in os.environ}
-            ray.init(address=cfg.SEARCH.RAY.ADDRESS or None, include_dashboard=False,
+            ray.init(address=b.ray_address or None, include_dashboard=False,
                      runtime_env={"env_vars": env} if env else None)
             self._owns_ray = True
-            if not cfg.SEARCH.RAY.ADDRESS:  # a local instance: its processes die with us
+            if not b.ray_address:  # a local instance: its processes die with us
                 self._reaper = start_reaper()
         self._remote = ray.remote(
-            num_cpus=float(cfg.SEARCH.RAY.CPUS_PER_TRIAL),
-            num_gpus=float(cfg.SEARCH.RAY.GPUS_PER_TRIAL),
-            max_retries=int(cfg.SEARCH.RAY.MAX_RETRIES),
+            num_cpus=b.cpus_per_trial, num_gpus=b.gpus_per_trial, max_retries=b.max_retries,
         )(_ray_train_group)
-        self._cfg_yaml = cfg.dump()
 
     def __call__(self, iteration: int, indices: List[int], thetas: torch.Tensor,
                  on_trial_done: Callable, seeds: Optional[List[Optional[int]]] = None,
@@ -143,7 +137,7 @@ class RayBackend:
         ray = self.ray
         seeds = seeds or [None] * len(indices)
         pending = {
-            self._remote.remote(self._cfg_yaml, group_thetas.tolist(), seed,
+            self._remote.remote(self.settings, group_thetas.tolist(), seed,
                                 stage == "search"): group
             for group, group_thetas, seed in _groups(indices, thetas, seeds,
                                                      self.models_per_worker)
@@ -179,11 +173,11 @@ class RayBackend:
             self._reaper = None
 
 
-def build_backend(cfg):
+def build_backend(settings: SearchSettings):
     """The backend named by ``SEARCH.BACKEND`` ("local" or "ray")."""
-    name = cfg.SEARCH.BACKEND
+    name = settings.backend.name
     if name == "local":
-        return LocalBackend(cfg)
+        return LocalBackend(settings)
     if name == "ray":
-        return RayBackend(cfg)
+        return RayBackend(settings)
     raise ValueError(f"SEARCH.BACKEND must be one of {BACKENDS}, got {name!r}")

@@ -11,8 +11,6 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from detectron2.data import DatasetCatalog
 
-from ..data import check_datasets
-
 __all__ = ["split_holdout", "search_datasets"]
 
 
@@ -58,30 +56,18 @@ def _search_datasets(train_name: str, holdout_dataset: str, size: int, seed: int
         raise ValueError(f"{e} ({train_name!r})") from None
 
 
-def search_datasets(cfg) -> Tuple[List[Dict], List[Dict]]:
-    """The (proxy training dicts, reward dicts) of a search config.
+def search_datasets(settings) -> Tuple[List[Dict], List[Dict]]:
+    """The (proxy training dicts, reward dicts) of a search
+    (:class:`~segloss_d2.search.settings.SearchSettings`: its ``data`` and ``seed``).
 
     Loads ``DATASETS.TRAIN[0]`` (and ``SEARCH.HOLDOUT.DATASET``) from detectron2's
-    ``DatasetCatalog``; results are cached per process, so every trial of a worker reuses them.
-    Callers must not modify the returned lists or dicts.
-
-    Both datasets go through the pre-flight :func:`~segloss_d2.data.check_datasets` first, so
-    ``SearchRunner`` refuses a search whose data is missing before it writes anything.
+    ``DatasetCatalog`` (the settings checked that they are registered and their files present);
+    results are cached per process, so every trial of a worker reuses them. Callers must not
+    modify the returned lists or dicts.
 
     Raises:
-        ValueError: ``DATASETS.TRAIN`` empty, a dataset not registered
-            (:class:`~segloss_d2.data.UnregisteredDatasetError`) or empty, or
-            ``SEARCH.HOLDOUT.SIZE`` not smaller than the training dataset.
-        FileNotFoundError: the dataset's files are missing (from the pre-flight: naming the
-            dataset, the missing path, the expected layout and ``DETECTRON2_DATASETS``).
+        ValueError: a dataset is empty, or ``SEARCH.HOLDOUT.SIZE`` is not smaller than the
+            training dataset.
     """
-    if len(cfg.DATASETS.TRAIN) == 0:
-        raise ValueError("DATASETS.TRAIN is empty; the search needs a training dataset")
-    train_name = cfg.DATASETS.TRAIN[0]
-    check_datasets([train_name], key="DATASETS.TRAIN[0]")
-    holdout_dataset = cfg.SEARCH.HOLDOUT.DATASET
-    if holdout_dataset:
-        check_datasets([holdout_dataset], key="SEARCH.HOLDOUT.DATASET")
-    return _search_datasets(
-        train_name, holdout_dataset, int(cfg.SEARCH.HOLDOUT.SIZE), int(cfg.SEARCH.SEED)
-    )
+    d = settings.data
+    return _search_datasets(d.train_dataset, d.holdout_dataset, d.holdout_size, settings.seed)

@@ -4,8 +4,9 @@ A candidate is a flat vector ``theta`` of search variables in [0, 1] (the curves
 metric, concatenated in the order of ``SEARCH.TARGET_METRIC``). :func:`train_candidates` trains K
 candidates side by side in one process::
 
-    train_dicts, reward_dicts = search_datasets(cfg)               # holdout.py
-    results = train_candidates(cfg, thetas, train_dicts, reward_dicts)   # thetas: (K, D)
+    settings = SearchSettings.from_config(cfg)                          # settings.py
+    train_dicts, reward_dicts = search_datasets(settings)               # holdout.py
+    results = train_candidates(settings, thetas, train_dicts, reward_dicts)   # thetas: (K, D)
     results[k]["reward"], results[k]["metrics"], results[k]["status"]
 
 The K models start from the same initial weights (built once from ``SEARCH.SEED``), see the same
@@ -15,20 +16,19 @@ reward differences come from the loss only.
 
 Model, optimizer, LR schedule and training loader come from the ``build_model``,
 ``build_optimizer``, ``build_lr_scheduler`` and ``build_train_loader`` classmethods of the
-detectron2 ``DefaultTrainer`` subclass named by ``SEARCH.TRAINER`` (:func:`search_trainer`), so a
+detectron2 ``DefaultTrainer`` subclass named by ``SEARCH.TRAINER``, so a
 project's own Trainer drives the search unchanged: ``build_model`` once per group (the template the
 K candidates copy), ``build_optimizer`` and ``build_lr_scheduler`` once per candidate,
-``build_train_loader`` once per group (its batches feed all K models). The trainer sees a frozen
-proxy config (:func:`proxy_cfg`) whose ``DATASETS.TRAIN`` is a temporarily registered dataset of
-the proxies' training images and whose ``SEED`` is the trial seed. ``SOLVER.AMP.ENABLED`` trains
+``build_train_loader`` once per group (its batches feed all K models). The trainer sees the frozen
+proxy config (:attr:`ProxySettings.cfg <segloss_d2.search.settings.ProxySettings>`) whose
+``DATASETS.TRAIN`` is a temporarily registered dataset of the proxies' training images and whose
+``SEED`` is the trial seed. ``SOLVER.AMP.ENABLED`` trains
 under ``torch.autocast`` (float16) with a ``GradScaler`` per candidate, as detectron2's
 ``AMPTrainer`` does, and like it needs CUDA; ``SOLVER.CLIP_GRADIENTS`` acts through the optimizer
 (detectron2's ``build_optimizer`` wraps it with ``maybe_add_gradient_clipping``).
 """
 import contextlib
 import copy
-import importlib
-import inspect
 import itertools
 import logging
 import math
@@ -41,7 +41,6 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
@@ -51,102 +50,20 @@ from ..evaluation.evaluator import build_seg_metrics, load_sem_seg_gt
 from ..metric_names import METRICS
 from ..modeling.build import build_surrogate_loss
 from ..modeling.heads import LossFnHead
-from .space import SearchSpace
+from .settings import check_amp_device
 
-__all__ = [
-    "search_trainer",
-    "validate_proxy_training",
-    "proxy_cfg",
-    "train_candidates",
-    "train_reference",
-]
+__all__ = ["train_candidates", "train_reference"]
 
 logger = logging.getLogger(__name__)
 
-_TRAINER_EXAMPLE = "segloss_d2.engine.SegLossTrainer"
-
-
-def _import_dotted(path: str):
-    """The object at a dotted path ``package.module.Name`` (or ``module.Outer.Inner``): the
-    longest importable module prefix, then attributes. ImportError/AttributeError if absent."""
-    parts = path.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:i])
-        try:
-            obj = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            # only "this prefix is not a module" moves on; a module that fails inside is reported
-            if e.name is not None and module_name.startswith(e.name):
-                continue
-            raise
-        for attr in parts[i:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(f"no importable module in {path!r}")
-
-
-def search_trainer(cfg):
-    """The ``DefaultTrainer`` subclass named by ``SEARCH.TRAINER`` (a dotted path).
-
-    Raises:
-        ValueError: naming the value, if it is not a dotted path, cannot be imported, or is not a
-            subclass of detectron2's ``DefaultTrainer``.
-    """
-    path = cfg.SEARCH.TRAINER
-    expected = (f"the dotted path of a detectron2 DefaultTrainer subclass, e.g. "
-                f"{_TRAINER_EXAMPLE!r}")
-    if not isinstance(path, str) or "." not in path.strip(".") or any(
-            not p.isidentifier() for p in path.split(".")):
-        raise ValueError(f"SEARCH.TRAINER must be {expected}, got {path!r}")
-    try:
-        obj = _import_dotted(path)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(
-            f"SEARCH.TRAINER {path!r} cannot be imported ({type(e).__name__}: {e}); expected "
-            f"{expected}"
-        ) from e
-    if not (inspect.isclass(obj) and issubclass(obj, DefaultTrainer)):
-        raise ValueError(
-            f"SEARCH.TRAINER {path!r} is {obj!r}, not a subclass of "
-            f"detectron2.engine.DefaultTrainer; expected {expected}"
-        )
-    return obj
-
-
-def validate_proxy_training(cfg) -> None:
-    """Check what the proxies' training needs beyond the SEARCH numbers: ``SEARCH.TRAINER``
-    (:func:`search_trainer`) and ``SOLVER.AMP.ENABLED``, which needs ``MODEL.DEVICE`` cuda (like
-    detectron2's ``AMPTrainer``, which refuses to run without CUDA). Raises ValueError."""
-    search_trainer(cfg)
-    _check_amp_device(cfg, str(cfg.MODEL.DEVICE))
-
-
-def _check_amp_device(cfg, device: str) -> None:
-    if cfg.SOLVER.AMP.ENABLED and not device.startswith("cuda"):
-        raise ValueError(
-            f"SOLVER.AMP.ENABLED is True but the proxies run on {device!r}: mixed precision "
-            "training needs MODEL.DEVICE cuda (detectron2's AMPTrainer is CUDA-only; on CPU "
-            "torch.autocast would train in bfloat16, a different recipe); set "
-            "SOLVER.AMP.ENABLED False or MODEL.DEVICE cuda"
-        )
-
-
-def proxy_cfg(cfg, seed: Optional[int] = None, train_dataset: Optional[str] = None):
-    """A frozen copy of ``cfg`` for proxy training: ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``.
-
-    The model is built with the plain cross-entropy head loss; each candidate then gets its own
-    ``sem_seg_head.loss_fn``. With ``seed``, ``SEED`` is set to it (detectron2's training sampler
-    seeds the data order with it); with ``train_dataset``, ``DATASETS.TRAIN = (train_dataset,)``
-    (the registered proxy training images the trainer's ``build_train_loader`` loads).
-    """
-    cfg = cfg.clone()
+def _trial_cfg(proxy_cfg, seed: int, train_dataset: str):
+    """The proxy config of one trial group: ``SEED`` (detectron2's training sampler seeds the
+    data order with it) and ``DATASETS.TRAIN = (train_dataset,)`` (the registered proxy training
+    images the trainer's ``build_train_loader`` loads); frozen."""
+    cfg = proxy_cfg.clone()
     cfg.defrost()
-    cfg.SOLVER.MAX_ITER = int(cfg.SEARCH.PROXY.MAX_ITER)
-    cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE = "cross_entropy"
-    if seed is not None:
-        cfg.SEED = int(seed)
-    if train_dataset is not None:
-        cfg.DATASETS.TRAIN = (train_dataset,)
+    cfg.SEED = int(seed)
+    cfg.DATASETS.TRAIN = (train_dataset,)
     cfg.freeze()
     return cfg
 
@@ -230,6 +147,8 @@ class _Candidate:
     """One proxy model with its optimizer, LR schedule and private RNG stream."""
 
     def __init__(self, cfg, space, trainer, template, theta, seed):
+        """``cfg``: the trial's proxy config; ``space``: the search space of ``theta``;
+        ``theta`` None: the template head's own loss (the cross-entropy reference)."""
         """``theta`` None: the template head's own loss (the cross-entropy reference)."""
         self.params = None if theta is None else space.to_params(theta)
         self.model = copy.deepcopy(template)
@@ -336,16 +255,17 @@ def _evaluate(cfg, candidates, reward_dicts, reward_set) -> List[Optional[Dict[s
     return results
 
 
-def _build_template(trainer, cfg, seed):
-    """The initial proxy model: ``trainer.build_model(cfg)`` seeded with ``seed``, then
+def _build_template(proxy, cfg, seed):
+    """The initial proxy model: ``proxy.trainer.build_model(cfg)`` seeded with ``seed``, then
     ``MODEL.WEIGHTS`` (as ``DefaultTrainer.resume_or_load`` loads them)."""
+    trainer = proxy.trainer
     seed_all_rng(seed)
     with _quiet("detectron2.engine.defaults"):
         template = trainer.build_model(cfg)
     head = getattr(template, "sem_seg_head", None)
     if not isinstance(head, LossFnHead):
         raise ValueError(
-            f"SEARCH.TRAINER {cfg.SEARCH.TRAINER!r}: build_model returned a "
+            f"SEARCH.TRAINER {proxy.trainer_path!r}: build_model returned a "
             f"{type(template).__name__} whose sem_seg_head ({type(head).__name__}) is not a "
             "segloss_d2.modeling.LossFnHead; the search gives every candidate its own loss "
             "through sem_seg_head.set_loss_fn"
@@ -353,12 +273,6 @@ def _build_template(trainer, cfg, seed):
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(template).load(cfg.MODEL.WEIGHTS)
     return template
-
-
-def halving_stops(cfg) -> List[int]:
-    """The proxy iterations of ``SEARCH.PROXY.HALVING`` (fractions of ``SEARCH.PROXY.MAX_ITER``)
-    at which the worse half of a group stops."""
-    return [round(f * cfg.SEARCH.PROXY.MAX_ITER) for f in cfg.SEARCH.PROXY.HALVING]
 
 
 @contextlib.contextmanager
@@ -392,7 +306,7 @@ def _halve(cfg, space, candidates, iteration, reward_dicts, reward_set) -> None:
 
 
 def train_candidates(
-    cfg,
+    settings,
     thetas,
     train_dicts: Sequence[Dict],
     reward_dicts: Sequence[Dict],
@@ -402,20 +316,20 @@ def train_candidates(
     """Train one proxy per candidate side by side on the same batches, then score them.
 
     With ``SEARCH.PROXY.HALVING`` (and ``halving``), the group is scored at each of
-    :func:`halving_stops` and its worse half stops there (successive halving); a survivor's
-    batches, and so its result, are the same as without halving.
+    ``settings.proxy.halving_stops`` and its worse half stops there (successive halving); a
+    survivor's batches, and so its result, are the same as without halving.
 
     Args:
-        cfg (CfgNode): the search config (segloss + search keys); proxies use its MODEL, INPUT,
-            SOLVER and DATALOADER keys with ``SOLVER.MAX_ITER = SEARCH.PROXY.MAX_ITER``, through
-            the ``build_*`` classmethods of ``SEARCH.TRAINER`` (see the module docstring).
-        thetas (Tensor or array): ``(K, D)`` candidates, values in [0, 1]; D is the
-            :attr:`~.space.SearchSpace.dim` of the config's search space.
+        settings (SearchSettings): the search (:mod:`~segloss_d2.search.settings`); proxies
+            train with ``settings.proxy`` (its config and trainer, see the module docstring) and
+            are scored with ``settings.space``.
+        thetas (Tensor or array): ``(K, D)`` candidates, values in [0, 1]; D is
+            ``settings.space.dim``.
         train_dicts (list of dict): proxy training images (detectron2 dataset dicts with
             ``sem_seg_file_name``).
         reward_dicts (list of dict): the reward set.
         seed (int or None): seed of the initial weights, the data order and the augmentations
-            (every candidate gets the same); None = ``SEARCH.SEED``.
+            (every candidate gets the same); None = ``settings.seed``.
         halving (bool): apply ``SEARCH.PROXY.HALVING`` (False: every proxy trains fully, as the
             re-evaluations of the selection stage do).
 
@@ -430,31 +344,28 @@ def train_candidates(
     thetas = torch.as_tensor(thetas, dtype=torch.float32)
     if thetas.dim() != 2 or thetas.shape[0] < 1:
         raise ValueError(f"thetas must be a (K, D) tensor with K >= 1, got shape {thetas.shape}")
-    return _train_group(cfg, list(thetas), train_dicts, reward_dicts, seed, halving)
+    return _train_group(settings, list(thetas), train_dicts, reward_dicts, seed, halving)
 
 
-def train_reference(cfg, train_dicts: Sequence[Dict], reward_dicts: Sequence[Dict],
+def train_reference(settings, train_dicts: Sequence[Dict], reward_dicts: Sequence[Dict],
                     seed: Optional[int] = None) -> Dict:
     """The search's proxy trained with cross-entropy (the proxy head's own loss) instead of a
     candidate's surrogate, on the same data, seed and schedule: the reference of a guarded reward
     (docs/method.md §4.7). Returns one result like :func:`train_candidates`' (``reward`` is the
     target metric's; ``control_points`` None)."""
-    return _train_group(cfg, [None], train_dicts, reward_dicts, seed, halving=False)[0]
+    return _train_group(settings, [None], train_dicts, reward_dicts, seed, halving=False)[0]
 
 
-def _train_group(cfg, thetas, train_dicts, reward_dicts, seed, halving) -> List[Dict]:
+def _train_group(settings, thetas, train_dicts, reward_dicts, seed, halving) -> List[Dict]:
     """:func:`train_candidates` on a list of thetas, where None is a cross-entropy proxy."""
     start = time.perf_counter()
-    seed = int(cfg.SEARCH.SEED if seed is None else seed)
-    space = SearchSpace.from_config(cfg)
-    trainer = search_trainer(cfg)
-    _check_amp_device(cfg, str(cfg.MODEL.DEVICE))  # before building anything; again on the model
-    source = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else "search"
-    reward_set = cfg.SEARCH.HOLDOUT.DATASET or f"hold-out of {source}"
-    with _proxy_train_dataset(source, train_dicts) as train_name:
-        cfg = proxy_cfg(cfg, seed=seed, train_dataset=train_name)
-        template = _build_template(trainer, cfg, seed)
-        _check_amp_device(cfg, str(next(template.parameters()).device))
+    seed = int(settings.seed if seed is None else seed)
+    space, proxy, trainer = settings.space, settings.proxy, settings.proxy.trainer
+    reward_set = settings.data.reward_set
+    with _proxy_train_dataset(settings.data.train_dataset, train_dicts) as train_name:
+        cfg = _trial_cfg(proxy.cfg, seed, train_name)
+        template = _build_template(proxy, cfg, seed)
+        check_amp_device(cfg.SOLVER.AMP.ENABLED, str(next(template.parameters()).device))
         candidates = [_Candidate(cfg, space, trainer, template, theta, seed)
                       for theta in thetas]
         del template
@@ -462,7 +373,7 @@ def _train_group(cfg, thetas, train_dicts, reward_dicts, seed, halving) -> List[
         seed_all_rng(seed)
         with _shared_random_seed(seed):
             loader = trainer.build_train_loader(cfg)  # one data pipeline for the K candidates
-        stops = halving_stops(cfg) if halving else []
+        stops = proxy.halving_stops if halving else ()
         with EventStorage(0):
             for iteration, batch in zip(range(cfg.SOLVER.MAX_ITER), loader):
                 live = [c for c in candidates if c.model is not None and c.scored_at is None]

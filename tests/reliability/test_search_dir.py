@@ -22,7 +22,7 @@ from segloss_d2.search.runner import _TensorBoard, search_runtime  # noqa: E402
 from segloss_d2.search.state import SearchState  # noqa: E402
 
 from .._tools import load_tool  # noqa: E402
-from ..search._tiny import REPO, TINY_OPTS, TINY_SEARCH_CONFIG, strip_timing  # noqa: E402
+from ..search._tiny import REPO, TINY_OPTS, TINY_SEARCH_CONFIG, settings_of, strip_timing  # noqa: E402
 
 # 2 iterations x 3 candidates, one candidate per group (so a hang or kill lands between trials).
 OPTS = TINY_OPTS + ["SEARCH.MODELS_PER_WORKER", 1, "MODEL.DEVICE", "cpu"]
@@ -199,8 +199,8 @@ def test_resume_with_another_runtime_is_recorded_and_warned(tmp_path, caplog):
 def test_runtime_of_a_search_and_threads_of_every_trial(reference):
     from ..search._tiny import tiny_search_cfg
 
-    local = search_runtime(tiny_search_cfg())
-    ray = search_runtime(tiny_search_cfg(opts=["SEARCH.BACKEND", "ray"]))
+    local = search_runtime(settings_of(tiny_search_cfg()))
+    ray = search_runtime(settings_of(tiny_search_cfg(opts=["SEARCH.BACKEND", "ray"])))
     assert local["backend"] == "local" and local["threads"] >= 1 and "host" in local
     assert ray["backend"] == "ray" and ray["cpus_per_trial"] == 1.0 and "threads" not in ray
     assert all(r["threads"] >= 1 for r in _trials(reference))

@@ -35,3 +35,10 @@ def tiny_search_cfg(output_dir="", opts=()):
 def strip_timing(record):
     """A trial record without its wall-clock fields (which differ between runs)."""
     return {k: v for k, v in record.items() if k not in ("seconds", "group_size")}
+
+
+def settings_of(cfg, check_files=True):
+    """The validated :class:`~segloss_d2.search.settings.SearchSettings` of a search config."""
+    from segloss_d2.search.settings import SearchSettings
+
+    return SearchSettings.from_config(cfg, check_files=check_files)

@@ -14,7 +14,7 @@ from segloss_d2.search.ppo import PPOController  # noqa: E402
 from segloss_d2.search.space import SearchSpace  # noqa: E402
 from segloss_d2.search.state import SearchState  # noqa: E402
 
-from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
+from ._tiny import settings_of, strip_timing, tiny_search_cfg  # noqa: E402
 
 
 def _thetas(cfg, n, seed=11):
@@ -40,21 +40,22 @@ def test_local_backend_groups_and_reports_every_trial(monkeypatch):
 
     monkeypatch.setattr(backends, "train_candidates", fake_train)
     thetas = torch.rand(5, 20)
-    reported = _collect(LocalBackend(cfg), [3, 4, 5, 6, 7], thetas)
+    reported = _collect(LocalBackend(settings_of(cfg)), [3, 4, 5, 6, 7], thetas)
     assert calls == [(2, None, True), (2, None, True), (1, None, True)]
     assert [i for i, _ in reported] == [3, 4, 5, 6, 7]
     assert [r["reward"] for _, r in reported] == [float(t[0]) for t in thetas]
     # a group never mixes proxy seeds (it trains on one data stream); the selection stage
     # trains every proxy fully
     calls.clear()
-    LocalBackend(cfg)(3, [0, 1, 2, 3, 4], thetas, lambda i, r: None, seeds=[5, 5, 5, 7, 7],
+    LocalBackend(settings_of(cfg))(3, [0, 1, 2, 3, 4], thetas, lambda i, r: None,
+                                   seeds=[5, 5, 5, 7, 7],
                       stage="selection")
     assert calls == [(2, 5, False), (1, 5, False), (2, 7, False)]
 
 
 def test_build_backend_rejects_unknown():
     with pytest.raises(ValueError, match="SEARCH.BACKEND"):
-        build_backend(tiny_search_cfg(opts=["SEARCH.BACKEND", "slurm"]))
+        build_backend(settings_of(tiny_search_cfg(opts=["SEARCH.BACKEND", "slurm"])))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def local_results():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _collect(LocalBackend(cfg), [0, 1, 2], _thetas(cfg, 3))
+        return _collect(LocalBackend(settings_of(cfg)), [0, 1, 2], _thetas(cfg, 3))
     finally:
         torch.set_num_threads(threads)
 
@@ -124,7 +125,7 @@ def fake_ray(monkeypatch):
         monkeypatch.setattr(backends, "import_ray", lambda: ray)
         cfg = tiny_search_cfg(opts=["SEARCH.BACKEND", "ray",
                                     "SEARCH.MODELS_PER_WORKER", models_per_worker])
-        return RayBackend(cfg), ray
+        return RayBackend(settings_of(cfg)), ray
 
     return make
 
@@ -188,7 +189,7 @@ def real_ray():
 def test_ray_backend_equals_local(local_results, real_ray):
     cfg = tiny_search_cfg(opts=["SEARCH.BACKEND", "ray", "SEARCH.MODELS_PER_WORKER", 2,
                                 "SEARCH.RAY.CPUS_PER_TRIAL", 1])
-    backend = build_backend(cfg)
+    backend = build_backend(settings_of(cfg))
     reported = _collect(backend, [0, 1, 2], _thetas(cfg, 3))
     backend.close()
     assert real_ray.is_initialized()  # a backend leaves an instance it did not start running
@@ -203,7 +204,7 @@ def test_ray_task_that_raises_is_not_logged(real_ray):
                                 "SEARCH.RAY.CPUS_PER_TRIAL", 1])
     thetas = _thetas(cfg, 2)
     thetas[1, 3] = float("nan")  # the task of trial 1 raises in SearchSpace.to_params
-    backend = build_backend(cfg)
+    backend = build_backend(settings_of(cfg))
     reported = []
     with pytest.raises(RuntimeError, match=r"(?s)trials \[1\].*theta must be finite"):
         backend(0, [0, 1], thetas, lambda i, r: reported.append((i, r)))

@@ -14,15 +14,12 @@ from segloss_d2.search.ppo import PPOController, RandomSearchController  # noqa:
 from segloss_d2.search.runner import (  # noqa: E402
     SearchRunner,
     build_controller,
-    build_selection,
-    search_fingerprint_config,
-    validate_search_config,
 )
 from segloss_d2.search.space import SearchSpace  # noqa: E402
 from segloss_d2.surrogate.autograd import bezier_curve  # noqa: E402
 from segloss_d2.surrogate.params import load_params  # noqa: E402
 
-from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
+from ._tiny import settings_of, strip_timing, tiny_search_cfg  # noqa: E402
 
 
 def _trials(out):
@@ -36,7 +33,7 @@ def uninterrupted(tmp_path_factory):
     """A 2-iteration x 3-candidate search run straight through (K = 3)."""
     out = str(tmp_path_factory.mktemp("search"))
     cfg = tiny_search_cfg(out)
-    result = SearchRunner(cfg, config_file="tiny.yaml", log=lambda s: None).run()
+    result = SearchRunner(settings_of(cfg), config_file="tiny.yaml", log=lambda s: None).run()
     return out, result
 
 
@@ -91,15 +88,15 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
 
     monkeypatch.setattr(backends, "train_candidates", dies_at_the_fifth_group)
     with pytest.raises(_Killed):
-        SearchRunner(cfg, log=lambda s: None).run()
+        SearchRunner(settings_of(cfg), log=lambda s: None).run()
     assert len(_trials(out)) == 4
     assert not os.path.exists(os.path.join(out, "best_params.json"))
 
     monkeypatch.setattr(backends, "train_candidates", real)
     with pytest.raises(FileExistsError):  # a new search must not overwrite it
-        SearchRunner(cfg, log=lambda s: None)
+        SearchRunner(settings_of(cfg), log=lambda s: None)
     lines = []
-    result = SearchRunner(cfg, resume=True, log=lines.append).run()
+    result = SearchRunner(settings_of(cfg), resume=True, log=lines.append).run()
     assert sum("trial" in s and "ETA" in s for s in lines) == 2  # only the unfinished ones
     assert [strip_timing(r) for r in _trials(out)] == [strip_timing(r) for r in
                                                        _trials(ref_out)]
@@ -139,31 +136,31 @@ def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypat
 def test_bad_search_values(key, value, match):
     cfg = tiny_search_cfg(opts=[key, value])
     with pytest.raises(ValueError, match=match):
-        validate_search_config(cfg)
+        settings_of(cfg)
 
 
 def test_halving_stops_must_fall_inside_the_proxy_training():
     cfg = tiny_search_cfg(opts=["SEARCH.PROXY.HALVING", [0.1, 0.2], "SEARCH.ADVANTAGE", "rank"])
     with pytest.raises(ValueError, match=r"gives the stops \[0, 1\]"):  # MAX_ITER 3
-        validate_search_config(cfg)
+        settings_of(cfg)
 
 
 def test_options_reach_the_controller_and_the_fingerprint():
     opts = ["SEARCH.ADVANTAGE", "rank", "SEARCH.MIRRORED", True, "SEARCH.SIGMA_END", 0.05,
             "SEARCH.MAX_MU_STEP", 0.1]
-    controller = build_controller(tiny_search_cfg(opts=opts))
+    controller = build_controller(settings_of(tiny_search_cfg(opts=opts)))
     assert (controller.advantage, controller.mirrored, controller.sigma_end,
             controller.iterations, controller.max_mu_step) == ("rank", True, 0.05, 2, 0.1)
-    paper = build_controller(tiny_search_cfg())
+    paper = build_controller(settings_of(tiny_search_cfg()))
     assert (paper.advantage, paper.mirrored, paper.sigma_end, paper.iterations,
             paper.max_mu_step) == ("raw", False, None, None, 0.0)
-    base = search_fingerprint_config(tiny_search_cfg("a"))
+    base = settings_of(tiny_search_cfg("a")).fingerprint
     assert "MODELS_PER_WORKER" not in base["SEARCH"]
     for key, value in zip(opts[::2], opts[1::2]):
-        assert base != search_fingerprint_config(tiny_search_cfg("a", [key, value]))
+        assert base != settings_of(tiny_search_cfg("a", [key, value])).fingerprint
     # with halving, the group size decides which proxies compete: part of the fingerprint
-    halving = search_fingerprint_config(tiny_search_cfg(
-        "a", ["SEARCH.PROXY.HALVING", [0.5], "SEARCH.ADVANTAGE", "rank"]))
+    halving = settings_of(tiny_search_cfg(
+        "a", ["SEARCH.PROXY.HALVING", [0.5], "SEARCH.ADVANTAGE", "rank"])).fingerprint
     assert halving["SEARCH"]["MODELS_PER_WORKER"] == 3
 
 
@@ -172,28 +169,28 @@ def test_method_builds_its_controller_at_the_identity():
         for constraints in ("all", "none"):
             cfg = tiny_search_cfg(opts=["SEARCH.METHOD", method,
                                         "SEARCH.CONSTRAINTS", constraints])
-            validate_search_config(cfg)
-            controller = build_controller(cfg)
+            settings_of(cfg)
+            controller = build_controller(settings_of(cfg))
             space = SearchSpace.from_config(cfg)
             assert type(controller) is cls and controller.dim == space.dim
             torch.testing.assert_close(controller.mu, torch.tensor(space.initial_mu()))
-    assert type(build_controller(tiny_search_cfg())) is PPOController  # the default
+    assert type(build_controller(settings_of(tiny_search_cfg()))) is PPOController  # the default
 
 
 def test_random_search_needs_no_row_for_mu():
     opts = ["SEARCH.SAMPLES_PER_ITER", 1, "SEARCH.BASELINE", "mu"]
-    validate_search_config(tiny_search_cfg(opts=opts + ["SEARCH.METHOD", "random"]))
+    settings_of(tiny_search_cfg(opts=opts + ["SEARCH.METHOD", "random"]))
     with pytest.raises(ValueError, match="SAMPLES_PER_ITER must be >= 2"):
-        validate_search_config(tiny_search_cfg(opts=opts + ["SEARCH.METHOD", "ppo"]))
+        settings_of(tiny_search_cfg(opts=opts + ["SEARCH.METHOD", "ppo"]))
 
 
 def test_fingerprint_covers_method_and_constraints():
     """Resuming with another method or curve parameterization is another search (BF1: "all"
     and "no_monotonic" have the same dimension, so only the fingerprint tells them apart)."""
-    base = search_fingerprint_config(tiny_search_cfg("a"))
+    base = settings_of(tiny_search_cfg("a")).fingerprint
     assert (base["SEARCH"]["METHOD"], base["SEARCH"]["CONSTRAINTS"]) == ("ppo", "all")
     for key, value in (("SEARCH.METHOD", "random"), ("SEARCH.CONSTRAINTS", "no_monotonic")):
-        assert base != search_fingerprint_config(tiny_search_cfg("a", [key, value]))
+        assert base != settings_of(tiny_search_cfg("a", [key, value])).fingerprint
 
 
 OPTIONS = ["SEARCH.SELECTION.TOP_K", 1, "SEARCH.SELECTION.SEEDS", 2, "SEARCH.PROXY.SEEDS",
@@ -206,7 +203,7 @@ OPTIONS = ["SEARCH.SELECTION.TOP_K", 1, "SEARCH.SELECTION.SEEDS", 2, "SEARCH.PRO
 def with_options(tmp_path_factory):
     """A tiny search with every option of docs/method.md §4.6 on, run straight through."""
     out = str(tmp_path_factory.mktemp("options"))
-    result = SearchRunner(tiny_search_cfg(out, OPTIONS), log=lambda s: None).run()
+    result = SearchRunner(settings_of(tiny_search_cfg(out, OPTIONS)), log=lambda s: None).run()
     return out, result
 
 
@@ -253,10 +250,11 @@ def test_kill_and_resume_with_every_option_equals_uninterrupted(with_options, tm
     for kill_at in (2, 3):  # during iteration 2, then during the selection
         monkeypatch.setattr(backends, "train_candidates", dies_at(kill_at))
         with pytest.raises(_Killed):
-            SearchRunner(tiny_search_cfg(out, OPTIONS), resume=kill_at == 3,
+            SearchRunner(settings_of(tiny_search_cfg(out, OPTIONS)), resume=kill_at == 3,
                          log=lambda s: None).run()
     monkeypatch.setattr(backends, "train_candidates", real)
-    result = SearchRunner(tiny_search_cfg(out, OPTIONS), resume=True, log=lambda s: None).run()
+    result = SearchRunner(settings_of(tiny_search_cfg(out, OPTIONS)), resume=True,
+                          log=lambda s: None).run()
     assert [strip_timing(r) for r in _trials(out)] == [strip_timing(r) for r in
                                                        _trials(ref_out)]
     assert result.selected == ref_result.selected and result.final_mu == ref_result.final_mu
@@ -269,7 +267,7 @@ def test_random_search_with_free_curves_end_to_end(tmp_path):
     """One real tiny random search (2 x 3) with SEARCH.CONSTRAINTS none, through the runner."""
     out = str(tmp_path)
     cfg = tiny_search_cfg(out, ["SEARCH.METHOD", "random", "SEARCH.CONSTRAINTS", "none"])
-    result = SearchRunner(cfg, config_file="tiny.yaml", log=lambda s: None).run()
+    result = SearchRunner(settings_of(cfg), config_file="tiny.yaml", log=lambda s: None).run()
     trials = _trials(out)
     assert [(r["iteration"], r["index"]) for r in trials] == [(t, i) for t in (0, 1)
                                                               for i in range(3)]
@@ -309,7 +307,7 @@ def test_random_search_with_free_curves_end_to_end(tmp_path):
 def test_head_that_ignores_loss_fn_is_rejected(head):
     cfg = tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", head])
     with pytest.raises(ValueError, match="MODEL.SEM_SEG_HEAD.NAME") as e:
-        validate_search_config(cfg)
+        settings_of(cfg)
     for name in (head, "loss_fn", "DeepLabV3PlusSegLossHead", "SemSegFPNSegLossHead"):
         assert name in str(e.value)
 
@@ -317,7 +315,7 @@ def test_head_that_ignores_loss_fn_is_rejected(head):
 def test_unregistered_head_is_rejected():
     cfg = tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", "NoSuchHead"])
     with pytest.raises(ValueError, match="'NoSuchHead' is not registered"):
-        validate_search_config(cfg)
+        settings_of(cfg)
 
 
 def test_user_head_with_loss_fn_is_accepted():
@@ -334,17 +332,17 @@ def test_user_head_with_loss_fn_is_accepted():
     if "UserLossFnHead" not in SEM_SEG_HEADS_REGISTRY:
         SEM_SEG_HEADS_REGISTRY.register(UserLossFnHead)
     for head in ("UserLossFnHead", "SemSegFPNSegLossHead"):
-        validate_search_config(tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", head]))
+        settings_of(tiny_search_cfg(opts=["MODEL.SEM_SEG_HEAD.NAME", head]))
 
 
 def test_fingerprint_ignores_how_and_where_but_not_what():
-    base = search_fingerprint_config(tiny_search_cfg("a"))
-    same = search_fingerprint_config(tiny_search_cfg("b", ["SEARCH.BACKEND", "ray",
+    base = settings_of(tiny_search_cfg("a")).fingerprint
+    same = settings_of(tiny_search_cfg("b", ["SEARCH.BACKEND", "ray",
                                                            "SEARCH.MODELS_PER_WORKER", 1,
-                                                           "MODEL.DEVICE", "cuda"]))
+                                                           "MODEL.DEVICE", "cuda"])).fingerprint
     assert base == same
-    assert base != search_fingerprint_config(tiny_search_cfg("a", ["SEARCH.SEED", 2]))
-    assert base != search_fingerprint_config(tiny_search_cfg("a", ["SOLVER.BASE_LR", 0.1]))
+    assert base != settings_of(tiny_search_cfg("a", ["SEARCH.SEED", 2])).fingerprint
+    assert base != settings_of(tiny_search_cfg("a", ["SOLVER.BASE_LR", 0.1])).fingerprint
     json.dumps(base)
 
 
@@ -359,7 +357,7 @@ def test_paper_search_configs(path):
 
     cfg = get_segloss_cfg()
     cfg.merge_from_file(path)
-    validate_search_config(cfg)
+    settings_of(cfg, check_files=False)  # keys only: no Cityscapes or VOC files here
     dataset, *metrics = os.path.basename(path)[:-5].split("_")
     # file names use the paper's spellings (voc_gacc.yaml: gAcc = pACC); voc_miou_bf1.yaml is
     # the combined target
@@ -375,10 +373,10 @@ def test_paper_search_configs(path):
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.RESNETS.NORM == "BN"
     # the default answer: the 3 best sampled candidates and the mean re-evaluated with 2 fresh
     # seeds each (8 proxy trainings after the paper's 384); TOP_K 0 is the paper's best sampled
-    selection = build_selection(cfg)
+    selection = settings_of(cfg, check_files=False).selection
     assert (selection.top_k, len(selection.seeds), selection.max_trainings) == (3, 2, 8)
     cfg.merge_from_list(["SEARCH.SELECTION.TOP_K", 0])
-    assert build_selection(cfg) is None
+    assert settings_of(cfg, check_files=False).selection is None
 
 
 def test_guarded_search_measures_the_reference_once_and_resume_keeps_it(tmp_path, monkeypatch):
@@ -404,14 +402,14 @@ def test_guarded_search_measures_the_reference_once_and_resume_keeps_it(tmp_path
 
     monkeypatch.setattr(backends, "train_candidates", dies_at_the_third_group)
     with pytest.raises(_Killed):
-        SearchRunner(tiny_search_cfg(out, opts), log=lambda s: None).run()
+        SearchRunner(settings_of(tiny_search_cfg(out, opts)), log=lambda s: None).run()
     assert calls == [1]  # the cross-entropy proxy, with the search's proxy seed
     with open(os.path.join(out, "meta.json")) as f:
         reference = json.load(f)["records"]["guard_reference"]
     assert reference["metric"] == "mIoU" and 0 < reference["value"] <= 1
     monkeypatch.setattr(backends, "train_candidates", real)
     lines = []
-    SearchRunner(tiny_search_cfg(out, opts), resume=True, log=lines.append).run()
+    SearchRunner(settings_of(tiny_search_cfg(out, opts)), resume=True, log=lines.append).run()
     assert calls == [1]  # not measured again
     assert any(f"reference mIoU {reference['value']:.4f}" in line for line in lines)
     trials = _trials(out)
@@ -431,8 +429,8 @@ def test_guard_reference_from_the_config_trains_no_reference(tmp_path, monkeypat
 
     monkeypatch.setattr(trial, "train_reference", lambda *a, **k: pytest.fail("measured"))
     out = str(tmp_path)
-    SearchRunner(tiny_search_cfg(out, ["SEARCH.REWARD_GUARD", "BF1>=0.9",
-                                       "SEARCH.GUARD_REFERENCE", 0.5]), log=lambda s: None).run()
+    SearchRunner(settings_of(tiny_search_cfg(out, ["SEARCH.REWARD_GUARD", "BF1>=0.9",
+                                       "SEARCH.GUARD_REFERENCE", 0.5])), log=lambda s: None).run()
     assert all(r["guard"]["threshold"] == pytest.approx(0.45) for r in _trials(out))
 
 
@@ -443,5 +441,5 @@ def test_guard_reference_from_the_config_trains_no_reference(tmp_path, monkeypat
 ])
 def test_bad_guard_values(key, value, match):
     with pytest.raises(ValueError, match=match):
-        validate_search_config(tiny_search_cfg(opts=["SEARCH.REWARD_GUARD", "mIoU>=0.9", key,
+        settings_of(tiny_search_cfg(opts=["SEARCH.REWARD_GUARD", "mIoU>=0.9", key,
                                                      value]))

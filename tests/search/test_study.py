@@ -24,9 +24,8 @@ from experiments.study import (  # noqa: E402
     spearman,
     target_value,
 )
-from segloss_d2.search.runner import validate_search_config  # noqa: E402
 
-from ._tiny import REPO  # noqa: E402
+from ._tiny import REPO, settings_of  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "benchmarks", "study_search.py")
 # Seconds-scale plan: one target and seed, proxies of 3 SGD steps, retrainings of 4; every phase
@@ -96,8 +95,8 @@ def _cfg(opts):
 def test_every_method_spends_the_same_budget(method, iterations, samples):
     """Selection and halving methods are budget-matched to the paper's settings."""
     cfg = _cfg(method_opts(method, iterations, samples) + ["SEARCH.PROXY.MAX_ITER", 100])
-    validate_search_config(cfg)
-    assert search_budget(cfg) == iterations * samples * 100, method
+    settings_of(cfg)
+    assert search_budget(settings_of(cfg)) == iterations * samples * 100, method
 
 
 def test_the_tiny_config_with_the_default_selection_spends_the_study_budget():
@@ -105,8 +104,9 @@ def test_the_tiny_config_with_the_default_selection_spends_the_study_budget():
     the selection on, costs what the study's 4 x 8 searches cost."""
     cfg = _cfg([])
     assert cfg.SEARCH.SELECTION.TOP_K == 3
-    assert search_budget(cfg) == 4 * 8 * cfg.SEARCH.PROXY.MAX_ITER
-    assert search_budget(_cfg(method_opts("ppo_select", 4, 8))) == search_budget(cfg)
+    assert search_budget(settings_of(cfg)) == 4 * 8 * cfg.SEARCH.PROXY.MAX_ITER
+    select = settings_of(_cfg(method_opts("ppo_select", 4, 8)))
+    assert search_budget(select) == search_budget(settings_of(cfg))
 
 
 def test_method_options_and_names():

@@ -15,13 +15,15 @@ from detectron2.data import (  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 
 from segloss_d2.engine import SegLossTrainer  # noqa: E402
+from segloss_d2.search import settings as search_settings  # noqa: E402
 from segloss_d2.search import trial  # noqa: E402
 from segloss_d2.search.holdout import search_datasets, split_holdout  # noqa: E402
+from segloss_d2.search.settings import search_trainer  # noqa: E402
 from segloss_d2.search.space import SearchSpace  # noqa: E402
 from segloss_d2.search.trial import train_candidates  # noqa: E402
 from segloss_d2.surrogate.params import identity_params  # noqa: E402
 
-from ._tiny import strip_timing, tiny_search_cfg  # noqa: E402
+from ._tiny import settings_of, strip_timing, tiny_search_cfg  # noqa: E402
 
 
 def test_search_space_of_the_config_is_the_identity_curves():
@@ -96,18 +98,18 @@ def test_split_holdout_is_seeded_disjoint_and_validated():
 def test_search_datasets_errors():
     cfg = tiny_search_cfg(opts=["DATASETS.TRAIN", ("no_such_dataset",)])
     with pytest.raises(ValueError, match="no_such_dataset.*not a registered"):
-        search_datasets(cfg)
+        search_datasets(settings_of(cfg))
     cfg = tiny_search_cfg(opts=["SEARCH.HOLDOUT.SIZE", 100000])
     with pytest.raises(ValueError, match="HOLDOUT.SIZE"):
-        search_datasets(cfg)
+        search_datasets(settings_of(cfg))
     cfg = tiny_search_cfg(opts=["SEARCH.HOLDOUT.DATASET", "segloss_shapes_val"])
-    train, reward = search_datasets(cfg)
+    train, reward = search_datasets(settings_of(cfg))
     assert len(train) == 400 and len(reward) == 100
 
 
 @pytest.fixture(scope="module")
 def data():
-    return search_datasets(tiny_search_cfg())
+    return search_datasets(settings_of(tiny_search_cfg()))
 
 
 def _thetas(cfg, n):
@@ -121,8 +123,8 @@ def _thetas(cfg, n):
 def test_k_models_side_by_side_equal_one_at_a_time(data):
     cfg = tiny_search_cfg()
     thetas = _thetas(cfg, 3)
-    together = train_candidates(cfg, thetas, *data)
-    alone = [train_candidates(cfg, thetas[i:i + 1], *data)[0] for i in range(3)]
+    together = train_candidates(settings_of(cfg), thetas, *data)
+    alone = [train_candidates(settings_of(cfg), thetas[i:i + 1], *data)[0] for i in range(3)]
     assert [strip_timing(r) for r in together] == [strip_timing(r) for r in alone]
     assert all(r["status"] == "ok" and 0 <= r["reward"] <= 1 for r in together)
     assert together[0]["group_size"] == 3 and alone[0]["group_size"] == 1
@@ -134,7 +136,7 @@ def test_k_models_side_by_side_equal_one_at_a_time(data):
 def test_diverging_candidate_gets_reward_0_and_leaves_the_others_alone(data, monkeypatch):
     cfg = tiny_search_cfg()
     thetas = _thetas(cfg, 3)
-    reference = train_candidates(cfg, thetas[[0, 2]], *data)
+    reference = train_candidates(settings_of(cfg), thetas[[0, 2]], *data)
     real_loss = trial.build_surrogate_loss
     bad_theta = float(thetas[1, 0])
 
@@ -151,7 +153,7 @@ def test_diverging_candidate_gets_reward_0_and_leaves_the_others_alone(data, mon
         return NaNLoss(loss) if params.thetas[0][0][0] == pytest.approx(bad_theta) else loss
 
     monkeypatch.setattr(trial, "build_surrogate_loss", nan_for_candidate_1)
-    results = train_candidates(cfg, thetas, *data)
+    results = train_candidates(settings_of(cfg), thetas, *data)
     assert results[1]["status"] == "diverged" and results[1]["reward"] == 0.0
     assert "non-finite" in results[1]["error"] and results[1]["metrics"] == {}
     assert [strip_timing(r) for r in (results[0], results[2])] == \
@@ -160,7 +162,7 @@ def test_diverging_candidate_gets_reward_0_and_leaves_the_others_alone(data, mon
 
 def test_exploding_lr_diverges_everything(data):
     cfg = tiny_search_cfg(opts=["SOLVER.BASE_LR", 1e12])
-    results = train_candidates(cfg, _thetas(cfg, 2), *data)
+    results = train_candidates(settings_of(cfg), _thetas(cfg, 2), *data)
     assert [r["status"] for r in results] == ["diverged", "diverged"]
     assert [r["reward"] for r in results] == [0.0, 0.0]
 
@@ -217,7 +219,7 @@ def test_reward_set_reads_class_ids_like_the_evaluator(tmp_path):
 
 def test_bad_thetas_shape(data):
     with pytest.raises(ValueError, match=r"\(K, D\)"):
-        train_candidates(tiny_search_cfg(), torch.zeros(20), *data)
+        train_candidates(settings_of(tiny_search_cfg()), torch.zeros(20), *data)
 
 
 # --- SEARCH.TRAINER: the proxies come from a detectron2 Trainer's build_* classmethods ----------
@@ -287,15 +289,15 @@ class NotATrainer:
 def reference(data):
     """Three candidates trained by the default trainer."""
     cfg = tiny_search_cfg()
-    return [strip_timing(r) for r in train_candidates(cfg, _thetas(cfg, 3), *data)]
+    return [strip_timing(r) for r in train_candidates(settings_of(cfg), _thetas(cfg, 3), *data)]
 
 
 def test_project_trainer_builds_the_proxies(data, reference):
     cfg = tiny_search_cfg(opts=["SEARCH.TRAINER", _trainer_path("ProjectTrainer"),
                                 "SEARCH.SEED", 4])
-    trainer = trial.search_trainer(cfg)  # the class object the search imports
+    trainer = search_trainer(cfg.SEARCH.TRAINER)  # the class object the search imports
     trainer.calls.clear()
-    results = train_candidates(cfg, _thetas(cfg, 3), *data, seed=1)
+    results = train_candidates(settings_of(cfg), _thetas(cfg, 3), *data, seed=1)
     assert all(r["status"] == "ok" for r in results)
     calls = [c for c in trainer.calls if c != "map"]
     # one model (the template the candidates copy), an optimizer and a schedule per candidate,
@@ -319,9 +321,9 @@ def test_default_trainer_data_order_is_the_trial_seed(data, reference):
     from detectron2.data.samplers import TrainingSampler
 
     cfg = tiny_search_cfg(opts=["SEARCH.TRAINER", _trainer_path("BatchSpyTrainer")])
-    trainer = trial.search_trainer(cfg)
+    trainer = search_trainer(cfg.SEARCH.TRAINER)
     trainer.batches.clear()
-    results = train_candidates(cfg, _thetas(cfg, 3), *data)
+    results = train_candidates(settings_of(cfg), _thetas(cfg, 3), *data)
     assert [strip_timing(r) for r in results] == reference
     n, batch = len(data[0]), cfg.SOLVER.IMS_PER_BATCH
     order = list(itertools.islice(iter(TrainingSampler(n, seed=cfg.SEARCH.SEED)), 3 * batch))
@@ -343,23 +345,20 @@ def test_default_trainer_data_order_is_the_trial_seed(data, reference):
     ("detectron2.engine.SimpleTrainer", "not a subclass of .*DefaultTrainer"),
     (f"{__name__}.NotATrainer", "not a subclass of .*DefaultTrainer"),
 ])
-def test_bad_search_trainer_is_refused(data, value, message):
-    from segloss_d2.search.runner import validate_search_config
-
+def test_bad_search_trainer_is_refused(value, message):
     cfg = tiny_search_cfg()
     cfg.SEARCH.TRAINER = value
-    for check in (validate_search_config, lambda c: train_candidates(c, _thetas(c, 1), *data)):
-        with pytest.raises(ValueError, match=f"SEARCH.TRAINER .*{message}") as e:
-            check(cfg)
-        assert repr(value) in str(e.value)  # the error names the bad value
+    with pytest.raises(ValueError, match=f"SEARCH.TRAINER .*{message}") as e:
+        settings_of(cfg)
+    assert repr(value) in str(e.value)  # the error names the bad value
 
 
 def test_search_trainer_resolves_default_and_nested_paths():
     from segloss_d2.engine import SegLossTrainer as Default
 
-    assert trial.search_trainer(tiny_search_cfg()) is Default
+    assert search_trainer(tiny_search_cfg().SEARCH.TRAINER) is Default
     cfg = tiny_search_cfg(opts=["SEARCH.TRAINER", f"{__name__}._Holder.Inner"])
-    assert trial.search_trainer(cfg).__qualname__ == "_Holder.Inner"
+    assert settings_of(cfg).proxy.trainer.__qualname__ == "_Holder.Inner"
 
 
 class _Holder:
@@ -371,9 +370,10 @@ def test_project_trainer_runs_a_whole_search(tmp_path):
     from segloss_d2.search.runner import SearchRunner
 
     cfg = tiny_search_cfg(str(tmp_path), opts=["SEARCH.TRAINER", _trainer_path("ProjectTrainer")])
-    trainer = trial.search_trainer(cfg)
+    settings = settings_of(cfg)
+    trainer = settings.proxy.trainer
     trainer.calls.clear()
-    result = SearchRunner(cfg, log=lambda s: None).run()
+    result = SearchRunner(settings, log=lambda s: None).run()
     assert result.best_trial is not None and result.best_trial["status"] == "ok"
     # 2 iterations x 3 candidates, K = 3: one loader (one data pipeline) per group
     assert sum(1 for c in trainer.calls if c[0] == "build_train_loader") == 2
@@ -386,7 +386,8 @@ def test_gradient_clipping_is_honoured(data):
     the result, a clip far above every gradient does not."""
     def run(*opts):
         cfg = tiny_search_cfg(opts=list(opts))
-        return [strip_timing(r) for r in train_candidates(cfg, _thetas(cfg, 1), *data)]
+        return [strip_timing(r) for r in train_candidates(settings_of(cfg), _thetas(cfg, 1),
+                                                          *data)]
 
     plain = run()
     clip = ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm"]
@@ -395,13 +396,9 @@ def test_gradient_clipping_is_honoured(data):
 
 
 def test_amp_needs_cuda():
-    from segloss_d2.search.runner import validate_search_config
-
     cfg = tiny_search_cfg(opts=["SOLVER.AMP.ENABLED", True])
     with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED .* on 'cpu'.*MODEL.DEVICE cuda"):
-        validate_search_config(cfg)
-    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED"):
-        train_candidates(cfg, _thetas(cfg, 1), [], [])
+        settings_of(cfg)
 
 
 def test_amp_step_goes_through_a_grad_scaler(data, reference, monkeypatch):
@@ -439,10 +436,11 @@ def test_amp_step_goes_through_a_grad_scaler(data, reference, monkeypatch):
             return False
 
     monkeypatch.setattr(trial, "_grad_scaler", IdentityScaler)
-    monkeypatch.setattr(trial, "_check_amp_device", lambda cfg, device: None)
+    monkeypatch.setattr(trial, "check_amp_device", lambda amp, device: None)
+    monkeypatch.setattr(search_settings, "check_amp_device", lambda amp, device: None)
     monkeypatch.setattr(trial.torch, "autocast", FakeAutocast)
     cfg = tiny_search_cfg(opts=["SOLVER.AMP.ENABLED", True])
-    results = train_candidates(cfg, _thetas(cfg, 3), *data)
+    results = train_candidates(settings_of(cfg), _thetas(cfg, 3), *data)
     assert [strip_timing(r) for r in results] == reference
     steps = cfg.SEARCH.PROXY.MAX_ITER
     assert len(scalers) == 3
@@ -480,13 +478,13 @@ def test_common_random_numbers_are_complete(data, monkeypatch):
     cfg = tiny_search_cfg()
     thetas = _thetas(cfg, 3)
     seen = _record_batches(monkeypatch)
-    train_candidates(cfg, thetas, *data, seed=5)
-    train_candidates(cfg, thetas[2:], *data, seed=5)
+    train_candidates(settings_of(cfg), thetas, *data, seed=5)
+    train_candidates(settings_of(cfg), thetas[2:], *data, seed=5)
     streams = list(seen)
     assert len(streams) == 4 and all(len(s) == 1 + cfg.SEARCH.PROXY.MAX_ITER for s in streams)
     assert all(s == streams[0] for s in streams)
     seen.clear()
-    train_candidates(cfg, thetas[:1], *data, seed=6)
+    train_candidates(settings_of(cfg), thetas[:1], *data, seed=6)
     (other,) = seen
     assert other[0] != streams[0][0]  # no MODEL.WEIGHTS here: the seed draws the initial weights
     assert other[1:] != streams[0][1:]  # and the data order / augmentations
@@ -497,8 +495,8 @@ def test_successive_halving_stops_the_worse_half_and_keeps_the_survivors_results
     halving = tiny_search_cfg(opts=["SEARCH.PROXY.MAX_ITER", 4, "SEARCH.PROXY.HALVING", [0.5],
                                     "SEARCH.ADVANTAGE", "rank"])
     thetas = _thetas(base, 4)
-    full = [strip_timing(r) for r in train_candidates(base, thetas, *data)]
-    halved = [strip_timing(r) for r in train_candidates(halving, thetas, *data)]
+    full = [strip_timing(r) for r in train_candidates(settings_of(base), thetas, *data)]
+    halved = [strip_timing(r) for r in train_candidates(settings_of(halving), thetas, *data)]
     assert [r["proxy_iters"] for r in full] == [4] * 4
     survivors = [i for i, r in enumerate(halved) if r["proxy_iters"] == 4]
     stopped = [i for i, r in enumerate(halved) if r["proxy_iters"] == 2]
@@ -508,5 +506,5 @@ def test_successive_halving_stops_the_worse_half_and_keeps_the_survivors_results
     for i in stopped:
         assert halved[i]["status"] == "ok" and halved[i]["metrics"]
     # halving=False (the selection stage) trains every proxy fully
-    assert [strip_timing(r) for r in train_candidates(halving, thetas, *data,
+    assert [strip_timing(r) for r in train_candidates(settings_of(halving), thetas, *data,
                                                       halving=False)] == full
