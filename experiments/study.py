@@ -40,23 +40,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from segloss_d2.metric_names import METRICS
+from segloss_d2.metric_names import METRIC_INFO, METRICS
 from segloss_d2.search.ppo import PPOController
 from segloss_d2.search.state import META
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 __all__ = ["StudyPlan", "PLANS", "SearchStudy", "Method", "METHODS", "spearman", "mean_std",
-           "UNSEARCHED", "PRESET_OF_TARGET", "rewards_across_seeds", "best_so_far",
+           "UNSEARCHED", "rewards_across_seeds", "best_so_far",
            "method_opts", "search_budget", "answer_names", "route_library_logs",
            "target_value"]
 
 UNSEARCHED = ("cross_entropy", "naive", "preset")
 """The losses every searched one is compared with: CE, the identity curves, the released preset."""
-
-PRESET_OF_TARGET = {"mIoU": "voc_miou", "fwIoU": "voc_fwiou", "BIoU": "voc_biou",
-                    "BF1": "voc_bf1", "mACC": "voc_macc", "pACC": "voc_gacc"}
-"""The released (VOC-searched) parameters of each target: the transfer baseline."""
 
 # The paper's settings of every option of docs/method.md §4.6: the reference method sets them
 # explicitly, so it stays the paper's whatever the config's defaults are.
@@ -598,7 +594,7 @@ class SearchStudy:
         if loss == "preset":
             return ["MODEL.SEM_SEG_HEAD.LOSS_TYPE", "searched",
                     "MODEL.SEM_SEG_HEAD.SURROGATE.PARAMS",
-                    ",".join(PRESET_OF_TARGET[m] for m in target.split("+"))]
+                    ",".join(METRIC_INFO[m].preset for m in target.split("+"))]
         raise ValueError(f"unknown unsearched loss {loss!r}; expected one of {UNSEARCHED}")
 
     # ------------------------------------------------------------------ jobs (one file each)

@@ -47,3 +47,21 @@ def test_one_vocabulary_everywhere():
     assert set(values) == {"pACC", "fwIoU"}
     assert SearchSpace(["mAcc", "BF1"]).metrics == ["mACC", "BF1"]
     assert SegMetrics(3, metrics=["gAcc", "mIoU"]).metrics == ("mIoU", "pACC")
+
+
+def test_each_metric_record_agrees_with_its_preset_and_the_loss():
+    """One record per metric (METRIC_INFO): its preset file holds that metric with its number of
+    curves, and the surrogate loss of its identity curves evaluates."""
+    torch = pytest.importorskip("torch")
+    from segloss_d2.metric_names import METRIC_INFO
+    from segloss_d2.surrogate import SurrogateLoss, identity_params, load_params
+
+    assert ALIASES == {"FWIoU": "fwIoU", "mAcc": "mACC", "gAcc": "pACC"}
+    logits, labels = torch.randn(1, 3, 8, 8), torch.randint(0, 3, (1, 8, 8))
+    for name, info in METRIC_INFO.items():
+        preset = load_params(info.preset)
+        assert preset.metrics == [name]
+        assert len(preset.control_points[0]) == info.curves
+        assert identity_params([name]).num_pieces == [info.default_pieces]
+        loss = SurrogateLoss(identity_params([name]), num_classes=3, tolerance=1)
+        assert torch.isfinite(loss(logits, labels))

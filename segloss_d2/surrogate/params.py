@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..metric_names import METRICS, canonical_metric
+from ..metric_names import METRIC_INFO, METRICS, canonical_metric
 from .bezier import (
     check_constraints,
     curve_length,
@@ -55,8 +55,6 @@ THETA_MATCH_ATOL = 1e-6
 """How far stored control points may be from those their stored θ maps to (absolute, per number):
 wide enough for control points written with float32 or ~7 significant digits, far below any
 difference that changes a curve visibly."""
-_CURVES = {"mIoU": 2, "fwIoU": 2, "mACC": 1, "pACC": 1, "BIoU": 2, "BF1": 4}
-assert tuple(_CURVES) == METRICS
 _PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
 
@@ -68,12 +66,12 @@ def _check_metric(metric, where="metric"):
 
 def curves_per_metric(metric):
     """Number of Bézier curves of a metric's surrogate: IoU-type 2, Acc-type 1, BF1 4."""
-    return _CURVES[_check_metric(metric)]
+    return METRIC_INFO[_check_metric(metric)].curves
 
 
 def default_num_pieces(metric):
     """Default pieces per curve: 1 for BF1, 2 otherwise (the released configs)."""
-    return 1 if _check_metric(metric) == "BF1" else 2
+    return METRIC_INFO[_check_metric(metric)].default_pieces
 
 
 def theta_dim(metric, num_pieces=None, constraints="all"):
@@ -154,7 +152,7 @@ class SurrogateParams:
             except ValueError as e:
                 raise ValueError(f"{source}: constraints[{i}] ({metric}): {e}") from None
             length = curve_length(n, constraints)
-            ncurves = _CURVES[metric]
+            ncurves = METRIC_INFO[metric].curves
             cps = self.control_points[i]
             if not isinstance(cps, (list, tuple)) or len(cps) != ncurves:
                 raise ValueError(f"{source}: control_points[{i}] ({metric}) must hold {ncurves} "
@@ -210,7 +208,7 @@ class SurrogateParams:
                              f"got {len(thetas)}")
         curves, cps = [], []
         for metric, n, theta in zip(metrics, pieces, thetas):
-            length, ncurves = curve_length(n, constraints), _CURVES[metric]
+            length, ncurves = curve_length(n, constraints), METRIC_INFO[metric].curves
             flat = [float(v) for v in _flatten(theta)]
             if len(flat) != length * ncurves:
                 raise ValueError(f"theta for {metric} with {n} piece(s) needs "
@@ -335,7 +333,7 @@ def identity_params(metrics, num_pieces=None, weights=None):
     docs/method.md)."""
     metrics = _as_metric_list(metrics)
     pieces = _normalize_pieces(metrics, num_pieces)
-    thetas = [[identity_theta(n)] * _CURVES[m] for m, n in zip(metrics, pieces)]
+    thetas = [[identity_theta(n)] * METRIC_INFO[m].curves for m, n in zip(metrics, pieces)]
     return SurrogateParams.from_theta(metrics, thetas, pieces, weights,
                                       provenance={"source": "identity initialization"})
 
