@@ -21,7 +21,7 @@ from segloss_d2.modeling import (  # noqa: E402
     SemSegFPNSegLossHead,
     make_segloss_head,
 )
-from segloss_d2.search.runner import _check_head_takes_loss_fn  # noqa: E402
+from segloss_d2.search.settings import _check_head_takes_loss_fn  # noqa: E402
 from segloss_d2.surrogate.loss import SurrogateLoss  # noqa: E402
 
 TINY = "configs/shapes/Base-Tiny-DeepLabV3Plus.yaml"
