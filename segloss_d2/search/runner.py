@@ -200,10 +200,10 @@ def write_search_results(settings: SearchSettings, state: SearchState, result: S
             provenance={**base, "selection": (
                 f"best mean reward over {len(chosen['rewards'])} fresh proxy seeds among the "
                 f"{settings.selection.top_k} best sampled candidates and the final mean"),
-                "source": chosen["source"], "search_reward": chosen["search_reward"],
+                "candidate": chosen["source"], "search_reward": chosen["search_reward"],
                 "fresh_rewards": chosen["rewards"],
-                "candidates": [{k: row[k] for k in ("source", "search_reward", "mean_reward")}
-                               for row in chosen["table"]]},
+                "candidates": [{"candidate": row["source"], "search_reward": row["search_reward"],
+                                "mean_reward": row["mean_reward"]} for row in chosen["table"]]},
         )
         title = (f"selected: {chosen['source']} (mean reward {chosen['mean_reward']:.4f} over "
                  f"{len(chosen['rewards'])} fresh proxy seeds)")

@@ -222,8 +222,9 @@ def test_search_with_every_option_writes_the_selected_answer(with_options):
     sampled = load_params(os.path.join(out, "best_sampled_params.json"))
     chosen = result.selected
     assert best.reward == pytest.approx(chosen["mean_reward"])
-    assert best.provenance["source"] == chosen["source"] in ([1, 0], [1, 1], [1, 2], [0, 0],
-                                                             [0, 1], [0, 2], "mu")
+    assert best.provenance["candidate"] == chosen["source"] in ([1, 0], [1, 1], [1, 2], [0, 0],
+                                                                [0, 1], [0, 2], "mu")
+    assert best.provenance["source"] == "segloss_d2 search"  # not overwritten by the candidate
     assert best.provenance["fresh_rewards"] == chosen["rewards"]
     assert sampled.reward == result.best_trial["reward"]
     assert result.best_trial["proxy_iters"] == 4  # a fully trained proxy
