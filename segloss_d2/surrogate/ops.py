@@ -110,7 +110,39 @@ def region_dense(probs, weight, pieces, present, need_grad):
     return _region_dense_torch(probs, weight, pieces, present, need_grad)
 
 
+CPU_CHUNK_ELEMENTS = 1 << 21
+"""Elements per chunk of the pure-torch path's dense curve evaluation on CPU (8 MiB of float32).
+A fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is new pages from the kernel,
+page-faulted and zeroed at first touch: on the 2-core machine ``x * 2`` on a fresh 80 MB tensor
+took 18x as long as into a reused one. Chunks below the threshold come from (and go back to) the
+heap, and stay large enough (millions of elements) to fill the cores with few operator calls. On
+accelerators the whole tensor is one call (:func:`.bezier.evaluate`'s fixed op count)."""
+
+
 def _region_dense_torch(probs, weight, pieces, present, need_grad):
+    n, c, length = probs.shape
+    k = c if present is None else int(present.numel())
+    if probs.device.type != "cpu" or n * k * length <= CPU_CHUNK_ELEMENTS:
+        return _region_dense_block(probs, weight, pieces, present, need_grad)
+    # CPU, large: image by image, a few classes at a time (each chunk's rows are contiguous)
+    rows = max(1, CPU_CHUNK_ELEMENTS // length)
+    sums = probs.new_empty(n, k)
+    slopes = probs.new_empty(n, k, length) if need_grad else None
+    for i in range(n):
+        w = None if weight is None else weight[i:i + 1]
+        for start in range(0, k, rows):
+            stop = min(k, start + rows)
+            block = probs[i:i + 1, start:stop] if present is None else \
+                probs[i:i + 1].index_select(1, present[start:stop])
+            block_sums, block_slopes = _region_dense_block(block, w, pieces, None, need_grad)
+            sums[i, start:stop] = block_sums[0]
+            if need_grad:
+                slopes[i, start:stop] = block_slopes[0]
+    return sums, slopes
+
+
+def _region_dense_block(probs, weight, pieces, present, need_grad):
+    """:func:`region_dense` on the whole of ``probs`` at once (a fixed number of ops)."""
     dense = probs if present is None else probs.index_select(1, present)
     g, slopes = _curves.evaluate(dense, pieces, need_grad)
     if weight is None:

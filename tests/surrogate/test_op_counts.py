@@ -1,8 +1,10 @@
 """The number of operator calls per loss call does not grow with the image (docs/method.md §2.6).
 
-The pure-torch path works on whole tensors (no cache blocks, no plane chunks) and the fused
-accelerator path launches a fixed set of Triton kernels, so one forward+backward of any surrogate
-makes the same number of aten calls (and kernel launches) at two image sizes. Counted with
+The fused accelerator path launches a fixed set of Triton kernels, and the pure-torch path works
+on whole tensors (on CPU, above ``ops.CPU_CHUNK_ELEMENTS`` per image, the region surrogates'
+dense curve evaluation goes in chunks of that size, to keep its temporaries off fresh pages: see
+the last test), so one forward+backward of any surrogate makes the same number of aten calls (and
+kernel launches) at two image sizes. Counted with
 ``torch.profiler`` by ``benchmarks/bench_loss.count_ops`` (the ops Triton's interpreter runs
 inside a launch are not counted: on a GPU a launch is one kernel). The fused path is forced onto
 CPU tensors (Triton's interpreter), so the sizes stay small; the two sizes differ by 4x in pixels
@@ -130,3 +132,30 @@ def test_evaluate_leaves_its_input_alone(compute_path):
     for cp in ([0.5, 0.5], [0.2, 0.3], load_params("voc_miou").control_points[0][0]):
         evaluate(x, curve_pieces(cp), True)
         assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("preset", ["voc_miou", "voc_biou", "voc_fwiou"])
+def test_cpu_chunks_equal_the_whole_tensor(preset, compute_path, monkeypatch):
+    """The CPU fallback's chunked dense evaluation (forced here with a tiny chunk: chunks of a few
+    classes, a class absent from the labels, BIoU's pixel weights) gives the whole tensor's value
+    and gradient."""
+    from segloss_d2.surrogate import ops
+
+    if compute_path == "fused":
+        pytest.skip("the chunks are the CPU pure-torch path's")
+    labels = blob_labels(n=2, h=20, w=24, cell=5)
+    labels[labels == 3] = 0  # class 3 absent: the dense sum runs over the present classes only
+    loss = SurrogateLoss(load_params(preset), C, tolerance=2)
+    logits = random_logits(labels, dtype=torch.float64)
+
+    def run():
+        leaf = logits.clone().requires_grad_()
+        value = loss(leaf, labels)
+        value.backward()
+        return value.detach(), leaf.grad
+
+    whole = run()
+    monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", 2 * 20 * 24)  # 2 classes of one image
+    chunked = run()
+    torch.testing.assert_close(chunked[0], whole[0], atol=1e-13, rtol=1e-12)
+    torch.testing.assert_close(chunked[1], whole[1], atol=1e-13, rtol=1e-12)
