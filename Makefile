@@ -16,9 +16,10 @@ demo: install
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# The unit tests only (no end-to-end runs of the demo, the study, train_net or gpu_check).
+# The unit tests only: no end-to-end runs of the demo, the study, train_net or gpu_check (e2e),
+# no whole searches, subprocesses, Ray clusters or Triton interpreter runs (slow).
 test-fast: install
-	$(PY) -m pytest tests -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not e2e and not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

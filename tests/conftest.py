@@ -65,7 +65,8 @@ _E2E_DIRS = ("e2e", "benchmarks")
 
 def pytest_collection_modifyitems(config, items):
     """Mark the end-to-end tests ``e2e``: ``make test`` (CI) runs everything, ``make test-fast``
-    (``-m "not e2e"``) the unit tests only."""
+    (``-m "not e2e and not slow"``) the unit tests only (tests that run a whole search, a
+    subprocess, a Ray cluster or Triton's interpreter are marked ``slow`` where they are)."""
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     for item in items:
         parts = os.path.relpath(str(item.path), tests_dir).split(os.sep)

@@ -37,6 +37,7 @@ def test_unknown_attribute_is_an_attribute_error():
         segloss_d2.nope  # noqa: B018
 
 
+@pytest.mark.slow
 def test_core_does_not_import_detectron2():
     code = (
         "import sys\n"
@@ -51,6 +52,7 @@ def test_core_does_not_import_detectron2():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_importing_never_switches_the_matplotlib_backend():
     """A notebook user's backend survives ``import segloss_d2.*`` (no matplotlib.use at import)."""
     pytest.importorskip("detectron2")

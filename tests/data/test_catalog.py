@@ -50,6 +50,7 @@ def _assert_clear(message, name, path):
 # ------------------------------------------------------------------ no side effects at import
 
 
+@pytest.mark.slow
 def test_importing_segloss_leaves_detectron2_registrations_untouched():
     code = (
         "import detectron2.data\n"

@@ -443,6 +443,7 @@ def test_shapes_builtin_val_generated_on_first_use(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / SPLITS["segloss_shapes_train"][0]).exists()
 
 
+@pytest.mark.slow
 def test_hires_variant_is_registered_and_generated_on_first_use(tmp_path, monkeypatch):
     from segloss_d2.data.shapes import VARIANT_SPLITS
 

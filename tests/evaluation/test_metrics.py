@@ -281,6 +281,7 @@ def test_equals_brute_force(tol, drop_bg):
 
 
 @pytest.mark.parametrize("tol", [2, 5, 40])
+@pytest.mark.slow
 def test_large_tolerances_equal_brute_force(tol, monkeypatch):
     """BF1 counts its matches with integral images and the trimap / Boundary IoU bands come from
     a distance transform from DISTANCE_RADIUS on (patched down here): still the brute-force

@@ -96,6 +96,7 @@ print(json.dumps({"bounded": bounded, "huge": result, "growth_mb": peak_mb() - b
 """
 
 
+@pytest.mark.slow
 def test_case5_huge_tolerance_memory_and_values_bounded_by_the_image():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(10**6)], capture_output=True,
@@ -187,6 +188,7 @@ def test_case8_truncated_voc_label_png_is_named_in_the_palette_conversion(voc):
 
 @pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("which", ["image", "label"])
+@pytest.mark.slow
 def test_case8_truncated_file_during_training_is_named(voc, workers, which):
     name, voc_dir = voc
     dicts = DatasetCatalog.get(name)  # converts the labels while they are intact
@@ -198,6 +200,7 @@ def test_case8_truncated_file_during_training_is_named(voc, workers, which):
         _first_batches(_train_cfg(name, workers), trainer=True)
 
 
+@pytest.mark.slow
 def test_case8_label_value_out_of_range_during_training_names_file_and_dataset(voc):
     name, voc_dir = voc
     dicts = DatasetCatalog.get(name)

@@ -116,6 +116,7 @@ def _start_hanging_search(out):
     return proc
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_and_kill_9_resumes_exactly(reference, tmp_path):
     """Case 1 (two processes on one directory) and the kill -9 + --resume guarantee."""
     out = tmp_path / "raced"
@@ -265,6 +266,7 @@ def test_train_net_offline_weights_is_one_clear_paragraph(tmp_path):
     assert os.listdir(tmp_path) == []  # not even config.yaml or log.txt
 
 
+@pytest.mark.slow
 def test_overwrite_starts_over_and_is_named_in_refusals(reference, tmp_path):
     """Case 6: a way to start over in a directory on purpose."""
     out = _copy(reference, tmp_path)
@@ -296,6 +298,7 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path):
     assert "Traceback" not in message
 
 
+@pytest.mark.slow
 def test_full_disk_mid_search_keeps_the_log_and_resumes(reference, tmp_path, monkeypatch):
     """Case 9: the disk fills while trials are logged."""
     out = tmp_path / "full"
@@ -328,6 +331,7 @@ def test_search_whose_every_trial_diverged_fails(tmp_path):
     assert os.path.exists(out / "reward_curve.png")
 
 
+@pytest.mark.slow
 def test_killed_ray_search_leaves_no_process_behind(tmp_path):
     """Case 9: Ray's dashboard and runtime-env agents used to outlive a kill -9 by minutes."""
     pytest.importorskip("ray")
@@ -368,6 +372,7 @@ def _refused_untouched(out, *extra, resume=False):
     return message
 
 
+@pytest.mark.slow
 def test_a_bad_loss_key_is_refused_before_the_state(tmp_path):
     message = _refused_untouched(tmp_path / "s", "MODEL.SEM_SEG_HEAD.SURROGATE.STATS", "batch")
     assert "MODEL.SEM_SEG_HEAD.SURROGATE.STATS" in message and "'batch'" in message
@@ -424,6 +429,7 @@ def test_a_corrupt_reward_image_is_refused_naming_it(tmp_path):
     assert "disk space" not in message
 
 
+@pytest.mark.slow
 def test_the_target_metric_spelling_does_not_change_the_search(reference, tmp_path):
     """The tiny search's target is "mIoU+BF1": resuming it as "miou+bf1" is the same search."""
     out = _copy(reference, tmp_path)
@@ -432,6 +438,7 @@ def test_the_target_metric_spelling_does_not_change_the_search(reference, tmp_pa
                                                          _trials(reference)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_a_search_with_one_line_and_resume_finishes_it(reference, tmp_path,
                                                                    monkeypatch, capsys):
     from segloss_d2.search import backends

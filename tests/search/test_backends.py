@@ -186,6 +186,7 @@ def real_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_backend_equals_local(local_results, real_ray):
     cfg = tiny_search_cfg(opts=["SEARCH.BACKEND", "ray", "SEARCH.MODELS_PER_WORKER", 2,
                                 "SEARCH.RAY.CPUS_PER_TRIAL", 1])
@@ -199,6 +200,7 @@ def test_ray_backend_equals_local(local_results, real_ray):
     assert len({r["train_loss"] for _, r in local_results}) == 3
 
 
+@pytest.mark.slow
 def test_ray_task_that_raises_is_not_logged(real_ray):
     cfg = tiny_search_cfg(opts=["SEARCH.BACKEND", "ray", "SEARCH.MODELS_PER_WORKER", 1,
                                 "SEARCH.RAY.CPUS_PER_TRIAL", 1])

@@ -31,6 +31,7 @@ def _wait(condition, timeout=30.0):
     return False
 
 
+@pytest.mark.slow
 def test_descendants_of_a_killed_process_are_stopped():
     parent = subprocess.Popen([sys.executable, "-c", _PARENT])
     try:
@@ -44,6 +45,7 @@ def test_descendants_of_a_killed_process_are_stopped():
     assert _wait(lambda: not any(_alive(p, s) for p, s in tree.items()))
 
 
+@pytest.mark.slow
 def test_reaper_leaves_a_living_process_alone():
     parent = subprocess.Popen([sys.executable, "-c", _PARENT])
     try:

@@ -37,6 +37,7 @@ def uninterrupted(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_search_writes_every_output(uninterrupted):
     out, result = uninterrupted
     trials = _trials(out)
@@ -72,6 +73,7 @@ class _Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(uninterrupted, tmp_path, monkeypatch):
     ref_out, ref_result = uninterrupted
     out = str(tmp_path / "resumed")
@@ -207,6 +209,7 @@ def with_options(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_search_with_every_option_writes_the_selected_answer(with_options):
     out, result = with_options
     trials = _trials(out)
@@ -232,6 +235,7 @@ def test_search_with_every_option_writes_the_selected_answer(with_options):
     assert flat == pytest.approx(chosen["theta"])
 
 
+@pytest.mark.slow
 def test_kill_and_resume_with_every_option_equals_uninterrupted(with_options, tmp_path,
                                                                 monkeypatch):
     ref_out, ref_result = with_options
@@ -264,6 +268,7 @@ def test_kill_and_resume_with_every_option_equals_uninterrupted(with_options, tm
             assert json.load(f)["terms"] == json.load(g)["terms"]
 
 
+@pytest.mark.slow
 def test_random_search_with_free_curves_end_to_end(tmp_path):
     """One real tiny random search (2 x 3) with SEARCH.CONSTRAINTS none, through the runner."""
     out = str(tmp_path)
@@ -380,6 +385,7 @@ def test_paper_search_configs(path):
     assert settings_of(cfg, check_files=False).selection is None
 
 
+@pytest.mark.slow
 def test_guarded_search_measures_the_reference_once_and_resume_keeps_it(tmp_path, monkeypatch):
     from segloss_d2.search import trial
 
@@ -425,6 +431,7 @@ def test_guarded_search_measures_the_reference_once_and_resume_keeps_it(tmp_path
     assert best.reward == max(r["reward"] for r in trials)
 
 
+@pytest.mark.slow
 def test_guard_reference_from_the_config_trains_no_reference(tmp_path, monkeypatch):
     from segloss_d2.search import trial
 

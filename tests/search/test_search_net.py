@@ -36,6 +36,7 @@ def finished(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_cli_runs_a_search(finished):
     out, result = finished
     for name in ("trials.jsonl", "best_params.json", "final_mu_params.json", "reward_curve.png",

@@ -91,6 +91,7 @@ def test_bad_constructor_values():
         SearchSpace(["mIoU", "BF1"], [1, 2, 3])
 
 
+@pytest.mark.slow
 def test_space_does_not_import_detectron2():
     code = ("import sys; import segloss_d2.search.space; "
             "assert not [m for m in sys.modules if m.startswith('detectron2')]")

@@ -252,6 +252,7 @@ def test_study_smoke_run_and_resume(tmp_path):
     assert again.split("## Wall time")[0] == report.split("## Wall time")[0]
 
 
+@pytest.mark.slow
 def test_bad_set_field_is_refused(tmp_path):
     proc = _run(str(tmp_path / "s"), "--set", "no_such_field", "1")
     assert proc.returncode != 0 and "unknown field" in proc.stderr

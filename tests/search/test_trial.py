@@ -120,6 +120,7 @@ def _thetas(cfg, n):
     return torch.stack(rows)
 
 
+@pytest.mark.slow
 def test_k_models_side_by_side_equal_one_at_a_time(data):
     cfg = tiny_search_cfg()
     thetas = _thetas(cfg, 3)
@@ -366,6 +367,7 @@ class _Holder:
         pass
 
 
+@pytest.mark.slow
 def test_project_trainer_runs_a_whole_search(tmp_path):
     from segloss_d2.search.runner import SearchRunner
 
@@ -490,6 +492,7 @@ def test_common_random_numbers_are_complete(data, monkeypatch):
     assert other[1:] != streams[0][1:]  # and the data order / augmentations
 
 
+@pytest.mark.slow
 def test_successive_halving_stops_the_worse_half_and_keeps_the_survivors_results(data):
     base = tiny_search_cfg(opts=["SEARCH.PROXY.MAX_ITER", 4])
     halving = tiny_search_cfg(opts=["SEARCH.PROXY.MAX_ITER", 4, "SEARCH.PROXY.HALVING", [0.5],

@@ -90,6 +90,7 @@ LABELS = {
 
 @pytest.mark.parametrize("labels_kind", sorted(LABELS))
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.slow
 def test_every_metric_matches_the_torch_path(monkeypatch, preset, labels_kind):
     labels = LABELS[labels_kind]()
     loss = SurrogateLoss(load_params(preset), C, tolerance=2)
@@ -105,6 +106,7 @@ ODD_SHAPES = [(1, 1, 1), (2, 1, 7), (1, 7, 1), (2, 3, 5), (1, 13, 11)]
 
 
 @pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.slow
 def test_odd_sizes_all_metrics(monkeypatch, shape):
     gen = torch.Generator().manual_seed(sum(shape))
     labels = torch.randint(0, C, shape, generator=gen)
@@ -125,6 +127,7 @@ def test_odd_sizes_all_metrics(monkeypatch, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.slow
 def test_autocast_half_logits(monkeypatch, dtype):
     labels = blob_labels(n=2, h=7, w=9, cell=3)
     loss = SurrogateLoss(all_metrics_params(), C, tolerance=2)
@@ -160,6 +163,7 @@ def test_all_ignore_batch_is_zero_with_zero_gradient(monkeypatch):
                 assert value.item() == 0.0 and grad.abs().max() == 0.0
 
 
+@pytest.mark.slow
 def test_image_statistics_scope(monkeypatch):
     labels = blob_labels(n=3, h=7, w=9, cell=3)
     labels[1] = 255  # an image where every surrogate is undefined
@@ -251,6 +255,7 @@ def test_bezier_curve_matches_the_torch_path(monkeypatch, num_pieces, dtype):
                                rtol=1e-4 if dtype == torch.float32 else 1e-10)
 
 
+@pytest.mark.slow
 def test_retained_graph_and_double_backward(monkeypatch):
     labels = blob_labels(n=2, h=7, w=9, cell=3)
     loss = SurrogateLoss(all_metrics_params(), C, tolerance=2)
@@ -290,6 +295,7 @@ def _python(code, env=None):
                           timeout=300, cwd=REPO, env=environment)
 
 
+@pytest.mark.slow
 def test_environment_switch():
     code = "from segloss_d2.surrogate import fused; print(fused.ENABLED)"
     assert _python(code, {"SEGLOSS_DISABLE_FUSED": "1"}).stdout.strip() == "False"
@@ -306,6 +312,7 @@ sys.meta_path.insert(0, Blocker())
 """
 
 
+@pytest.mark.slow
 def test_core_works_without_triton():
     """Triton is optional: importing the surrogates never imports it, and without it the fused
     path is unavailable and the losses run on the pure-torch path (one warning)."""
@@ -332,6 +339,7 @@ print("ok")
     assert "Triton is not available" in proc.stderr
 
 
+@pytest.mark.slow
 def test_importing_the_core_does_not_import_triton():
     code = ("import sys, torch\nimport segloss_d2.surrogate, segloss_d2.surrogate.region\n"
             "import segloss_d2.surrogate.boundary, segloss_d2.surrogate.autograd\n"
@@ -421,6 +429,7 @@ print("\n".join(failures) or "ok")
 
 
 @pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.slow
 def test_every_launched_kernel_compiles_for_a_gpu(monkeypatch, arch):
     """Compile (Triton -> PTX -> cubin, in a process without the interpreter) every kernel
     variant the losses launch, for sm_80 (A100) and sm_90 (H100/H200), so that GPU-only compile

@@ -58,6 +58,7 @@ def _count(loss, n, h, w, cell, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.slow
 def test_operator_calls_do_not_grow_with_the_image(preset, compute_path):
     params = load_params(preset)
     metric = params.metrics[0]
