@@ -29,7 +29,26 @@ __all__ = ["relaxed_bf1"]
 
 def _soft_boundary_torch(p, e, curves, need_grad):
     """B and (if ``need_grad``) dB/dp, dB/de, like p, from p and its erosion e (whole tensors:
-    four curve evaluations and a fixed number of ops)."""
+    four curve evaluations and a fixed number of ops; on CPU above
+    :data:`.ops.CPU_CHUNK_ELEMENTS`, chunk by chunk into full-size outputs, so that the
+    temporaries are not fresh pages)."""
+    chunk = ops.CPU_CHUNK_ELEMENTS
+    if p.device.type != "cpu" or p.numel() <= chunk:
+        return _soft_boundary_block(p, e, curves, need_grad)
+    flat_p, flat_e = p.reshape(-1), e.reshape(-1)
+    outputs = [torch.empty_like(flat_p) for _ in range(3 if need_grad else 1)]
+    for start in range(0, flat_p.numel(), chunk):
+        stop = min(flat_p.numel(), start + chunk)
+        parts = _soft_boundary_block(flat_p[start:stop], flat_e[start:stop], curves, need_grad)
+        for out, part in zip(outputs, parts):
+            out[start:stop] = part
+    soft, d_p, d_e = (outputs + [None, None])[:3]
+    return soft.view(p.shape), None if d_p is None else d_p.view(p.shape), \
+        None if d_e is None else d_e.view(p.shape)
+
+
+def _soft_boundary_block(p, e, curves, need_grad):
+    """:func:`_soft_boundary_torch` on the whole of p and e at once."""
     # union part: g3(p) + g4(e) - g3(p) g4(e)
     gp, dp = _curves.evaluate(p, curves[2], need_grad)
     ge, de = _curves.evaluate(e, curves[3], need_grad)

@@ -135,11 +135,11 @@ def test_evaluate_leaves_its_input_alone(compute_path):
         assert torch.equal(x, before)
 
 
-@pytest.mark.parametrize("preset", ["voc_miou", "voc_biou", "voc_fwiou"])
+@pytest.mark.parametrize("preset", ["voc_miou", "voc_biou", "voc_fwiou", "voc_bf1"])
 def test_cpu_chunks_equal_the_whole_tensor(preset, compute_path, monkeypatch):
-    """The CPU fallback's chunked dense evaluation (forced here with a tiny chunk: chunks of a few
-    classes, a class absent from the labels, BIoU's pixel weights) gives the whole tensor's value
-    and gradient."""
+    """The CPU fallback's chunked evaluation (forced here with a tiny chunk: the region sums in
+    chunks of a few classes, with a class absent from the labels and BIoU's pixel weights; BF1's
+    soft boundary in flat chunks) gives the whole tensor's value and gradient."""
     from segloss_d2.surrogate import ops
 
     if compute_path == "fused":
