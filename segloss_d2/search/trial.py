@@ -149,7 +149,6 @@ class _Candidate:
     def __init__(self, cfg, space, trainer, template, theta, seed):
         """``cfg``: the trial's proxy config; ``space``: the search space of ``theta``;
         ``theta`` None: the template head's own loss (the cross-entropy reference)."""
-        """``theta`` None: the template head's own loss (the cross-entropy reference)."""
         self.params = None if theta is None else space.to_params(theta)
         self.model = copy.deepcopy(template)
         if self.params is not None:

@@ -36,15 +36,15 @@ def _soft_boundary_torch(p, e, curves, need_grad):
     if p.device.type != "cpu" or p.numel() <= chunk:
         return _soft_boundary_block(p, e, curves, need_grad)
     flat_p, flat_e = p.reshape(-1), e.reshape(-1)
-    outputs = [torch.empty_like(flat_p) for _ in range(3 if need_grad else 1)]
+    outputs = [torch.empty_like(p, memory_format=torch.contiguous_format)
+               for _ in range(3 if need_grad else 1)]
+    flat_outputs = [out.view(-1) for out in outputs]
     for start in range(0, flat_p.numel(), chunk):
-        stop = min(flat_p.numel(), start + chunk)
+        stop = start + chunk  # slices stop at the end
         parts = _soft_boundary_block(flat_p[start:stop], flat_e[start:stop], curves, need_grad)
-        for out, part in zip(outputs, parts):
+        for out, part in zip(flat_outputs, parts):
             out[start:stop] = part
-    soft, d_p, d_e = (outputs + [None, None])[:3]
-    return soft.view(p.shape), None if d_p is None else d_p.view(p.shape), \
-        None if d_e is None else d_e.view(p.shape)
+    return tuple(outputs) if need_grad else (outputs[0], None, None)
 
 
 def _soft_boundary_block(p, e, curves, need_grad):

@@ -9,8 +9,8 @@ Three implementations compute the same formulas:
   ``SEGLOSS_DISABLE_CPU_KERNELS`` unset; tests flip ``kernels.ENABLED``);
 - pure torch: the reference, the fallback everywhere. It works on whole tensors (no blocks), so
   its number of ops per call does not grow with the image (docs/method.md §2.6); on CPU only, the
-  region surrogates' dense evaluation goes in chunks of :data:`CPU_CHUNK_ELEMENTS` (fresh
-  full-size CPU tensors cost page faults).
+  region surrogates' dense evaluation and BF1's soft boundary go in chunks of
+  :data:`CPU_CHUNK_ELEMENTS` (fresh full-size CPU tensors cost page faults).
 
 This is the only module that calls ``torch.ops.segloss_d2.*``, and (with the autograd Functions
 that :func:`accelerated` selects in :mod:`.region` and :mod:`.boundary`) the only place that
