@@ -278,15 +278,25 @@ def loss_path(path):
         fused.ENABLED, kernels.ENABLED = saved
 
 
+# GradScaler's initial scale: unscaled, the gradient of a loss averaged over a million pixels
+# (~1e-7) is float16-subnormal, and both paths would round it to multiples of 2**-24
+AMP_LOSS_SCALE = 2.0**16
+
+
 def _value_and_grad(loss_fn, logits, labels):
+    """Value and gradient in float64; for float16/bfloat16 logits the backward runs on the loss
+    scaled by ``AMP_LOSS_SCALE`` (as AMP training does) and the gradient is unscaled."""
     x = logits.detach().clone().requires_grad_()
     value = loss_fn(x, labels)
-    value.backward()
-    return value.detach().double(), x.grad.detach().double()
+    scale = AMP_LOSS_SCALE if x.dtype in (torch.float16, torch.bfloat16) else 1.0
+    (value * scale).backward()
+    return value.detach().double(), x.grad.detach().double() / scale
 
 
 def _agreement(name, precision, loss_fn, logits, labels):
-    """Largest differences between the eager and the fused path, value and gradient."""
+    """Largest differences between the eager and the fused path, value and gradient, and whether
+    they are within float32 round-off (or one unit in the last place of a float16/bfloat16
+    gradient)."""
     with loss_path("eager"):
         value, grad = _value_and_grad(loss_fn, logits, labels)
     with loss_path("fused"):
@@ -296,8 +306,10 @@ def _agreement(name, precision, loss_fn, logits, labels):
            "value_abs_diff": float((value - value_f).abs()),
            "grad_max_abs_diff": float((grad - grad_f).abs().max()), "grad_scale": scale}
     # float32 round-off of sums over millions of pixels, in a different order
+    # (under autocast the gradient has the logits' dtype: one unit of its last place, relative)
+    grad_tol = max(1e-3, 2 * torch.finfo(logits.dtype).eps)
     row["agree"] = (row["value_abs_diff"] <= 1e-4 * max(1.0, abs(row["value_eager"]))
-                    and row["grad_max_abs_diff"] <= 1e-3 * max(scale, 1e-12))
+                    and row["grad_max_abs_diff"] <= grad_tol * max(scale, 1e-12))
     return row
 
 
@@ -369,16 +381,47 @@ def section_loss(device, sizes):
         if skip_fused is None:
             for name, fn in surrogates:
                 agreement.append(_agreement(name, label, wrap(fn), logits, labels))
-    if agreement:
+    if skip_fused is None:
+        agreement += edge_agreement(device, amp)
         print("eager vs fused: largest |value difference|, largest |gradient difference| / "
               "largest |gradient|")
         for row in agreement:
-            print(f"{row['loss']:16s} {row['precision']:>15s} {row['value_abs_diff']:10.2e} "
+            print(f"{row['loss']:16s} {row['precision']:>26s} {row['value_abs_diff']:10.2e} "
                   f"{row['grad_max_abs_diff'] / max(row['grad_scale'], 1e-30):10.2e}"
                   + ("" if row["agree"] else "  DISAGREE"))
     ops = section_ops(device, sizes, surrogates, ce, paths)
     return {"shape": list(shape), "repeat": repeat, "paths": paths, "fused_skipped": skip_fused,
             "rows": rows, "agreement": agreement, "ops": ops}
+
+
+# the edge cases of tests/surrogate/test_fused.py, on the device: odd sizes with void pixels and
+# absent classes, one all-ignore batch; fp32 and under autocast
+EDGE_SHAPES = ((1, 5, 37, 53), (3, 7, 61, 29))
+
+
+def edge_agreement(device, amp):
+    """Agreement rows of every surrogate on the edge inputs of ``EDGE_SHAPES``."""
+    from segloss_d2.surrogate import SurrogateLoss, load_params
+
+    rows = []
+    for shape in EDGE_SHAPES:
+        n, c, h, w = shape
+        gen = torch.Generator().manual_seed(sum(shape))
+        logits = (torch.randn(shape, generator=gen) * 3).to(device)
+        labels = torch.randint(0, c - 1, (n, h, w), generator=gen)  # class c-1 absent
+        labels[torch.rand(n, h, w, generator=gen) < 0.1] = 255
+        cases = [("", labels.to(device)), (" all-ignore", torch.full_like(labels, 255).to(device))]
+        for name, preset in SURROGATES:
+            fn = SurrogateLoss(load_params(preset), c).to(device)
+            for suffix, target in cases:
+                for label, x, loss_fn in (("fp32", logits, fn),
+                                          (str(amp), logits.to(amp), _Autocast(fn, device.type,
+                                                                               amp))):
+                    row = _agreement(f"{name}{suffix}", f"{label} {tuple(shape)}", loss_fn, x,
+                                     target)
+                    row["edge"] = True
+                    rows.append(row)
+    return rows
 
 
 def section_ops(device, sizes, surrogates, ce, paths):
@@ -724,7 +767,9 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available (use --device cpu)")
-    if device.type == "cuda":
+    if device.type == "cuda":  # "cuda" alone is the current device (set_device wants an index)
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None
+                              else device.index)
         torch.cuda.set_device(device)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in sections if s not in SECTIONS]

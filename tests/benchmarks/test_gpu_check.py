@@ -109,8 +109,12 @@ def test_bare_machine_run_without_detectron2_and_extension(tmp_path):
     assert [r["loss"] for r in rows] == per_precision * 2
     assert [r["path"] for r in rows] == ([None] + ["eager", "fused"] * 6) * 2
     assert all(r["finite"] and r["ms"] > 0 for r in rows)
-    assert [(r["loss"], r["precision"]) for r in loss["agreement"]] == [
+    full = [r for r in loss["agreement"] if not r.get("edge")]
+    assert [(r["loss"], r["precision"]) for r in full] == [
         (name, precision) for precision in ("fp32", "torch.bfloat16") for name in SURROGATES]
+    edge = [(r["loss"], r["precision"]) for r in loss["agreement"] if r.get("edge")]
+    assert len(edge) == 2 * len(SURROGATES) * 2 * 2  # shapes, losses, all-ignore or not, dtypes
+    assert ("BF1 all-ignore", "torch.bfloat16 (3, 7, 61, 29)") in edge
     assert all(r["agree"] for r in loss["agreement"]), loss["agreement"]
     ops = loss["ops"]
     assert [(r["loss"], r["path"]) for r in ops] == [("cross_entropy", None)] + [
