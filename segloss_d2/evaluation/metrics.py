@@ -59,14 +59,56 @@ def _ratio(num, den):
     return out
 
 
+# cv2.calcHist counts in float32, exact up to 2**24 per bin: larger images use np.bincount
+_HIST_EXACT_PIXELS = 2**24
+
+
+def _histogram(labels, mask, num_labels):
+    """(num_labels,) int64 counts of the values of ``labels`` where ``mask`` (None: everywhere);
+    values >= num_labels are dropped.
+
+    Args:
+        labels (np.ndarray): (H, W) uint8 or uint16 label map.
+        mask (np.ndarray or None): (H, W) bool or uint8 map.
+        num_labels (int): number of bins.
+    """
+    if labels.size >= _HIST_EXACT_PIXELS:
+        values = labels.ravel() if mask is None else labels[mask.view(bool)]
+        return np.bincount(values, minlength=num_labels)[:num_labels].astype(np.int64)
+    # one pass without gathering the selected pixels (bins are exact: one per integer value)
+    mask = None if mask is None else mask.view(np.uint8)
+    hist = cv2.calcHist([labels], [0], mask, [num_labels], [0, num_labels])
+    return hist.reshape(-1).astype(np.int64)
+
+
+def _joint_histogram(rows, cols, mask, num_rows, num_cols):
+    """(num_rows, num_cols) int64 counts of the pairs ``(rows, cols)`` where ``mask`` (None:
+    everywhere): a confusion matrix; pairs out of range are dropped.
+
+    Args:
+        rows, cols (np.ndarray): (H, W) uint8 or uint16 label maps.
+        mask (np.ndarray or None): (H, W) bool or uint8 map.
+        num_rows, num_cols (int): number of row / column labels.
+    """
+    if rows.size >= _HIST_EXACT_PIXELS:
+        index = rows.astype(np.intp) * num_cols + cols
+        index = index.ravel() if mask is None else index[mask.view(bool)]
+        counts = np.bincount(index, minlength=num_rows * num_cols)[: num_rows * num_cols]
+        return counts.reshape(num_rows, num_cols).astype(np.int64)
+    mask = None if mask is None else mask.view(np.uint8)
+    hist = cv2.calcHist([rows, cols], [0, 1], mask, [num_rows, num_cols],
+                        [0, num_rows, 0, num_cols])
+    return hist.astype(np.int64)
+
+
 def _points_by_label(mask, labels, num_labels):
     """The (ys, xs) coordinates of the pixels selected by ``mask``, grouped by their label in
     ``labels``: a list of ``num_labels`` pairs of int arrays (empty for absent labels)."""
-    ys, xs = np.nonzero(mask)
-    lab = labels[ys, xs]
-    order = np.argsort(lab, kind="stable")
-    ys, xs, lab = ys[order], xs[order], lab[order]
-    bounds = np.searchsorted(lab, np.arange(num_labels + 1))
+    flat = np.flatnonzero(mask)  # several times faster than np.nonzero on a 2-D map
+    lab = labels.ravel()[flat]
+    order = np.argsort(lab, kind="stable")  # a radix sort for 8/16-bit labels
+    ys, xs = np.divmod(flat[order], mask.shape[1])
+    bounds = np.searchsorted(lab[order], np.arange(num_labels + 1))
     return [(ys[a:b], xs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -274,22 +316,17 @@ class SegMetrics:
     def _update_image(self, pred, gt):
         c = self.num_classes
         want = set(self.metrics)
-        # joint index gt * C + pred; void GT rows (gt == C) land in [C*C, C*C + C) and are dropped
-        index = gt.astype(np.intp) * c + pred
+        # confusion of (gt, pred); void GT (gt == C) is out of the rows' range and dropped
         if want & _CONFUSION_METRICS:
-            self.confusion += np.bincount(index.ravel(), minlength=(c + 1) * c)[: c * c].reshape(
-                c, c
-            )
+            self.confusion += _joint_histogram(gt, pred, None, c, c)
         valid = gt != c
         if want & {"BIoU", "BF1"}:
             gt_edge = label_boundary(gt, 1) & valid
             pred_edge = label_boundary(pred, 1)
         if "BIoU" in want:
             seeds = gt_edge & (gt != 0) if self.drop_background else gt_edge
-            trimap = dilate_mask(seeds, self.tolerance).view(bool)
-            self.trimap_confusion += np.bincount(index[trimap], minlength=(c + 1) * c)[
-                : c * c
-            ].reshape(c, c)
+            trimap = dilate_mask(seeds, self.tolerance)
+            self.trimap_confusion += _joint_histogram(gt, pred, trimap, c, c)
         if "BF1" in want:
             self.bf1_counts += self._bf1_counts(pred, gt, pred_edge, gt_edge)
         if "BoundaryIoU" in want:
@@ -333,10 +370,10 @@ class SegMetrics:
         gt_band = label_boundary(gt, radius, border_is_boundary=True)
         pred_band = label_boundary(pred, radius, border_is_boundary=True) & valid
         both = gt_band & pred_band & (gt == pred)
-        # void GT pixels have label C: counted in the last bin and dropped
-        n_gt = np.bincount(gt[gt_band], minlength=c + 1)[:c]
-        n_pred = np.bincount(pred[pred_band], minlength=c)
-        inter = np.bincount(gt[both], minlength=c + 1)[:c]
+        # void GT pixels have label C: out of the histogram's range, dropped
+        n_gt = _histogram(gt, gt_band, c)
+        n_pred = _histogram(pred, pred_band, c)
+        inter = _histogram(gt, both, c)
         return np.stack([inter, n_gt + n_pred - inter])
 
     # ------------------------------------------------------------------------------------------

@@ -259,7 +259,14 @@ def _random_pair(rng, shape, num_classes):
 # shapes include thin images whose diagonal gives Boundary IoU radii 2 and 3
 @pytest.mark.parametrize("tol", [0, 1, 2, 3])
 @pytest.mark.parametrize("drop_bg", [False, True])
-def test_equals_brute_force(tol, drop_bg):
+@pytest.mark.parametrize("histogram", ["calcHist", "bincount"])
+def test_equals_brute_force(tol, drop_bg, histogram, monkeypatch):
+    """Both counting paths: OpenCV's histograms, and np.bincount (images of 2**24 pixels or more,
+    where calcHist's float32 bins stop being exact)."""
+    from segloss_d2.evaluation import metrics
+
+    if histogram == "bincount":
+        monkeypatch.setattr(metrics, "_HIST_EXACT_PIXELS", 0)
     rng = np.random.default_rng(100 * tol + drop_bg)
     num_classes = 4
     images = [_random_pair(rng, s, num_classes) for s in [(11, 13), (9, 16), (4, 80), (3, 130)]]
@@ -367,6 +374,9 @@ def test_many_classes_use_wider_labels():
     small = SegMetrics(300, ignore_value=1000, tolerance=1)
     small.update(pred.astype(np.int32), gt.astype(np.int32))
     assert r["mIoU"] > 0 and r == pytest.approx(small.compute(), nan_ok=True)
+    valid = gt != 1000  # the uint16 maps' histograms count exactly
+    want = np.bincount(gt[valid] * 300 + pred[valid], minlength=300 * 300).reshape(300, 300)
+    assert np.array_equal(m.confusion, want)
 
 
 # --------------------------------------------------------------------------------------------
