@@ -314,7 +314,7 @@ def _affine(c0, c1, t):
     return out.add_(c0) if c0 != 0.0 else out
 
 
-def evaluate(x, pieces, need_grad):
+def evaluate(x, pieces, need_grad, grad_out=None):
     """g(x) and (if ``need_grad``, else None) dg/dx in pure torch, on the whole tensor at once.
 
     The formulas of :func:`_piece_coefficients` on the owning piece of each element (piece 0
@@ -325,29 +325,64 @@ def evaluate(x, pieces, need_grad):
 
     A one-piece curve (BF1's) uses its coefficients as Python floats (a straight piece, a = 0.5,
     has s = a and t = u exactly). With several pieces the owning piece is found once
-    (``torch.bucketize`` on the break points) and each coefficient is gathered per element from
-    :func:`coefficient_table` (one ``index_select`` each). Either way the number of ops is fixed
-    (10 kernels for one piece, 22 for several, plus views) whatever the size of x: no blocks,
-    one kernel launch per op on a GPU (docs/method.md §2.6). Scratch: a few tensors like x.
+    (:func:`_owning_piece`) and six coefficients are gathered per element from
+    :func:`coefficient_table` (one ``index_select`` each; a2, b, d1 and d2 follow from them).
+    Either way the number of ops is fixed (10 kernels for one piece, 22 for several on a GPU,
+    plus views; on a CPU two more per break point past the first) whatever the size of x: no
+    blocks, one kernel launch per op on a GPU (docs/method.md §2.6). Scratch: a few tensors
+    like x.
 
     Args:
         x (Tensor): any shape, float32 or float64; not modified, no autograd.
         pieces: one curve (:func:`curve_pieces`).
+        grad_out (Tensor or None): where to write dg/dx (like x; e.g. a slice of a larger
+            tensor, saving a copy), or None for a new tensor.
     """
     if len(pieces) == 1:
-        values = pieces[0]._asdict()
-        coef = values.__getitem__  # Python floats
-        lo, inv_w = values["lo"], values["inv_w"]
-        u = x if lo == 0.0 and inv_w == 1.0 else torch.sub(x, lo).mul_(inv_w)
-    else:
-        rows = _coefficient_rows(pieces, x)
-        index = torch.bucketize(x, rows["lo"][1:], out_int32=True).reshape(-1)
+        values = pieces[0]._asdict()  # Python floats
+        return _evaluate_one(x, values, need_grad, grad_out)
+    rows = _coefficient_rows(pieces, x)
+    index = _owning_piece(x, rows["lo"], pieces).reshape(-1)
 
-        def coef(name):  # per element, from the owning piece
-            return rows[name].index_select(0, index).view(x.shape)
+    def coef(name):  # per element, from the owning piece
+        return rows[name].index_select(0, index).view(x.shape)
 
-        u = torch.sub(x, coef("lo")).mul_(coef("inv_w"))
-    if len(pieces) == 1 and values["b"] == 0.0:
+    # A gather costs several elementwise ops on a CPU: a2, b, d1 and d2 are derived from a, c1,
+    # c2 and 1 / w instead of gathered (the same numbers up to a unit in the last place).
+    inv_w, a, c2 = coef("inv_w"), coef("a"), coef("c2")
+    u = torch.sub(x, coef("lo")).mul_(inv_w)
+    b = torch.rsub(a, 1.0, alpha=2.0)  # 1 - 2a
+    s = torch.mul(a, a).addcmul_(b, u).sqrt_()  # a2 + b u
+    denominator = b.copy_(s).add_(a)
+    t = torch.div(u, denominator, out=denominator)
+    rise = torch.addcmul(coef("c1"), c2, t)  # c1 + c2 t
+    g = torch.addcmul(coef("y_lo"), rise, t)
+    if not need_grad:
+        return g, None
+    # g' = (d1 + d2 t) / s = (c1 + 2 c2 t) / (2 w s) = (rise + c2 t) (1 / w) / (2 s)
+    numerator = rise.addcmul_(c2, t).mul_(inv_w)
+    return g, torch.div(numerator, s.mul_(2.0), out=numerator if grad_out is None else grad_out)
+
+
+def _owning_piece(x, lo, pieces):
+    """(x.shape) int32 index of the piece owning each element: piece 0 owns x <= lo_1, piece
+    k >= 1 owns lo_k < x. On a CPU a comparison per break point (torch.bucketize searches each
+    element: 3-4x slower there for the few break points of a curve); elsewhere one bucketize."""
+    if x.device.type != "cpu":
+        return torch.bucketize(x, lo[1:], out_int32=True)
+    breaks = [piece.lo for piece in pieces[1:]]
+    index = torch.gt(x, breaks[0]).to(torch.int32)
+    for value in breaks[1:]:
+        index += torch.gt(x, value)
+    return index
+
+
+def _evaluate_one(x, values, need_grad, grad_out):
+    """:func:`evaluate` of a one-piece curve, its coefficients ``values`` as Python floats."""
+    coef = values.__getitem__
+    lo, inv_w = values["lo"], values["inv_w"]
+    u = x if lo == 0.0 and inv_w == 1.0 else torch.sub(x, lo).mul_(inv_w)
+    if values["b"] == 0.0:
         s, t = values["a"], u
     else:
         s = _affine(coef("a2"), coef("b"), u).sqrt_()  # a2 + b u
@@ -355,15 +390,13 @@ def evaluate(x, pieces, need_grad):
         t = torch.div(u, denominator, out=denominator)
     rise = _affine(coef("c1"), coef("c2"), t)  # c1 + c2 t
     y_lo = coef("y_lo")
-    if torch.is_tensor(y_lo):
-        g = torch.addcmul(y_lo, rise, t)
-    else:
-        g = rise.mul_(t)
-        if y_lo != 0.0:
-            g.add_(y_lo)
+    g = rise.mul_(t)
+    if y_lo != 0.0:
+        g.add_(y_lo)
     if not need_grad:
         return g, None
-    return g, _affine(coef("d1"), coef("d2"), t).div_(s)
+    numerator = _affine(coef("d1"), coef("d2"), t)
+    return g, torch.div(numerator, s, out=numerator if grad_out is None else grad_out)
 
 
 def curve_pieces(control_points):
