@@ -37,8 +37,8 @@ def run(shape, repeat):
         params = load_params(preset)
         local = SurrogateLoss(params, shape[1], tolerance=2 if shape[2] < 128 else 5)
         image = SurrogateLoss(params, shape[1], tolerance=local.tolerance, stats="image")
-        t_local, _, _ = measure(local, logits, labels, repeat)
-        t_image, ratio, _ = measure(image, logits, labels, repeat, baseline=local)
+        t_local, _, _, _ = measure(local, logits, labels, repeat)
+        t_image, ratio, _, _ = measure(image, logits, labels, repeat, baseline=local)
         print(f"{name:10s} {t_local * 1e3:9.1f} {t_image * 1e3:9.1f} {ratio:11.2f}")
 
 

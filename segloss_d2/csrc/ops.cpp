@@ -11,6 +11,9 @@ TORCH_LIBRARY(segloss_d2, m) {
   m.def("bezier(Tensor x, float[] coeffs, bool need_grad) -> (Tensor, Tensor)");
   m.def("region_dense(Tensor probs, Tensor present, Tensor? weight, float[] coeffs, "
         "bool need_grad) -> (Tensor, Tensor)");
+  m.def("region_backward(Tensor probs, Tensor labels, Tensor? weight, Tensor grad_dense, "
+        "Tensor grad_and, Tensor grad_or, float[] and_coeffs, float[] or_coeffs, "
+        "bool softmax) -> Tensor");
   m.def("soft_boundary(Tensor p, float[] coeffs, int[] pieces, bool need_grad, "
         "Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("soft_boundary_backward_bf1(Tensor p, Tensor d_p, Tensor d_e, Tensor mask, "

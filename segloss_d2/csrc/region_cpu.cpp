@@ -112,11 +112,135 @@ std::tuple<at::Tensor, at::Tensor> region_dense(const at::Tensor& probs,
   return {sums, slopes};
 }
 
+// ---------------------------------------------------------------------------------------------
+// region_backward(probs (N, C, L), labels (N, L) int64 in [0, C), weight (N, L) or None,
+//                 grad_dense (C,), grad_and (C,), grad_or (C,), and_coeffs, or_coeffs, softmax)
+//   -> (N, C, L)
+// The gradient of the region sums (python: region._RegionSums) with respect to p,
+//   dL/dp[n, c, l] = w[n, l] (g_O'(p) grad_dense[c]
+//                             + [labels[n, l] = c] (g_A'(p) grad_and[c] + g_O'(p) grad_or[c])),
+// or, with softmax (p = softmax(x) over C), with respect to x, through the softmax's backward in
+// the same pass: dL/dx = p (dL/dp - Σ_c p dL/dp), so dL/dp is never written. The slopes are
+// recomputed from p (nothing full-size is saved by the forward). or_coeffs empty: no g_O terms.
+// Classes whose grad_dense is 0 skip the dense curve (those outside region's "present" set).
+constexpr int64_t kPixels = 256;  // pixels per task: C rows of them stay in cache
+
+template <typename T>
+SEGLOSS_MULTIVERSION void add_product(T* __restrict acc, const T* __restrict a,
+                                      const T* __restrict b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += a[i] * b[i];
+}
+
+template <typename T>
+SEGLOSS_MULTIVERSION void softmax_rows(T* __restrict out, const T* __restrict row,
+                                       const T* __restrict p, const T* __restrict acc,
+                                       int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = p[i] * (row[i] - acc[i]);
+}
+
+at::Tensor region_backward(const at::Tensor& probs, const at::Tensor& labels,
+                           const c10::optional<at::Tensor>& weight_opt,
+                           const at::Tensor& grad_dense, const at::Tensor& grad_and,
+                           const at::Tensor& grad_or, at::ArrayRef<double> and_coeffs,
+                           at::ArrayRef<double> or_coeffs, bool softmax) {
+  check_float_cpu(probs, "probs");
+  TORCH_CHECK(probs.dim() == 3, "segloss_d2: probs must be (N, C, L), got ", probs.sizes());
+  const int64_t n = probs.size(0), c = probs.size(1), len = probs.size(2);
+  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.is_contiguous() &&
+                  labels.numel() == n * len,
+              "segloss_d2: labels must be contiguous int64 with N * L elements");
+  for (const at::Tensor* v : {&grad_dense, &grad_and, &grad_or})
+    TORCH_CHECK(v->scalar_type() == probs.scalar_type() && v->is_contiguous() &&
+                    v->numel() == c,
+                "segloss_d2: the gradients of the sums must be (C,) like probs");
+  at::Tensor weight;
+  if (weight_opt.has_value() && weight_opt->defined()) {
+    weight = *weight_opt;
+    check_float_cpu(weight, "weight");
+    TORCH_CHECK(weight.scalar_type() == probs.scalar_type() && weight.numel() == n * len,
+                "segloss_d2: weight must be (N, L) like probs");
+  }
+  const int64_t and_pieces = static_cast<int64_t>(and_coeffs.size()) / kCoef;
+  check_coeffs(and_coeffs, {and_pieces});
+  const bool has_or = !or_coeffs.empty();
+  const int64_t or_pieces = static_cast<int64_t>(or_coeffs.size()) / kCoef;
+  if (has_or) check_coeffs(or_coeffs, {or_pieces});
+  at::Tensor out = at::empty_like(probs);
+  const int64_t blocks = (len + kPixels - 1) / kPixels;
+  AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "segloss_d2::region_backward", [&] {
+    const Curve<scalar_t> cv_and = make_curve<scalar_t>(and_coeffs.data(), and_pieces);
+    const Curve<scalar_t> cv_or =
+        has_or ? make_curve<scalar_t>(or_coeffs.data(), or_pieces) : Curve<scalar_t>();
+    const scalar_t* p = probs.data_ptr<scalar_t>();
+    const int64_t* lab = labels.data_ptr<int64_t>();
+    const scalar_t* w = weight.defined() ? weight.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gd = grad_dense.data_ptr<scalar_t>();
+    const scalar_t* ga = grad_and.data_ptr<scalar_t>();
+    const scalar_t* go = grad_or.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
+      // gp: dL/dp of the task's pixels, class by class (C x kPixels); acc: Σ_c p dL/dp
+      std::vector<scalar_t> gp(static_cast<size_t>(c * kPixels)), scratch(kPixels),
+          slope_and(kPixels), slope_or(kPixels), p_lab(kPixels), acc(kPixels);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t in = task / blocks, start = (task % blocks) * kPixels;
+        const int64_t size = std::min(kPixels, len - start);
+        const scalar_t* pn = p + in * c * len + start;
+        const int64_t* ln = lab + in * len + start;
+        // the dense term, class by class
+        for (int64_t k = 0; k < c; ++k) {
+          scalar_t* row = gp.data() + k * kPixels;
+          if (has_or && gd[k] != 0) {
+            eval_curve(pn + k * len, scratch.data(), row, size, cv_or);
+            for (int64_t i = 0; i < size; ++i) row[i] *= gd[k];
+          } else {
+            std::fill(row, row + size, scalar_t(0));
+          }
+        }
+        // the label pixels' terms
+        for (int64_t i = 0; i < size; ++i) p_lab[i] = pn[ln[i] * len + i];
+        eval_curve(p_lab.data(), scratch.data(), slope_and.data(), size, cv_and);
+        if (has_or) eval_curve(p_lab.data(), scratch.data(), slope_or.data(), size, cv_or);
+        for (int64_t i = 0; i < size; ++i) {
+          const int64_t k = ln[i];
+          scalar_t v = slope_and[i] * ga[k];
+          if (has_or) v += slope_or[i] * go[k];
+          gp[k * kPixels + i] += v;
+        }
+        // the pixel weights, then (softmax) through the softmax's backward
+        const scalar_t* wn = w ? w + in * len + start : nullptr;
+        scalar_t* on = o + in * c * len + start;
+        if (!softmax) {
+          for (int64_t k = 0; k < c; ++k) {
+            scalar_t* row = gp.data() + k * kPixels;
+            if (wn)
+              for (int64_t i = 0; i < size; ++i) on[k * len + i] = row[i] * wn[i];
+            else
+              std::copy(row, row + size, on + k * len);
+          }
+          continue;
+        }
+        std::fill(acc.begin(), acc.begin() + size, scalar_t(0));
+        for (int64_t k = 0; k < c; ++k) {
+          scalar_t* row = gp.data() + k * kPixels;
+          if (wn)
+            for (int64_t i = 0; i < size; ++i) row[i] *= wn[i];
+          add_product(acc.data(), row, pn + k * len, size);
+        }
+        for (int64_t k = 0; k < c; ++k)
+          softmax_rows(on + k * len, gp.data() + k * kPixels, pn + k * len, acc.data(), size);
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(segloss_d2, CPU, m) {
   m.impl("bezier", &bezier);
   m.impl("region_dense", &region_dense);
+  m.impl("region_backward", &region_backward);
 }
 
 }  // namespace segloss_d2

@@ -31,8 +31,18 @@ logger = logging.getLogger(__name__)
 COEFFICIENTS = Piece._fields
 
 
+# The ops segloss_d2.surrogate.ops calls; a build from older sources may lack some.
+OPS = ("bezier", "region_dense", "region_backward", "soft_boundary",
+       "soft_boundary_backward_bf1", "row_window_max", "window_argmax")
+
+
 def _check_layout(module):
-    """None if ``module`` (``segloss_d2._C``) reads :data:`COEFFICIENTS`, else the error."""
+    """None if ``module`` (``segloss_d2._C``) reads :data:`COEFFICIENTS` and registered every op
+    of :data:`OPS`, else the error."""
+    missing = [name for name in OPS if not hasattr(torch.ops.segloss_d2, name)]
+    if missing:
+        return ImportError(f"segloss_d2._C was built from older sources (it has no op "
+                           f"{', '.join(missing)})")
     declared = getattr(module, "PIECE_COEFFICIENTS", None)
     if declared is None:
         return ImportError("segloss_d2._C was built from older sources (it declares no curve "

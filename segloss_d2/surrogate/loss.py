@@ -100,19 +100,23 @@ class SurrogateLoss(nn.Module):
                 f"drop_background={self.drop_background}, "
                 f"present_classes_only={self.present_classes_only}, stats={self.stats}")
 
-    def _surrogate(self, metric, curves, probs, labels, info):
+    def _surrogate(self, metric, curves, logits, probs, labels, info):
+        # the region surrogates also take the logits (probs = softmax(logits)): on the CPU
+        # kernels their backward then includes the softmax's (docs/method.md §2.6)
         if metric == "mIoU":
             return relaxed_miou(probs, labels, curves[0], curves[1], self.present_classes_only,
-                                info=info)
+                                info=info, logits=logits)
         if metric == "fwIoU":
-            return relaxed_fwiou(probs, labels, curves[0], curves[1], info=info)
+            return relaxed_fwiou(probs, labels, curves[0], curves[1], info=info, logits=logits)
         if metric == "BIoU":
             return relaxed_biou(probs, labels, curves[0], curves[1], self.tolerance,
-                                self.drop_background, self.present_classes_only, info=info)
+                                self.drop_background, self.present_classes_only, info=info,
+                                logits=logits)
         if metric == "mACC":
-            return relaxed_macc(probs, labels, curves[0], self.present_classes_only, info=info)
+            return relaxed_macc(probs, labels, curves[0], self.present_classes_only, info=info,
+                                logits=logits)
         if metric == "pACC":
-            return relaxed_gacc(probs, labels, curves[0], info=info)
+            return relaxed_gacc(probs, labels, curves[0], info=info, logits=logits)
         return relaxed_bf1(probs, labels, curves, self.tolerance, self.drop_background, info=info)
 
     def surrogates(self, logits, labels):
@@ -120,24 +124,26 @@ class SurrogateLoss(nn.Module):
         check_logits_labels(logits, labels, self.num_classes, self.ignore_value)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-            probs = torch.softmax(logits.to(dtype), dim=1)
+            logits = logits.to(dtype)
+            probs = torch.softmax(logits, dim=1)
             if self.stats == "image":
-                return self._per_image(probs, labels), probs
+                return self._per_image(logits, probs, labels), probs
             info = LabelInfo(labels, self.num_classes, reducer(self.stats))
             out = {}
             for metric, curves in zip(self.metrics, self.control_points):
-                out[metric] = self._surrogate(metric, curves, probs, labels, info)
+                out[metric] = self._surrogate(metric, curves, logits, probs, labels, info)
         return out, probs
 
-    def _per_image(self, probs, labels):
+    def _per_image(self, logits, probs, labels):
         """``image`` statistics: every surrogate on each image alone, then the mean over the
         images where it is defined (None where it is defined on none)."""
         values = {metric: [] for metric in self.metrics}
         # one split: its backward concatenates the per-image gradients in one pass
-        for probs_i, labels_i in zip(probs.split(1), labels.split(1)):
+        for logits_i, probs_i, labels_i in zip(logits.split(1), probs.split(1),
+                                               labels.split(1)):
             info = LabelInfo(labels_i, self.num_classes)
             for metric, curves in zip(self.metrics, self.control_points):
-                value = self._surrogate(metric, curves, probs_i, labels_i, info)
+                value = self._surrogate(metric, curves, logits_i, probs_i, labels_i, info)
                 if value is not None:
                     values[metric].append(value)
         return {metric: torch.stack(v).mean() if v else None for metric, v in values.items()}

@@ -23,6 +23,8 @@ chooses. It sits above the curve maths (:mod:`.bezier`) and the kernels (:mod:`.
 - :func:`region_dense`: the dense per-class sums of the region surrogates (C++ or torch; on the
   accelerator path the whole of ``region._RegionSums`` is one kernel instead,
   ``region._AcceleratedRegionSums``).
+- :func:`region_backward`: their gradient, through the softmax that made the probabilities, in one
+  pass (C++ only, chosen by :func:`softmax_region_backward`: ``region._SoftmaxRegionSums``).
 - :func:`row_window_max`: BF1's row-window maxima (C++ or torch: maxima of doubling span).
 - :func:`window_argmax`: BF1's window argmax at sparse positions (Triton or C++ scan of each
   window; torch: separable, from the dense row maxima).
@@ -47,9 +49,11 @@ __all__ = [
     "accelerated",
     "bezier",
     "fused_bf1",
+    "region_backward",
     "region_dense",
     "row_window_max",
     "soft_boundary",
+    "softmax_region_backward",
     "soft_boundary_backward_bf1",
     "window_argmax",
 ]
@@ -112,6 +116,35 @@ def region_dense(probs, weight, pieces, present, need_grad):
     return _region_dense_torch(probs, weight, pieces, present, need_grad)
 
 
+def softmax_region_backward(probs):
+    """Whether :func:`region_backward` runs on ``probs`` (the C++ kernels; there is no fallback:
+    elsewhere the region surrogates keep the softmax's own backward)."""
+    return kernels.use_kernels(probs)
+
+
+def region_backward(probs, labels, weight, grads, and_pieces, or_pieces, softmax):
+    """The gradient of the region sums (``region._RegionSums``) in one pass, C++ kernel only.
+
+    Args:
+        probs (Tensor): (N, C, L) float32/float64, contiguous.
+        labels (Tensor): (N, L) int64 in [0, C) (void pixels have weight 0).
+        weight (Tensor or None): (N, L) pixel weights like ``probs`` (None: all ones).
+        grads: (grad_dense, grad_and, grad_or), each (C,) like ``probs``: the gradients of the
+            dense sum of g_O (0 outside the classes it was taken over), of the label pixels'
+            g_A and of their g_O.
+        and_pieces, or_pieces: the curves (``or_pieces`` None: no g_O terms).
+        softmax (bool): ``probs`` is softmax(x) over dim 1: return dL/dx (the softmax's backward
+            in the same pass) instead of dL/dp.
+
+    Returns:
+        (N, C, L) tensor like ``probs``. The curves' slopes are recomputed from ``probs``.
+    """
+    or_coefficients = [] if or_pieces is None else kernels.flat_coefficients(or_pieces)
+    return _lib().region_backward(
+        probs, labels.reshape(-1).contiguous(), weight, *(g.contiguous() for g in grads),
+        kernels.flat_coefficients(and_pieces), or_coefficients, softmax)
+
+
 CPU_CHUNK_ELEMENTS = 1 << 21
 """Elements per chunk of the pure-torch path's dense curve evaluation on CPU (8 MiB of float32).
 A fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is new pages from the kernel,
@@ -136,17 +169,16 @@ def _region_dense_torch(probs, weight, pieces, present, need_grad):
             stop = min(k, start + rows)
             block = probs[i:i + 1, start:stop] if present is None else \
                 probs[i:i + 1].index_select(1, present[start:stop])
-            block_sums, block_slopes = _region_dense_block(block, w, pieces, None, need_grad)
-            sums[i, start:stop] = block_sums[0]
-            if need_grad:
-                slopes[i, start:stop] = block_slopes[0]
+            out = slopes[i:i + 1, start:stop] if need_grad else None  # contiguous rows
+            sums[i, start:stop] = _region_dense_block(block, w, pieces, None, need_grad, out)[0][0]
     return sums, slopes
 
 
-def _region_dense_block(probs, weight, pieces, present, need_grad):
-    """:func:`region_dense` on the whole of ``probs`` at once (a fixed number of ops)."""
+def _region_dense_block(probs, weight, pieces, present, need_grad, slopes_out=None):
+    """:func:`region_dense` on the whole of ``probs`` at once (a fixed number of ops); the slopes
+    are written into ``slopes_out`` if given."""
     dense = probs if present is None else probs.index_select(1, present)
-    g, slopes = _curves.evaluate(dense, pieces, need_grad)
+    g, slopes = _curves.evaluate(dense, pieces, need_grad, slopes_out)
     if weight is None:
         return g.sum(dim=2), slopes
     w = weight.unsqueeze(1)

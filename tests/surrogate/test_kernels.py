@@ -6,12 +6,14 @@ easily go wrong: breakpoints and the generic many-piece path, shapes of one row 
 of rows, exact ties in the erosion's gradient routing, aliasing, thread counts, and bad input.
 """
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from segloss_d2.surrogate import (
     SurrogateLoss,
+    SurrogateParams,
     bezier,
     boundary,
     kernels,
@@ -19,6 +21,7 @@ from segloss_d2.surrogate import (
     load_params,
     ops,
 )
+from segloss_d2.surrogate.autograd import bezier_curve
 from segloss_d2.surrogate.bezier import curve_pieces, identity_theta, theta_to_control_points
 
 from .test_loss import C, blob_labels, random_logits
@@ -302,13 +305,20 @@ def test_extension_reads_the_piece_layout_python_writes():
 
 
 def test_stale_extension_layout_is_refused():
-    from types import SimpleNamespace
-
     assert kernels._check_layout(SimpleNamespace(PIECE_COEFFICIENTS=",".join(
         kernels.COEFFICIENTS))) is None
     error = kernels._check_layout(SimpleNamespace(PIECE_COEFFICIENTS="lo,hi,a"))
     assert isinstance(error, ImportError) and "('lo', 'hi', 'a')" in str(error)
     assert "older sources" in str(kernels._check_layout(SimpleNamespace()))
+
+
+def test_stale_extension_without_an_op_is_refused(monkeypatch):
+    if not kernels.available():
+        pytest.skip(f"segloss_d2._C did not load: {kernels.load_error()}")
+    monkeypatch.setattr(kernels, "OPS", kernels.OPS + ("no_such_op",))
+    error = kernels._check_layout(SimpleNamespace(PIECE_COEFFICIENTS=",".join(
+        kernels.COEFFICIENTS)))
+    assert isinstance(error, ImportError) and "no op no_such_op" in str(error)
 
 
 def test_flat_coefficients_rejects_anything_but_pieces():
@@ -317,3 +327,72 @@ def test_flat_coefficients_rejects_anything_but_pieces():
         kernels.flat_coefficients([tuple(pieces[0])])
     with pytest.raises(TypeError, match=r"got \[\]"):
         kernels.flat_coefficients([])
+
+
+# --------------------------------------------------------------------------------------------
+# the region surrogates' backward through the softmax (region._SoftmaxRegionSums)
+
+def _loss_value_and_grad(loss, logits, labels):
+    x = logits.clone().requires_grad_()
+    value = loss(x, labels)
+    value.backward()
+    return value.detach(), x.grad
+
+
+@pytest.mark.parametrize("metrics", [["mIoU"], ["fwIoU"], ["BIoU"], ["mACC"], ["pACC"],
+                                     ["mIoU", "BF1"], ["mIoU", "mACC"]])
+@pytest.mark.parametrize("labels_kind", ["void", "absent"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_region_backward_equals_the_softmax_chain(metrics, labels_kind, dtype,
+                                                          monkeypatch):
+    """SurrogateLoss hands the logits to the region surrogates: the kernel's backward writes
+    dL/dlogits in one pass (the softmax's backward fused in; absent classes, void pixels' zero
+    weights, several metrics sharing the logits). It must equal the same kernels' gradient
+    through torch's softmax backward, and the fused kernel must have run."""
+    presets = {load_params(p).metrics[0]: p for p in list_presets()}
+    params = [load_params(presets[m]) for m in metrics]
+    loss = SurrogateLoss(SurrogateParams(
+        metrics=metrics, weights=[1.0 + i for i in range(len(metrics))],
+        num_pieces=[p.num_pieces[0] for p in params], thetas=[None] * len(metrics),
+        control_points=[p.control_points[0] for p in params]), C, tolerance=2)
+    labels = (blob_labels(n=2, h=17, w=23, cell=4) if labels_kind == "void"
+              else blob_labels(n=2, h=17, w=23, c=3, cell=4, ignore=False))
+    logits = random_logits(labels, dtype=dtype)
+
+    calls = []
+    real = ops.region_backward
+    monkeypatch.setattr(ops, "region_backward",
+                        lambda *args, **kw: calls.append(kw["softmax"]) or real(*args, **kw))
+    fused_value, fused_grad = _loss_value_and_grad(loss, logits, labels)
+    assert calls == [True] * sum(m != "BF1" for m in metrics)
+
+    monkeypatch.setattr(ops, "softmax_region_backward", lambda probs: False)
+    value, grad = _loss_value_and_grad(loss, logits, labels)
+    assert len(calls) == sum(m != "BF1" for m in metrics)  # not called again
+    torch.testing.assert_close(fused_value, value, rtol=0, atol=0)  # the same forward
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(fused_grad, grad, rtol=tol, atol=tol * grad.abs().max().item())
+
+
+def test_softmax_region_backward_without_softmax_is_dl_dp():
+    """``region_backward(..., softmax=False)`` is the gradient of the region sums with respect to
+    the probabilities (the torch formula of region._RegionSums)."""
+    labels = blob_labels(n=2, h=9, w=11, cell=3)
+    probs = torch.softmax(random_logits(labels, dtype=torch.float64), 1).reshape(2, C, -1)
+    valid = labels.reshape(2, -1) < C
+    safe = torch.where(valid, labels.reshape(2, -1), 0)
+    weight = valid.double()
+    cps = load_params("voc_miou").control_points[0]
+    and_pieces, or_pieces = curve_pieces(cps[0]), curve_pieces(cps[1])
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(C, generator=gen, dtype=torch.float64) for _ in range(3)]
+    got = ops.region_backward(probs, safe, weight, grads, and_pieces, or_pieces, softmax=False)
+
+    p = probs.clone().requires_grad_()
+    g_or, g_and = bezier_curve(p, cps[1]), bezier_curve(p, cps[0])
+    one_hot = torch.nn.functional.one_hot(safe, C).permute(0, 2, 1).double()
+    w = weight.unsqueeze(1)
+    sums = [(w * g_or).sum((0, 2)), (w * g_and * one_hot).sum((0, 2)),
+            (w * g_or * one_hot).sum((0, 2))]
+    expected, = torch.autograd.grad(sum((s * g).sum() for s, g in zip(sums, grads)), p)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
