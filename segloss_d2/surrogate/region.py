@@ -218,13 +218,15 @@ def _intersection_union(probs, info, and_cp, or_cp, mask, logits=None):
     present = None if present.numel() == c else present
     flat = probs.reshape(n, c, h * w).contiguous()
     with torch.autocast(device_type=probs.device.type, enabled=False):
-        if (logits is not None and logits.dtype == probs.dtype
-                and ops.softmax_region_backward(probs)):
+        if ops.accelerated(probs):
+            sums = _AcceleratedRegionSums.apply(flat, info.safe, weight, and_pieces, or_pieces,
+                                                present)
+        elif (logits is not None and logits.dtype == probs.dtype
+              and ops.softmax_region_backward(probs)):
             sums = _SoftmaxRegionSums.apply(logits.reshape(n, c, h * w), flat.detach(),
                                             info.safe, weight, and_pieces, or_pieces, present)
         else:
-            function = _AcceleratedRegionSums if ops.accelerated(probs) else _RegionSums
-            sums = function.apply(flat, info.safe, weight, and_pieces, or_pieces, present)
+            sums = _RegionSums.apply(flat, info.safe, weight, and_pieces, or_pieces, present)
     sums = info.reducer.sums(*sums)  # statistics scope (docs/method.md §2.5)
     if or_cp is None:
         return sums[0], None, counts
