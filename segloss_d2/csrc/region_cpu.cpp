@@ -1,6 +1,8 @@
 // Region kernels of segloss_d2._C: the curve elementwise (bezier) and the dense per-class sums of
 // the region surrogates (region_dense: mIoU, fwIoU, BIoU's union term). Python side:
 // segloss_d2/surrogate/ops.py (dispatch), region.py (the metrics). Shared code: surrogate.h.
+#include <atomic>
+
 #include "surrogate.h"
 
 namespace segloss_d2 {
@@ -178,6 +180,7 @@ at::Tensor region_backward(const at::Tensor& probs, const at::Tensor& labels,
     const scalar_t* ga = grad_and.data_ptr<scalar_t>();
     const scalar_t* go = grad_or.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
+    std::atomic<bool> bad_label{false};
     at::parallel_for(0, n * blocks, 1, [&](int64_t begin, int64_t end) {
       // gp: dL/dp of the task's pixels, class by class (C x kPixels); acc: Σ_c p dL/dp
       std::vector<scalar_t> gp(static_cast<size_t>(c * kPixels)), scratch(kPixels),
@@ -198,6 +201,12 @@ at::Tensor region_backward(const at::Tensor& probs, const at::Tensor& labels,
           }
         }
         // the label pixels' terms
+        bool bad = false;
+        for (int64_t i = 0; i < size; ++i) bad |= ln[i] < 0 || ln[i] >= c;
+        if (bad) {  // reported after the loop; nothing read out of bounds
+          bad_label = true;
+          continue;
+        }
         for (int64_t i = 0; i < size; ++i) p_lab[i] = pn[ln[i] * len + i];
         eval_curve(p_lab.data(), scratch.data(), slope_and.data(), size, cv_and);
         if (has_or) eval_curve(p_lab.data(), scratch.data(), slope_or.data(), size, cv_or);
@@ -231,6 +240,7 @@ at::Tensor region_backward(const at::Tensor& probs, const at::Tensor& labels,
           softmax_rows(on + k * len, gp.data() + k * kPixels, pn + k * len, acc.data(), size);
       }
     });
+    TORCH_CHECK(!bad_label, "segloss_d2: region_backward labels must lie in [0, ", c, ")");
   });
   return out;
 }

@@ -53,8 +53,8 @@ __all__ = [
     "region_dense",
     "row_window_max",
     "soft_boundary",
-    "softmax_region_backward",
     "soft_boundary_backward_bf1",
+    "softmax_region_backward",
     "window_argmax",
 ]
 

@@ -396,3 +396,13 @@ def test_softmax_region_backward_without_softmax_is_dl_dp():
             (w * g_or * one_hot).sum((0, 2))]
     expected, = torch.autograd.grad(sum((s * g).sum() for s, g in zip(sums, grads)), p)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_region_backward_refuses_labels_out_of_range():
+    cps = load_params("voc_miou").control_points[0]
+    probs = torch.softmax(torch.randn(1, 3, 10), 1)
+    labels = torch.tensor([[0, 1, 2, 3, 0, 0, 0, 0, 0, 0]])
+    grads = [torch.zeros(3)] * 3
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 3\)"):
+        ops.region_backward(probs, labels, None, grads, curve_pieces(cps[0]),
+                            curve_pieces(cps[1]), softmax=True)
