@@ -8,8 +8,8 @@ namespace segloss_d2 {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// soft_boundary(p (N, K, H, W), coeffs of 4 curves, pieces (4,), need_grad, mask=None)
-//   -> (B, dB/dp, dB/de, sums)   (the partials empty without need_grad; sums: see below)
+// soft_boundary(p (N, K, H, W), coeffs of 4 curves, pieces (4,), mask=None) -> (B, sums)
+// (sums: see below; the partials below are recomputed by the backward, never stored)
 // e = 3x3 min-pool of p (windows cut at the border), B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e),
 // dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e), dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e).
 // Work is split in bands of rows of one plane; each band recomputes the row minima of its
@@ -92,6 +92,18 @@ SEGLOSS_MULTIVERSION void combine_partials(const T* __restrict g1, const T* __re
   }
 }
 
+// The four BF1 curves g1..g4 from their flat coefficients (pieces per curve in np).
+template <typename T>
+std::vector<Curve<T>> make_curves(at::ArrayRef<double> coeffs, const std::vector<int64_t>& np) {
+  std::vector<Curve<T>> cv;
+  const double* c = coeffs.data();
+  for (int64_t i = 0; i < 4; ++i) {
+    cv.push_back(make_curve<T>(c, np[i]));
+    c += np[i] * kCoef;
+  }
+  return cv;
+}
+
 // Adds Σ b and Σ b [m] of one row (n elements) to sums[0], sums[1]: eight partial sums per row
 // (so the loop vectorizes), then float64 across rows.
 template <typename T>
@@ -123,9 +135,9 @@ void check_mask(const at::Tensor& mask, const at::Tensor& like) {
 
 // With `mask` (bool, like p) also returns sums (N*K, 2) float64: per plane Σ B and Σ B [mask]
 // (BF1's predicted-boundary size and its match with the dilated ground truth), else empty.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_boundary(
-    const at::Tensor& p, at::ArrayRef<double> coeffs, at::ArrayRef<int64_t> pieces,
-    bool need_grad, const c10::optional<at::Tensor>& mask_opt) {
+std::tuple<at::Tensor, at::Tensor> soft_boundary(const at::Tensor& p, at::ArrayRef<double> coeffs,
+                                                 at::ArrayRef<int64_t> pieces,
+                                                 const c10::optional<at::Tensor>& mask_opt) {
   check_float_cpu(p, "p");
   TORCH_CHECK(p.dim() == 4, "segloss_d2: p must be (N, K, H, W), got ", p.sizes());
   TORCH_CHECK(pieces.size() == 4, "segloss_d2: soft_boundary needs 4 curves, got ",
@@ -135,30 +147,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_boundary(
   if (with_sums) check_mask(*mask_opt, p);
   const int64_t h = p.size(2), w = p.size(3), planes = p.size(0) * p.size(1);
   at::Tensor soft = at::empty_like(p);
-  at::Tensor d_p = empty_like_or_none(p, need_grad);
-  at::Tensor d_e = empty_like_or_none(p, need_grad);
   at::Tensor sums = at::zeros({with_sums ? planes : 0, 2}, p.options().dtype(at::kDouble));
-  if (p.numel() == 0) return {soft, d_p, d_e, sums};
+  if (p.numel() == 0) return {soft, sums};
   const int64_t band = band_rows(w), bands = (h + band - 1) / band;
   // per task partial sums, added in task order afterwards: independent of the thread count
   std::vector<double> partial(with_sums ? 2 * planes * bands : 0, 0.0);
   const bool* mask = with_sums ? mask_opt->data_ptr<bool>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "segloss_d2::soft_boundary", [&] {
-    std::vector<Curve<scalar_t>> cv;
-    const double* c = coeffs.data();
-    for (int64_t i = 0; i < 4; ++i) {
-      cv.push_back(make_curve<scalar_t>(c, np[i]));
-      c += np[i] * kCoef;
-    }
+    const std::vector<Curve<scalar_t>> cv = make_curves<scalar_t>(coeffs, np);
     const scalar_t* src = p.data_ptr<scalar_t>();
     scalar_t* out = soft.data_ptr<scalar_t>();
-    scalar_t* out_dp = need_grad ? d_p.data_ptr<scalar_t>() : nullptr;
-    scalar_t* out_de = need_grad ? d_e.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> rows((band + 2) * w), e(band * w), buf(8 * w);
+      std::vector<scalar_t> rows((band + 2) * w), e(band * w), buf(4 * w);
       const std::vector<scalar_t> inf_row(w, std::numeric_limits<scalar_t>::infinity());
-      scalar_t *g1 = buf.data(), *d1 = g1 + w, *g2 = d1 + w, *d2 = g2 + w;
-      scalar_t *g3 = d2 + w, *d3 = g3 + w, *g4 = d3 + w, *d4 = g4 + w;
+      scalar_t *g1 = buf.data(), *g2 = g1 + w, *g3 = g2 + w, *g4 = g3 + w;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t plane = task / bands, r0 = (task % bands) * band;
         const int64_t r1 = std::min(h, r0 + band);
@@ -170,13 +172,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_boundary(
           const scalar_t* xr = x + r * w;
           const scalar_t* er = e.data() + (r - r0) * w;
           const int64_t off = plane * h * w + r * w;
-          eval_curve(xr, g1, need_grad ? d1 : nullptr, w, cv[0]);
-          eval_curve(er, g2, need_grad ? d2 : nullptr, w, cv[1]);
-          eval_curve(xr, g3, need_grad ? d3 : nullptr, w, cv[2]);
-          eval_curve(er, g4, need_grad ? d4 : nullptr, w, cv[3]);
+          eval_curve(xr, g1, static_cast<scalar_t*>(nullptr), w, cv[0]);
+          eval_curve(er, g2, static_cast<scalar_t*>(nullptr), w, cv[1]);
+          eval_curve(xr, g3, static_cast<scalar_t*>(nullptr), w, cv[2]);
+          eval_curve(er, g4, static_cast<scalar_t*>(nullptr), w, cv[3]);
           combine_boundary(g1, g2, g3, g4, out + off, w);
-          if (need_grad)
-            combine_partials(g1, d1, g2, d2, g3, d3, g4, d4, out_dp + off, out_de + off, w);
           if (with_sums) sum_and_masked_sum(out + off, mask + off, w, partial.data() + 2 * task);
         }
       }
@@ -190,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> soft_boundary(
         out_sums[2 * plane + 1] += partial[2 * (plane * bands + b) + 1];
       }
   }
-  return {soft, d_p, d_e, sums};
+  return {soft, sums};
 }
 
 // The backward of the soft boundary: dL/dp = dL/dB d_p + MinPoolBackward(dL/dB d_e) (see
@@ -233,36 +233,25 @@ SEGLOSS_MULTIVERSION void mul_rows(const T* __restrict a, const T* __restrict b,
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
 }
 
-void check_backward_args(const at::Tensor& p, const at::Tensor& d_p, const at::Tensor& d_e,
-                         const at::Tensor& out) {
-  check_float_cpu(p, "p");
-  check_float_cpu(d_p, "d_p");
-  check_float_cpu(d_e, "d_e");
-  check_float_cpu(out, "out");
-  TORCH_CHECK(p.dim() == 4 && d_p.sizes() == p.sizes() && d_e.sizes() == p.sizes() &&
-                  out.sizes() == p.sizes(),
-              "segloss_d2: soft_boundary backward needs equal (N, K, H, W) shapes");
-  TORCH_CHECK(d_p.scalar_type() == p.scalar_type() && d_e.scalar_type() == p.scalar_type() &&
-                  out.scalar_type() == p.scalar_type(),
-              "segloss_d2: soft_boundary backward needs one dtype");
-}
-
 // The band loop of the backward. `grad_rows(plane, lo, hi, dst)` returns dL/dB of rows [lo, hi) of
-// a plane (composed in dst, which holds band + 2 rows).
+// a plane (composed in dst, which holds band + 2 rows). The partials dB/dp and dB/de of those rows
+// are recomputed from p and the band's erosion (four curves and their slopes), not read.
 template <typename T, typename GradRows>
-void backward_bands(const at::Tensor& p, const at::Tensor& d_p, const at::Tensor& d_e,
-                    at::Tensor& out, const GradRows& grad_rows) {
+void backward_bands(const at::Tensor& p, const std::vector<Curve<T>>& cv, at::Tensor& out,
+                    const GradRows& grad_rows) {
   const int64_t h = p.size(2), w = p.size(3), planes = p.size(0) * p.size(1);
   const T* src = p.data_ptr<T>();
-  const T* dp = d_p.data_ptr<T>();
-  const T* de = d_e.data_ptr<T>();
   T* res = out.data_ptr<T>();
   const int64_t band = band_rows(w), bands = (h + band - 1) / band;
   at::parallel_for(0, planes * bands, 1, [&](int64_t begin, int64_t end) {
-    // rows r0-2 .. r1+2 of row minima; erosion / column args / dL/dB / v for rows r0-1 .. r1+1
+    // rows r0-2 .. r1+2 of row minima; erosion / column args / dL/dB / partials / v for rows
+    // r0-1 .. r1+1
     std::vector<T> rows((band + 4) * w), row_args((band + 4) * w);
     std::vector<T> e((band + 2) * w), col_args((band + 2) * w), v((band + 2) * w);
-    std::vector<T> g_buf((band + 2) * w), moved(w);
+    std::vector<T> g_buf((band + 2) * w), dp((band + 2) * w), de((band + 2) * w), moved(w);
+    std::vector<T> buf(8 * w);
+    T *g1 = buf.data(), *d1 = g1 + w, *g2 = d1 + w, *d2 = g2 + w;
+    T *g3 = d2 + w, *d3 = g3 + w, *g4 = d3 + w, *d4 = g4 + w;
     const std::vector<T> inf_row(w, std::numeric_limits<T>::infinity());
     const std::vector<T> zero_row(w, T(0));  // contributes nothing
     for (int64_t task = begin; task < end; ++task) {
@@ -273,8 +262,18 @@ void backward_bands(const at::Tensor& p, const at::Tensor& d_p, const at::Tensor
       const int64_t base = plane * h * w;
       erode_band<T, true>(src + base, h, w, lo, hi, e_lo, e_hi, rows.data(), row_args.data(),
                           inf_row.data(), e.data(), col_args.data());
+      for (int64_t r = e_lo; r < e_hi; ++r) {  // the partials, as the forward defines them
+        const T* xr = src + base + r * w;
+        const T* er = e.data() + (r - e_lo) * w;
+        eval_curve(xr, g1, d1, w, cv[0]);
+        eval_curve(er, g2, d2, w, cv[1]);
+        eval_curve(xr, g3, d3, w, cv[2]);
+        eval_curve(er, g4, d4, w, cv[3]);
+        combine_partials(g1, d1, g2, d2, g3, d3, g4, d4, dp.data() + (r - e_lo) * w,
+                         de.data() + (r - e_lo) * w, w);
+      }
       const T* g = grad_rows(plane, e_lo, e_hi, g_buf.data());  // rows e_lo .. e_hi
-      mul_rows(g, de + base + e_lo * w, v.data(), (e_hi - e_lo) * w);
+      mul_rows(g, de.data(), v.data(), (e_hi - e_lo) * w);
       for (int64_t r = r0; r < r1; ++r) {
         const T* vm = v.data() + (r - e_lo) * w;
         const T* am = col_args.data() + (r - e_lo) * w;
@@ -282,27 +281,31 @@ void backward_bands(const at::Tensor& p, const at::Tensor& d_p, const at::Tensor
         gather_rows(has_up ? vm - w : zero_row.data(), has_up ? am - w : zero_row.data(), vm, am,
                     has_down ? vm + w : zero_row.data(), has_down ? am + w : zero_row.data(),
                     moved.data(), w);
-        const int64_t off = base + r * w;
-        gather_cols(moved.data(), row_args.data() + (r - lo) * w, g + (r - e_lo) * w, dp + off,
-                    res + off, w);
+        gather_cols(moved.data(), row_args.data() + (r - lo) * w, g + (r - e_lo) * w,
+                    dp.data() + (r - e_lo) * w, res + base + r * w, w);
       }
     }
   });
 }
 
-// soft_boundary_backward_bf1(p, d_p, d_e, mask, grad_n (K,), grad_match (K,), pick_index (M,)
-//   sorted, pick_grad (M,), out) -> out = dL/dB d_p + MinPoolBackward(dL/dB d_e) (into `out`,
-//   which may be d_p itself) for
+// soft_boundary_backward_bf1(p, coeffs of 4 curves, pieces (4,), mask, grad_n (K,),
+//   grad_match (K,), pick_index (M,) sorted, pick_grad (M,))
+//   -> dL/dp = dL/dB dB/dp + MinPoolBackward(dL/dB dB/de) for
 //   dL/dB = grad_n[k] + grad_match[k] [mask] + Σ_{m: pick_index[m] = i} pick_grad[m]
 // (BF1's three uses of B: its size, its match with the dilated ground truth and the window maxima
-// picked at ground-truth boundary pixels), composed band by band instead of stored.
-at::Tensor& soft_boundary_backward_bf1(const at::Tensor& p, const at::Tensor& d_p,
-                                       const at::Tensor& d_e, const at::Tensor& mask,
-                                       const at::Tensor& grad_n, const at::Tensor& grad_match,
-                                       const at::Tensor& pick_index, const at::Tensor& pick_grad,
-                                       at::Tensor& out) {
-  check_backward_args(p, d_p, d_e, out);
+// picked at ground-truth boundary pixels), composed band by band instead of stored, as are the
+// partials.
+at::Tensor soft_boundary_backward_bf1(const at::Tensor& p, at::ArrayRef<double> coeffs,
+                                      at::ArrayRef<int64_t> pieces, const at::Tensor& mask,
+                                      const at::Tensor& grad_n, const at::Tensor& grad_match,
+                                      const at::Tensor& pick_index, const at::Tensor& pick_grad) {
+  check_float_cpu(p, "p");
+  TORCH_CHECK(p.dim() == 4, "segloss_d2: p must be (N, K, H, W), got ", p.sizes());
+  TORCH_CHECK(pieces.size() == 4, "segloss_d2: soft_boundary needs 4 curves, got ",
+              pieces.size());
+  const std::vector<int64_t> np = check_coeffs(coeffs, pieces);
   check_mask(mask, p);
+  at::Tensor out = at::empty_like(p);
   const int64_t k = p.size(1), hw = p.size(2) * p.size(3), w = p.size(3);
   for (const at::Tensor* t : {&grad_n, &grad_match})
     TORCH_CHECK(t->scalar_type() == p.scalar_type() && t->dim() == 1 && t->numel() == k &&
@@ -324,7 +327,8 @@ at::Tensor& soft_boundary_backward_bf1(const at::Tensor& p, const at::Tensor& d_
     const scalar_t* gm = grad_match.data_ptr<scalar_t>();
     const scalar_t* pg = pick_grad.data_ptr<scalar_t>();
     backward_bands<scalar_t>(
-        p, d_p, d_e, out, [&](int64_t plane, int64_t lo, int64_t hi, scalar_t* dst) {
+        p, make_curves<scalar_t>(coeffs, np), out,
+        [&](int64_t plane, int64_t lo, int64_t hi, scalar_t* dst) {
           const int64_t first = plane * hw + lo * w, last = plane * hw + hi * w;
           const scalar_t n_term = gn[plane % k], match_term = gm[plane % k];
           const bool* mrow = msk + first;

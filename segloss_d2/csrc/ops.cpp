@@ -14,11 +14,10 @@ TORCH_LIBRARY(segloss_d2, m) {
   m.def("region_backward(Tensor probs, Tensor labels, Tensor? weight, Tensor grad_dense, "
         "Tensor grad_and, Tensor grad_or, float[] and_coeffs, float[] or_coeffs, "
         "bool softmax) -> Tensor");
-  m.def("soft_boundary(Tensor p, float[] coeffs, int[] pieces, bool need_grad, "
-        "Tensor? mask=None) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("soft_boundary_backward_bf1(Tensor p, Tensor d_p, Tensor d_e, Tensor mask, "
-        "Tensor grad_n, Tensor grad_match, Tensor pick_index, Tensor pick_grad, "
-        "Tensor(a!) out) -> Tensor(a!)");
+  m.def("soft_boundary(Tensor p, float[] coeffs, int[] pieces, Tensor? mask=None) "
+        "-> (Tensor, Tensor)");
+  m.def("soft_boundary_backward_bf1(Tensor p, float[] coeffs, int[] pieces, Tensor mask, "
+        "Tensor grad_n, Tensor grad_match, Tensor pick_index, Tensor pick_grad) -> Tensor");
   m.def("row_window_max(Tensor x, int radius) -> Tensor");
   m.def("window_argmax(Tensor values, Tensor n, Tensor k, Tensor h, Tensor w, int radius) "
         "-> Tensor");

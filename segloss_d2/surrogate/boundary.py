@@ -151,34 +151,29 @@ class _FusedBoundaryTerms(torch.autograd.Function):
     The same as ``_BoundaryMatch(_SoftBoundary(p), dilated, ops.window_argmax(...))`` for
     probabilities p (N, K, H, W), the dilated ground-truth boundaries ``dilated`` (N, K, H, W)
     bool and the ground-truth boundary pixels ``positions`` (four (M,) int64 tensors n, k, h, w):
-    returns ``n_fg``, ``match_fg`` (K,) and ``picked`` (M,). The forward kernel computes B, its
-    partials and both per-plane sums in one pass; B itself is dropped after the window maxima are
-    picked. The backward kernel composes ``dL/dB = dL/dn_fg + dL/dmatch_fg D + scatter(dL/dpicked)``
-    band by band while it routes the erosion's gradient, so no full-size dL/dB is stored.
+    returns ``n_fg``, ``match_fg`` (K,) and ``picked`` (M,). The forward kernel computes B and
+    both per-plane sums in one pass; B itself is dropped after the window maxima are picked.
+    The backward kernel recomputes the erosion and B's partials band by band, composes
+    ``dL/dB = dL/dn_fg + dL/dmatch_fg D + scatter(dL/dpicked)`` and routes the erosion's
+    gradient, so nothing full-size is stored between the passes but p.
     """
 
     @staticmethod
     def forward(ctx, p, curves, dilated, positions, radius):
-        need_grad = ctx.needs_input_grad[0]
         p, dilated = p.contiguous(), dilated.contiguous()
-        soft, d_p, d_e, sums = ops.soft_boundary(p, curves, need_grad, dilated)
+        soft, sums = ops.soft_boundary(p, curves, dilated)
         index = ops.window_argmax(soft, *positions, radius)
         picked = soft.reshape(-1).take(index)
         n, k = p.shape[:2]
         totals = sums.view(n, k, 2).sum(dim=0).to(p.dtype)
         ctx.save_for_backward(p, dilated, index)
-        # scratch, not saved tensors: the backward kernel writes the gradient into d_p
-        ctx.curves, ctx.partials = curves, ((d_p, d_e) if need_grad else None)
+        ctx.curves = curves
         return totals[:, 0].clone(), totals[:, 1].clone(), picked  # outputs with own memory
 
     @staticmethod
     @first_order_backward
     def backward(ctx, grad_n, grad_match, grad_picked):
         p, dilated, index = ctx.saved_tensors
-        d_p, d_e = ctx.partials or (None, None)
-        ctx.partials = None  # consumed in place; a retained graph's next backward recomputes them
-        if d_p is None:
-            _, d_p, d_e, _ = ops.soft_boundary(p, ctx.curves, True)
         k = p.shape[1]
         grad_n = p.new_zeros(k) if grad_n is None else grad_n.to(p.dtype).contiguous()
         grad_match = (p.new_zeros(k) if grad_match is None
@@ -187,8 +182,8 @@ class _FusedBoundaryTerms(torch.autograd.Function):
                        else grad_picked.to(p.dtype))
         order = torch.argsort(index)
         grad = ops.soft_boundary_backward_bf1(
-            p, d_p, d_e, dilated, grad_n, grad_match, index[order],
-            grad_picked[order].contiguous(), d_p)
+            p, ctx.curves, dilated, grad_n, grad_match, index[order],
+            grad_picked[order].contiguous())
         return grad, None, None, None, None
 
 

@@ -273,24 +273,30 @@ def fused_bf1(p):
     return kernels.use_kernels(p)
 
 
-def soft_boundary(p, curves, need_grad, mask=None):
-    """B, dB/dp, dB/de (empty without ``need_grad``) and, with ``mask``, the per-plane sums
-    (N*K, 2) float64 of B and B [mask], by the C++ kernel; only when :func:`fused_bf1` (p).
+def _boundary_curves(curves):
+    """The four BF1 curves as the kernels read them: (flat coefficients, pieces per curve)."""
+    coeffs = [v for pieces in curves for v in kernels.flat_coefficients(pieces)]
+    return coeffs, [len(pieces) for pieces in curves]
+
+
+def soft_boundary(p, curves, mask=None):
+    """B and, with ``mask``, the per-plane sums (N*K, 2) float64 of B and B [mask] (else empty),
+    by the C++ kernel; only when :func:`fused_bf1` (p). The partials dB/dp, dB/de are not
+    stored: :func:`soft_boundary_backward_bf1` recomputes them.
 
     Args:
         p (Tensor): (N, K, H, W) contiguous CPU float32/float64 probabilities.
         curves: the four BF1 curves ``[g1, g2, g3, g4]`` (:func:`.bezier.curve_pieces` each).
         mask (Tensor or None): (N, K, H, W) contiguous bool.
     """
-    coeffs = [v for pieces in curves for v in kernels.flat_coefficients(pieces)]
-    return _lib().soft_boundary(p, coeffs, [len(pieces) for pieces in curves], need_grad, mask)
+    return _lib().soft_boundary(p, *_boundary_curves(curves), mask)
 
 
-def soft_boundary_backward_bf1(p, d_p, d_e, dilated, grad_n, grad_match, pick_index, pick_grad,
-                               out):
-    """``out = dL/dB d_p + MinPoolBackward(dL/dB d_e)`` in the C++ kernel (``out`` may be ``d_p``),
-    for ``dL/dB = grad_n[k] + grad_match[k] [dilated] + scatter(pick_grad at pick_index)``;
-    only when :func:`fused_bf1` (p). ``pick_index`` (M,) sorted, ``pick_grad`` (M,) like it."""
-    return _lib().soft_boundary_backward_bf1(p, d_p, d_e, dilated, grad_n, grad_match,
-                                             pick_index, pick_grad, out)
+def soft_boundary_backward_bf1(p, curves, dilated, grad_n, grad_match, pick_index, pick_grad):
+    """``dL/dp = dL/dB dB/dp + MinPoolBackward(dL/dB dB/de)`` in the C++ kernel, for
+    ``dL/dB = grad_n[k] + grad_match[k] [dilated] + scatter(pick_grad at pick_index)``, the
+    partials recomputed from p band by band; only when :func:`fused_bf1` (p). ``pick_index``
+    (M,) sorted, ``pick_grad`` (M,) like it."""
+    return _lib().soft_boundary_backward_bf1(p, *_boundary_curves(curves), dilated, grad_n,
+                                             grad_match, pick_index, pick_grad)
 

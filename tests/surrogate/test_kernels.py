@@ -183,7 +183,7 @@ def test_bf1_terms_retained_graph_and_unused_outputs():
     total.backward(retain_graph=True)
     first = leaf.grad.clone()
     leaf.grad = None
-    total.backward()  # the in-place partials were consumed: recomputed
+    total.backward()  # the partials are recomputed by every backward
     torch.testing.assert_close(leaf.grad, first, atol=0, rtol=0)
     # outputs without a gradient (None in backward) count as zeros
     leaf, (n_fg, _, _) = terms()
@@ -251,7 +251,7 @@ def test_kernels_reject_bad_input():
     with pytest.raises(RuntimeError, match="outside"):
         lib.region_dense(torch.zeros(1, 2, 3), torch.tensor([2]), None, coeffs, True)
     with pytest.raises(RuntimeError, match="4 curves"):
-        lib.soft_boundary(torch.zeros(1, 1, 2, 2), coeffs * 3, [1, 1, 1], True)
+        lib.soft_boundary(torch.zeros(1, 1, 2, 2), coeffs * 3, [1, 1, 1])
     p = torch.zeros(1, 1, 2, 2)
     at = [torch.tensor([0]), torch.tensor([0]), torch.tensor([2]), torch.tensor([0])]
     with pytest.raises(RuntimeError, match=r"position 0 \(0, 0, 2, 0\) outside"):
@@ -259,14 +259,17 @@ def test_kernels_reject_bad_input():
     with pytest.raises(RuntimeError, match="one length"):
         lib.window_argmax(p, *at[:3], torch.tensor([0, 1]), 1)
     with pytest.raises(RuntimeError, match="mask must be a contiguous bool"):
-        lib.soft_boundary(p, coeffs * 4, [1, 1, 1, 1], True, torch.zeros(1, 1, 2, 2))
+        lib.soft_boundary(p, coeffs * 4, [1, 1, 1, 1], torch.zeros(1, 1, 2, 2))
     ones, mask = torch.ones(1), torch.ones(1, 1, 2, 2, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="must be sorted and within p, got 1 at 1"):
-        lib.soft_boundary_backward_bf1(p, p, p, mask, ones, ones, torch.tensor([2, 1]),
-                                       torch.ones(2), p.clone())
-    with pytest.raises(RuntimeError, match="equal"):
-        lib.soft_boundary_backward_bf1(p, p, p[..., :1].contiguous(), mask, ones, ones,
-                                       torch.tensor([0]), ones, p.clone())
+        lib.soft_boundary_backward_bf1(p, coeffs * 4, [1, 1, 1, 1], mask, ones, ones,
+                                       torch.tensor([2, 1]), torch.ones(2))
+    with pytest.raises(RuntimeError, match="mask must be a contiguous bool"):
+        lib.soft_boundary_backward_bf1(p, coeffs * 4, [1, 1, 1, 1], mask[..., :1], ones, ones,
+                                       torch.tensor([0]), ones)
+    with pytest.raises(RuntimeError, match="4 curves"):
+        lib.soft_boundary_backward_bf1(p, coeffs * 3, [1, 1, 1], mask, ones, ones,
+                                       torch.tensor([0]), ones)
 
 
 def test_missing_extension_warns_once_and_falls_back(monkeypatch, caplog):
