@@ -2,14 +2,16 @@
 
 Usage: python benchmarks/bench_loss.py [--quick] [--shape N,C,H,W] [--repeat R]
                                       [--device cpu|cuda|all] [--threads T] [--torch-path]
-                                      [--losses mIoU,BF1,...]
+                                      [--losses mIoU,BF1,... | --one-process]
 
 Input: logits (2, 19, 256, 512) (``--quick``: (2, 19, 64, 128); ``--shape 2,19,512,1024``: the
 Cityscapes batch of issue 21's targets for the pure-torch path); labels are piecewise-constant
 (random 32x32-pixel cells, every class present, a void band), so boundaries are realistic.
 Time ratios are against cross-entropy measured in the same run, interleaved (robust to other jobs
 on the machine), two ways (:func:`measure`): paired steps, and alternating blocks of steps. The
-targets depend on the path (:data:`TARGETS`). Peak memory: CUDA peak allocated
+targets depend on the path (:data:`TARGETS`). Each loss is timed in its own process (the other
+losses' allocations, e.g. lovasz's gigabytes, would otherwise shape the allocator state it runs
+in); ``--one-process`` times them all in one. Peak memory: CUDA peak allocated
 (``torch.cuda.max_memory_allocated``); on CPU the peak of memory allocated by torch, tracked with
 the profiler. On CPU the surrogates run segloss_d2's compiled kernels when ``segloss_d2._C`` is
 built, on CUDA the fused Triton kernels (``segloss_d2.surrogate.fused``); ``--torch-path``
@@ -20,6 +22,7 @@ image size on any path.
 import argparse
 import contextlib
 import os
+import subprocess
 import sys
 import time
 
@@ -263,6 +266,24 @@ def run(device, shape, repeat, only=None):
               f"{verdict}")
 
 
+def _one_process_per_loss(names, devices):
+    """Per device, run this script once per loss (``--device D --losses NAME``, the other
+    arguments as given; the last occurrence wins) and print the first run whole, then only the
+    loss rows of the others. Returns the exit status."""
+    for device in devices:
+        for i, name in enumerate(names):
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:],
+                                   "--device", device, "--losses", name],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stdout + proc.stderr)
+                return proc.returncode
+            for line in proc.stdout.splitlines():
+                if i == 0 or line.split()[:1] == [name]:
+                    print(line, flush=True)
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small input (2, 19, 64, 128)")
@@ -276,15 +297,25 @@ def main():
                              "or the fused Triton kernels")
     parser.add_argument("--losses", default=None,
                         help="only these losses (comma-separated first words of the rows, e.g. "
-                             "mIoU,BF1,dice) besides cross-entropy: one process per loss keeps "
-                             "the others' memory out of its timings")
+                             "mIoU,BF1,dice) besides cross-entropy, in this process")
+    parser.add_argument("--one-process", action="store_true",
+                        help="time every loss in this process (default: one process per loss, "
+                             "so that no loss's memory, e.g. lovasz's gigabytes, shapes the "
+                             "allocator state another loss is timed in)")
     args = parser.parse_args()
+    known = [row[0].split()[0] for row in build_losses(2)[1:]]
     only = None
     if args.losses:
         only = {name.strip() for name in args.losses.split(",") if name.strip()}
-        known = {row[0].split()[0] for row in build_losses(2)[1:]}
-        if not only or not only <= known:
-            parser.error(f"--losses {args.losses!r}: expected names among {sorted(known)}")
+        if not only or not only <= set(known):
+            parser.error(f"--losses {args.losses!r}: expected names among {sorted(set(known))}")
+    devices = ["cpu"] if args.device == "cpu" else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append("cuda")
+    if args.device == "all":
+        devices.insert(0, "cpu")
+    if not args.losses and not args.one_process:
+        return _one_process_per_loss(list(dict.fromkeys(known)), devices)
     if args.torch_path:
         kernels.ENABLED = False
         fused.ENABLED = False
@@ -299,14 +330,9 @@ def main():
         if len(shape) != 4 or min(shape) < 1:
             parser.error(f"--shape {args.shape!r}: expected four positive ints N,C,H,W")
     repeat = args.repeat or 5
-    devices = ["cpu"] if args.device == "cpu" else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append("cuda")
-    if args.device == "all":
-        devices.insert(0, "cpu")
     for device in devices:
         run(torch.device(device), shape, repeat, only)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

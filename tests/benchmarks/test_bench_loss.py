@@ -30,3 +30,17 @@ def test_quick_run_of_one_loss():
 def test_unknown_loss_is_refused():
     proc = _run("--quick", "--device", "cpu", "--losses", "mIoU,speed")
     assert proc.returncode == 2 and "--losses 'mIoU,speed'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_default_run_times_each_loss_in_its_own_process():
+    proc = _run("--quick", "--device", "cpu", "--repeat", "1", "--torch-path")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    firsts = [line.split()[0] for line in proc.stdout.splitlines()
+              if line.split() and "ms" not in line.split()[1:2] and line.split()[-1] != "=="]
+    # each loss once (the two mIoU rows come from one process), cross-entropy once
+    names = ["cross_entropy", "mIoU", "mIoU", "fwIoU", "BIoU", "BF1", "mACC", "pACC", "wce",
+             "dice", "lovasz", "hard_pixel_mining"]
+    rows = [name for name in firsts if name in set(names)]
+    assert rows == names, proc.stdout
+    assert proc.stdout.count("== cpu") == 1
