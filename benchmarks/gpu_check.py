@@ -18,7 +18,9 @@ Sections (each measured against a baseline in the same run, never against a stor
    in fp32 and under autocast (float16 logits, the AMP recipe; bfloat16 on CPU). Each loss step
    follows a cross-entropy step and the ratio is the median of these pairs; peak memory is
    ``torch.cuda.max_memory_allocated`` above what was allocated before the step. Also: the
-   largest differences between the two paths (value and gradient), and the operator calls and
+   largest differences between the two paths (value and gradient; on the full batch and on
+   odd-sized batches with void pixels, an absent class and all pixels ignored; under autocast
+   on the loss scaled as AMP's GradScaler scales it), and the operator calls and
    kernel launches of one forward+backward at two image sizes (they must not grow with the
    image; ``bench_loss.count_ops``).
 2. ``proxy`` (needs detectron2): the search's inner loop (``train_candidates``) on the paper's
