@@ -104,6 +104,16 @@ std::vector<Curve<T>> make_curves(at::ArrayRef<double> coeffs, const std::vector
   return cv;
 }
 
+// Checks p (N, K, H, W) and the four curves' coefficients; returns the pieces per curve.
+std::vector<int64_t> check_boundary_args(const at::Tensor& p, at::ArrayRef<double> coeffs,
+                                         at::ArrayRef<int64_t> pieces) {
+  check_float_cpu(p, "p");
+  TORCH_CHECK(p.dim() == 4, "segloss_d2: p must be (N, K, H, W), got ", p.sizes());
+  TORCH_CHECK(pieces.size() == 4, "segloss_d2: soft_boundary needs 4 curves, got ",
+              pieces.size());
+  return check_coeffs(coeffs, pieces);
+}
+
 // Adds Σ b and Σ b [m] of one row (n elements) to sums[0], sums[1]: eight partial sums per row
 // (so the loop vectorizes), then float64 across rows.
 template <typename T>
@@ -138,11 +148,7 @@ void check_mask(const at::Tensor& mask, const at::Tensor& like) {
 std::tuple<at::Tensor, at::Tensor> soft_boundary(const at::Tensor& p, at::ArrayRef<double> coeffs,
                                                  at::ArrayRef<int64_t> pieces,
                                                  const c10::optional<at::Tensor>& mask_opt) {
-  check_float_cpu(p, "p");
-  TORCH_CHECK(p.dim() == 4, "segloss_d2: p must be (N, K, H, W), got ", p.sizes());
-  TORCH_CHECK(pieces.size() == 4, "segloss_d2: soft_boundary needs 4 curves, got ",
-              pieces.size());
-  const std::vector<int64_t> np = check_coeffs(coeffs, pieces);
+  const std::vector<int64_t> np = check_boundary_args(p, coeffs, pieces);
   const bool with_sums = mask_opt.has_value() && mask_opt->defined();
   if (with_sums) check_mask(*mask_opt, p);
   const int64_t h = p.size(2), w = p.size(3), planes = p.size(0) * p.size(1);
@@ -299,11 +305,7 @@ at::Tensor soft_boundary_backward_bf1(const at::Tensor& p, at::ArrayRef<double> 
                                       at::ArrayRef<int64_t> pieces, const at::Tensor& mask,
                                       const at::Tensor& grad_n, const at::Tensor& grad_match,
                                       const at::Tensor& pick_index, const at::Tensor& pick_grad) {
-  check_float_cpu(p, "p");
-  TORCH_CHECK(p.dim() == 4, "segloss_d2: p must be (N, K, H, W), got ", p.sizes());
-  TORCH_CHECK(pieces.size() == 4, "segloss_d2: soft_boundary needs 4 curves, got ",
-              pieces.size());
-  const std::vector<int64_t> np = check_coeffs(coeffs, pieces);
+  const std::vector<int64_t> np = check_boundary_args(p, coeffs, pieces);
   check_mask(mask, p);
   at::Tensor out = at::empty_like(p);
   const int64_t k = p.size(1), hw = p.size(2) * p.size(3), w = p.size(3);
