@@ -27,28 +27,9 @@ from .morphology import _erode, _erode_grad_add, check_radius, dilate_bool
 __all__ = ["relaxed_bf1"]
 
 
-def _soft_boundary_torch(p, e, curves, need_grad):
-    """B and (if ``need_grad``) dB/dp, dB/de, like p, from p and its erosion e (whole tensors:
-    four curve evaluations and a fixed number of ops; on CPU above
-    :data:`.ops.CPU_CHUNK_ELEMENTS`, chunk by chunk into full-size outputs, so that the
-    temporaries are not fresh pages)."""
-    chunk = ops.CPU_CHUNK_ELEMENTS
-    if p.device.type != "cpu" or p.numel() <= chunk:
-        return _soft_boundary_block(p, e, curves, need_grad)
-    flat_p, flat_e = p.reshape(-1), e.reshape(-1)
-    outputs = [torch.empty_like(p, memory_format=torch.contiguous_format)
-               for _ in range(3 if need_grad else 1)]
-    flat_outputs = [out.view(-1) for out in outputs]
-    for start in range(0, flat_p.numel(), chunk):
-        stop = start + chunk  # slices stop at the end
-        parts = _soft_boundary_block(flat_p[start:stop], flat_e[start:stop], curves, need_grad)
-        for out, part in zip(flat_outputs, parts):
-            out[start:stop] = part
-    return tuple(outputs) if need_grad else (outputs[0], None, None)
-
-
 def _soft_boundary_block(p, e, curves, need_grad):
-    """:func:`_soft_boundary_torch` on the whole of p and e at once."""
+    """B and (if ``need_grad``, else None) dB/dp, dB/de, like p, from p and its erosion e: four
+    curve evaluations and a fixed number of ops on whole tensors."""
     # union part: g3(p) + g4(e) - g3(p) g4(e)
     gp, dp = _curves.evaluate(p, curves[2], need_grad)
     ge, de = _curves.evaluate(e, curves[3], need_grad)
@@ -67,19 +48,36 @@ def _soft_boundary_block(p, e, curves, need_grad):
     return soft, d_p, d_e
 
 
+def _soft_boundary_torch(p, curves, need_grad):
+    """B and (if ``need_grad``, else None) dB/dp, dB/de of (N, K, H, W) probabilities p, its
+    erosion computed on the way: on the whole tensors (a fixed number of ops), or on CPU above
+    :data:`.ops.CPU_CHUNK_ELEMENTS` a group of planes at a time (:func:`.ops.plane_chunks`) into
+    full-size outputs, so that the dozens of temporaries are chunk-sized and stay in cache."""
+    chunks = ops.plane_chunks(p)
+    if len(chunks) == 1:
+        return _soft_boundary_block(p, _erode(p), curves, need_grad)
+    outputs = [torch.empty_like(p, memory_format=torch.contiguous_format)
+               for _ in range(3 if need_grad else 1)]
+    shape = (-1,) + p.shape[-2:]
+    planes, views = p.reshape(shape), [out.view(shape) for out in outputs]
+    for chunk in chunks:
+        x = planes[chunk]
+        for view, part in zip(views, _soft_boundary_block(x, _erode(x), curves, need_grad)):
+            view[chunk] = part
+    return tuple(outputs) if need_grad else (outputs[0], None, None)
+
+
 class _SoftBoundary(torch.autograd.Function):
     """BF1's soft boundary of (N, K, H, W) probabilities p, erosion fused in (docs/method.md §2.3):
 
-        e = MinPool3x3(p) (pad 1.0),   B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e).
+        e = MinPool3x3(p) (pad 1.0),   B = g3(p) + g4(e) - g3(p) g4(e) - g1(p) g2(e),
+        dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e).
 
-    The four curves and their derivatives are evaluated on the whole tensors
-    (:func:`_soft_boundary_torch`); e, B and the two partials are kept:
-
-        dB/dp = g3'(p) (1 - g4(e)) - g1'(p) g2(e),    dB/de = g4'(e) (1 - g3(p)) - g1(p) g2'(e),
-
-    and backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see :func:`_erode_grad_add`),
-    computed in place in the partials. A second backward through a retained graph recomputes the
-    partials.
+    The forward computes B and the two partials (:func:`_soft_boundary_torch`) and keeps the
+    partials; backward returns ``grad dB/dp + MinPoolBackward(grad dB/de)`` (see
+    :func:`_erode_grad_add`), computed in place in the partials, the erosion recomputed (on CPU
+    a group of planes at a time, as in the forward). A second backward through a retained graph
+    recomputes the partials.
 
     On CPU :class:`_FusedBoundaryTerms`, on CUDA :class:`_AcceleratedBoundaryTerms` replaces this
     and :class:`_BoundaryMatch`.
@@ -87,9 +85,8 @@ class _SoftBoundary(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p, curves):
-        eroded = _erode(p)
-        soft, d_p, d_e = _soft_boundary_torch(p, eroded, curves, ctx.needs_input_grad[0])
-        ctx.save_for_backward(p, eroded)
+        soft, d_p, d_e = _soft_boundary_torch(p, curves, ctx.needs_input_grad[0])
+        ctx.save_for_backward(p)
         # scratch, not saved tensors: backward turns the partials into the gradient in place
         ctx.curves, ctx.partials = curves, (d_p, d_e)
         return soft
@@ -97,14 +94,21 @@ class _SoftBoundary(torch.autograd.Function):
     @staticmethod
     @first_order_backward
     def backward(ctx, grad):
+        (p,) = ctx.saved_tensors
         d_p, d_e = ctx.partials or (None, None)
         ctx.partials = None
-        p, eroded = ctx.saved_tensors
         if d_p is None:  # backward through a retained graph: the partials were consumed
-            _, d_p, d_e = _soft_boundary_torch(p, eroded, ctx.curves, True)
-        d_p.mul_(grad)
-        d_e.mul_(grad)
-        return _erode_grad_add(p, eroded, d_e, d_p), None
+            _, d_p, d_e = _soft_boundary_torch(p, ctx.curves, True)
+        chunks = ops.plane_chunks(p)
+        if len(chunks) == 1:
+            return _erode_grad_add(p, _erode(p), d_e.mul_(grad), d_p.mul_(grad)), None
+        shape = (-1,) + p.shape[-2:]  # the partials are contiguous (_soft_boundary_torch)
+        planes, grads = p.reshape(shape), grad.reshape(shape)
+        d_ps, d_es = d_p.view(shape), d_e.view(shape)
+        for chunk in chunks:
+            x, g = planes[chunk], grads[chunk]
+            _erode_grad_add(x, _erode(x), d_es[chunk].mul_(g), d_ps[chunk].mul_(g))
+        return d_p, None
 
 
 class _BoundaryMatch(torch.autograd.Function):

@@ -130,7 +130,8 @@ def _erode_grad_add(x, eroded, grad, result):
     in row-major order; the column pass routes to the first row whose row minimum is the window
     minimum, the row pass to the first column in that row.
     """
-    rows, grad_rows, *work = x.new_empty((5,) + x.shape)
+    # five tensors, not one of five times the size: chunk-sized ones stay in the heap and caches
+    rows, grad_rows, *work = (x.new_empty(x.shape) for _ in range(5))
     _min3(x, rows, -1)
     _min3_backward(rows, eroded, grad, -2, grad_rows, work, False)
     return _min3_backward(x, rows, grad_rows, -1, result, work, True)

@@ -9,8 +9,8 @@ Three implementations compute the same formulas:
   ``SEGLOSS_DISABLE_CPU_KERNELS`` unset; tests flip ``kernels.ENABLED``);
 - pure torch: the reference, the fallback everywhere. It works on whole tensors (no blocks), so
   its number of ops per call does not grow with the image (docs/method.md §2.6); on CPU only, the
-  region surrogates' dense evaluation and BF1's soft boundary go in chunks of
-  :data:`CPU_CHUNK_ELEMENTS` (fresh full-size CPU tensors cost page faults).
+  region surrogates' dense evaluation and BF1's erosion, soft boundary and window maxima go in
+  chunks of :data:`CPU_CHUNK_ELEMENTS` (:func:`plane_chunks` for BF1's whole planes).
 
 This is the only module that calls ``torch.ops.segloss_d2.*``, and (with the autograd Functions
 that :func:`accelerated` selects in :mod:`.region` and :mod:`.boundary`) the only place that
@@ -49,6 +49,7 @@ __all__ = [
     "accelerated",
     "bezier",
     "fused_bf1",
+    "plane_chunks",
     "region_backward",
     "region_dense",
     "row_window_max",
@@ -145,13 +146,32 @@ def region_backward(probs, labels, weight, grads, and_pieces, or_pieces, softmax
         kernels.flat_coefficients(and_pieces), or_coefficients, softmax)
 
 
-CPU_CHUNK_ELEMENTS = 1 << 21
-"""Elements per chunk of the pure-torch path's dense curve evaluation on CPU (8 MiB of float32).
-A fresh CPU tensor above glibc's mmap threshold (at most 32 MiB) is new pages from the kernel,
-page-faulted and zeroed at first touch: on the 2-core machine ``x * 2`` on a fresh 80 MB tensor
-took 18x as long as into a reused one. Chunks below the threshold come from (and go back to) the
-heap, and stay large enough (millions of elements) to fill the cores with few operator calls. On
-accelerators the whole tensor is one call (:func:`.bezier.evaluate`'s fixed op count)."""
+CPU_CHUNK_ELEMENTS = 1 << 19
+"""Elements per chunk of the pure-torch path's dense work on CPU (2 MiB of float32; one 512x1024
+plane): the region surrogates' curve evaluation, BF1's erosion, soft boundary and window maxima.
+A fresh full-size CPU tensor is new pages from the kernel, page-faulted and zeroed at first touch
+(on the 2-core machine ``x * 2`` on a fresh 80 MB tensor took 18x as long as into a reused one),
+and a curve evaluation makes a dozen temporaries: chunk-sized, they stay in the caches (L2 / L3)
+between the ops that make and read them. Smaller chunks mean more operator calls (BF1 at
+(2, 19, 512, 1024): one chunk per plane); 2M-element chunks were slower alone and no more robust
+with the cores shared (docs/benchmarks.md). On accelerators the whole tensor is one call
+(:func:`.bezier.evaluate`'s fixed op count)."""
+
+
+def plane_chunks(x):
+    """Slices of ``x.reshape(-1, H, W)``'s planes, in groups of about
+    :data:`CPU_CHUNK_ELEMENTS` elements (at least one plane), for the pure-torch path's plane-wise
+    work (BF1's erosion, soft boundary and window maxima) on CPU; ``[slice(None)]`` (the whole
+    tensor at once) elsewhere or when ``x`` fits one chunk.
+
+    Args:
+        x (Tensor): (..., H, W).
+    """
+    area = x.shape[-2] * x.shape[-1]
+    if x.device.type != "cpu" or x.numel() <= CPU_CHUNK_ELEMENTS or area == 0:
+        return [slice(None)]
+    step = max(1, CPU_CHUNK_ELEMENTS // area)
+    return [slice(start, start + step) for start in range(0, x.numel() // area, step)]
 
 
 def _region_dense_torch(probs, weight, pieces, present, need_grad):
@@ -201,6 +221,18 @@ def row_window_max(values, radius):
     radius = effective_radius(radius, values.shape[-1])
     if kernels.use_kernels(values):
         return _lib().row_window_max(values.contiguous(), radius)
+    chunks = plane_chunks(values)
+    if len(chunks) == 1:
+        return _row_window_max_block(values, radius)
+    out = torch.empty_like(values, memory_format=torch.contiguous_format)
+    planes, out_planes = values.reshape((-1,) + values.shape[-2:]), out.view((-1,) + out.shape[-2:])
+    for chunk in chunks:
+        out_planes[chunk] = _row_window_max_block(planes[chunk], radius)
+    return out
+
+
+def _row_window_max_block(values, radius):
+    """:func:`row_window_max`'s fallback on the whole of ``values`` at once (radius clamped)."""
     size = 2 * radius + 1
     out = F.pad(values, (radius, radius), value=float("-inf"))
     span = 1

@@ -1,12 +1,12 @@
 """The number of operator calls per loss call does not grow with the image (docs/method.md §2.6).
 
 The fused accelerator path launches a fixed set of Triton kernels, and the pure-torch path works
-on whole tensors (on CPU, above ``ops.CPU_CHUNK_ELEMENTS`` per image, the region surrogates'
-dense curve evaluation goes in chunks of that size, to keep its temporaries off fresh pages: see
-the last test), so one forward+backward of any surrogate makes the same number of aten calls (and
-kernel launches) at two image sizes. Counted with
-``torch.profiler`` by ``benchmarks/bench_loss.count_ops`` (the ops Triton's interpreter runs
-inside a launch are not counted: on a GPU a launch is one kernel). The fused path is forced onto
+on whole tensors (on CPU, above ``ops.CPU_CHUNK_ELEMENTS``, the region surrogates' dense curve
+evaluation and BF1's plane-wise work go in chunks of that size, to keep their temporaries in the
+caches: see the last test), so one forward+backward of any surrogate makes the same number of
+aten calls (and kernel launches) at two image sizes. Counted with ``torch.profiler`` by
+``benchmarks/bench_loss.count_ops`` (the ops Triton's interpreter runs inside a launch are not
+counted: on a GPU a launch is one kernel). The fused path is forced onto
 CPU tensors (Triton's interpreter), so the sizes stay small; the two sizes differ by 4x in pixels
 and keep the same label statistics (cells scaled with the image), hence the same branches.
 
@@ -139,7 +139,8 @@ def test_evaluate_leaves_its_input_alone(compute_path):
 def test_cpu_chunks_equal_the_whole_tensor(preset, compute_path, monkeypatch):
     """The CPU fallback's chunked evaluation (forced here with a tiny chunk: the region sums in
     chunks of a few classes, with a class absent from the labels and BIoU's pixel weights; BF1's
-    soft boundary in flat chunks) gives the whole tensor's value and gradient."""
+    erosion, soft boundary and window maxima in groups of planes) gives the whole tensor's value
+    and gradient."""
     from segloss_d2.surrogate import ops
 
     if compute_path == "fused":
