@@ -203,11 +203,15 @@ def operator_counts(loss_fn, logits, labels, cuda=None):
 
 
 def _cpu_peak(prof):
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage),
+    """Peak bytes allocated by torch on CPU during ``prof``: the running sum of each event's own
+    allocations minus frees (``self_cpu_memory_usage``: an op's ``cpu_memory_usage`` includes
+    the ops it calls, e.g. ``empty_like`` -> ``empty_strided``, so summing it counted an
+    allocation once per nesting level)."""
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
                     key=lambda e: e.time_range.start)
     current = peak = 0
     for e in events:
-        current += e.cpu_memory_usage
+        current += e.self_cpu_memory_usage
         peak = max(peak, current)
     return peak
 

@@ -44,3 +44,19 @@ def test_default_run_times_each_loss_in_its_own_process():
     rows = [name for name in firsts if name in set(names)]
     assert rows == names, proc.stdout
     assert proc.stdout.count("== cpu") == 1
+
+
+def test_cpu_peak_counts_each_allocation_once():
+    """``empty_like`` allocates through ``empty_strided``: two profiler events, one allocation."""
+    import torch
+
+    from benchmarks.bench_loss import _cpu_peak, profiled
+
+    size = 4 << 20
+    with profiled(memory=True) as prof:
+        first = torch.empty(size, dtype=torch.uint8)
+        second = torch.empty_like(first)
+        del first, second
+        third = torch.empty(size // 2, dtype=torch.uint8)
+        del third
+    assert _cpu_peak(prof) == 2 * size
