@@ -216,7 +216,8 @@ def row_window_max(values, radius):
 
     The radius is clamped to W - 1 (:func:`.morphology.effective_radius`). Kernel: row by row in
     C++. Fallback: the rows padded with -inf, then running maxima of doubling span
-    (log2(2r+1) passes over the whole tensor).
+    (log2(2r+1) passes over the whole tensor; on CPU a group of planes at a time,
+    :func:`plane_chunks`).
     """
     radius = effective_radius(radius, values.shape[-1])
     if kernels.use_kernels(values):
@@ -225,7 +226,8 @@ def row_window_max(values, radius):
     if len(chunks) == 1:
         return _row_window_max_block(values, radius)
     out = torch.empty_like(values, memory_format=torch.contiguous_format)
-    planes, out_planes = values.reshape((-1,) + values.shape[-2:]), out.view((-1,) + out.shape[-2:])
+    shape = (-1,) + values.shape[-2:]
+    planes, out_planes = values.reshape(shape), out.view(shape)
     for chunk in chunks:
         out_planes[chunk] = _row_window_max_block(planes[chunk], radius)
     return out

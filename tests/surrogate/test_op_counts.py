@@ -135,12 +135,14 @@ def test_evaluate_leaves_its_input_alone(compute_path):
         assert torch.equal(x, before)
 
 
+# elements per chunk: 2 (20, 24) planes (2 classes of one image), less than one plane
+@pytest.mark.parametrize("chunk", [2 * 20 * 24, 100])
 @pytest.mark.parametrize("preset", ["voc_miou", "voc_biou", "voc_fwiou", "voc_bf1"])
-def test_cpu_chunks_equal_the_whole_tensor(preset, compute_path, monkeypatch):
+def test_cpu_chunks_equal_the_whole_tensor(preset, chunk, compute_path, monkeypatch):
     """The CPU fallback's chunked evaluation (forced here with a tiny chunk: the region sums in
-    chunks of a few classes, with a class absent from the labels and BIoU's pixel weights; BF1's
-    erosion, soft boundary and window maxima in groups of planes) gives the whole tensor's value
-    and gradient."""
+    chunks of one or two classes, with a class absent from the labels and BIoU's pixel weights;
+    BF1's erosion, soft boundary and window maxima by whole planes, two or one at a time) gives
+    the whole tensor's value and gradient."""
     from segloss_d2.surrogate import ops
 
     if compute_path == "fused":
@@ -157,7 +159,7 @@ def test_cpu_chunks_equal_the_whole_tensor(preset, compute_path, monkeypatch):
         return value.detach(), leaf.grad
 
     whole = run()
-    monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", 2 * 20 * 24)  # 2 classes of one image
+    monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", chunk)
     chunked = run()
     torch.testing.assert_close(chunked[0], whole[0], atol=1e-13, rtol=1e-12)
     torch.testing.assert_close(chunked[1], whole[1], atol=1e-13, rtol=1e-12)
