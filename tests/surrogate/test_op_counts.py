@@ -3,7 +3,7 @@
 The fused accelerator path launches a fixed set of Triton kernels, and the pure-torch path works
 on whole tensors (on CPU, above ``ops.CPU_CHUNK_ELEMENTS``, the region surrogates' dense curve
 evaluation and BF1's plane-wise work go in chunks of that size, to keep their temporaries in the
-caches: see the last test), so one forward+backward of any surrogate makes the same number of
+caches: see test_cpu_chunks.py), so one forward+backward of any surrogate makes the same number of
 aten calls (and kernel launches) at two image sizes. Counted with ``torch.profiler`` by
 ``benchmarks/bench_loss.count_ops`` (the ops Triton's interpreter runs inside a launch are not
 counted: on a GPU a launch is one kernel). The fused path is forced onto
@@ -133,33 +133,3 @@ def test_evaluate_leaves_its_input_alone(compute_path):
     for cp in ([0.5, 0.5], [0.2, 0.3], load_params("voc_miou").control_points[0][0]):
         evaluate(x, curve_pieces(cp), True)
         assert torch.equal(x, before)
-
-
-# elements per chunk: 2 (20, 24) planes (2 classes of one image), less than one plane
-@pytest.mark.parametrize("chunk", [2 * 20 * 24, 100])
-@pytest.mark.parametrize("preset", ["voc_miou", "voc_biou", "voc_fwiou", "voc_bf1"])
-def test_cpu_chunks_equal_the_whole_tensor(preset, chunk, compute_path, monkeypatch):
-    """The CPU fallback's chunked evaluation (forced here with a tiny chunk: the region sums in
-    chunks of one or two classes, with a class absent from the labels and BIoU's pixel weights;
-    BF1's erosion, soft boundary and window maxima by whole planes, two or one at a time) gives
-    the whole tensor's value and gradient."""
-    from segloss_d2.surrogate import ops
-
-    if compute_path == "fused":
-        pytest.skip("the chunks are the CPU pure-torch path's")
-    labels = blob_labels(n=2, h=20, w=24, cell=5)
-    labels[labels == 3] = 0  # class 3 absent: the dense sum runs over the present classes only
-    loss = SurrogateLoss(load_params(preset), C, tolerance=2)
-    logits = random_logits(labels, dtype=torch.float64)
-
-    def run():
-        leaf = logits.clone().requires_grad_()
-        value = loss(leaf, labels)
-        value.backward()
-        return value.detach(), leaf.grad
-
-    whole = run()
-    monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", chunk)
-    chunked = run()
-    torch.testing.assert_close(chunked[0], whole[0], atol=1e-13, rtol=1e-12)
-    torch.testing.assert_close(chunked[1], whole[1], atol=1e-13, rtol=1e-12)
