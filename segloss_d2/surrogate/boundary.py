@@ -52,19 +52,12 @@ def _soft_boundary_torch(p, curves, need_grad):
     """B and (if ``need_grad``, else None) dB/dp, dB/de of (N, K, H, W) probabilities p, its
     erosion computed on the way: on the whole tensors (a fixed number of ops), or on CPU above
     :data:`.ops.CPU_CHUNK_ELEMENTS` a group of planes at a time (:func:`.ops.plane_chunks`) into
-    full-size outputs, so that the dozens of temporaries are chunk-sized and stay in cache."""
-    chunks = ops.plane_chunks(p)
-    if len(chunks) == 1:
-        return _soft_boundary_block(p, _erode(p), curves, need_grad)
-    outputs = [torch.empty_like(p, memory_format=torch.contiguous_format)
-               for _ in range(3 if need_grad else 1)]
-    shape = (-1,) + p.shape[-2:]
-    planes, views = p.reshape(shape), [out.view(shape) for out in outputs]
-    for chunk in chunks:
-        x = planes[chunk]
-        for view, part in zip(views, _soft_boundary_block(x, _erode(x), curves, need_grad)):
-            view[chunk] = part
-    return tuple(outputs) if need_grad else (outputs[0], None, None)
+    full-size outputs (:func:`.ops.map_planes`), so that the dozens of temporaries are
+    chunk-sized and stay in cache."""
+    if need_grad:
+        return ops.map_planes(lambda x: _soft_boundary_block(x, _erode(x), curves, True), p, 3)
+    soft = ops.map_planes(lambda x: _soft_boundary_block(x, _erode(x), curves, False)[0], p)
+    return soft, None, None
 
 
 class _SoftBoundary(torch.autograd.Function):

@@ -49,6 +49,7 @@ __all__ = [
     "accelerated",
     "bezier",
     "fused_bf1",
+    "map_planes",
     "plane_chunks",
     "region_backward",
     "region_dense",
@@ -174,6 +175,29 @@ def plane_chunks(x):
     return [slice(start, start + step) for start in range(0, x.numel() // area, step)]
 
 
+def map_planes(fn, x, num_outputs=1):
+    """``fn(x)`` for a plane-wise ``fn`` (each output plane depends on its input plane only),
+    computed a group of planes at a time (:func:`plane_chunks`) into new contiguous tensors
+    like ``x``; ``fn(x)`` itself when ``x`` is one chunk.
+
+    Args:
+        fn: (P, H, W) -> one tensor like its input, or a tuple of ``num_outputs`` of them.
+        x (Tensor): (..., H, W).
+    """
+    chunks = plane_chunks(x)
+    if len(chunks) == 1:
+        return fn(x)
+    outputs = [torch.empty_like(x, memory_format=torch.contiguous_format)
+               for _ in range(num_outputs)]
+    shape = (-1,) + x.shape[-2:]
+    planes, views = x.reshape(shape), [out.view(shape) for out in outputs]
+    for chunk in chunks:
+        parts = fn(planes[chunk])
+        for view, part in zip(views, parts if num_outputs > 1 else (parts,)):
+            view[chunk] = part
+    return tuple(outputs) if num_outputs > 1 else outputs[0]
+
+
 def _region_dense_torch(probs, weight, pieces, present, need_grad):
     n, c, length = probs.shape
     k = c if present is None else int(present.numel())
@@ -222,15 +246,7 @@ def row_window_max(values, radius):
     radius = effective_radius(radius, values.shape[-1])
     if kernels.use_kernels(values):
         return _lib().row_window_max(values.contiguous(), radius)
-    chunks = plane_chunks(values)
-    if len(chunks) == 1:
-        return _row_window_max_block(values, radius)
-    out = torch.empty_like(values, memory_format=torch.contiguous_format)
-    shape = (-1,) + values.shape[-2:]
-    planes, out_planes = values.reshape(shape), out.view(shape)
-    for chunk in chunks:
-        out_planes[chunk] = _row_window_max_block(planes[chunk], radius)
-    return out
+    return map_planes(lambda planes: _row_window_max_block(planes, radius), values)
 
 
 def _row_window_max_block(values, radius):

@@ -67,3 +67,18 @@ def test_plane_chunks(shape, chunk, expected, monkeypatch):
     assert ops.plane_chunks(torch.empty(shape)) == expected
     # elsewhere (accelerators) always the whole tensor: a fixed number of ops
     assert ops.plane_chunks(torch.empty(shape, device="meta")) == [slice(None)]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_map_planes(layout, monkeypatch):
+    """A plane-wise function computed chunk by chunk equals it on the whole tensor, for one output
+    and for several, on a non-contiguous input too."""
+    monkeypatch.setattr(ops, "CPU_CHUNK_ELEMENTS", 50)  # two (4, 5) planes a chunk
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    if layout == "transposed":
+        x = torch.randn(2, 3, 5, 4, dtype=torch.float64).transpose(-1, -2)
+    torch.testing.assert_close(ops.map_planes(lambda t: t.cumsum(-1).cumsum(-2), x),
+                               x.cumsum(-1).cumsum(-2), atol=0, rtol=0)
+    first, second = ops.map_planes(lambda t: (t.flip(-1), t.amax(-2, keepdim=True) - t), x, 2)
+    torch.testing.assert_close(first, x.flip(-1), atol=0, rtol=0)
+    torch.testing.assert_close(second, x.amax(-2, keepdim=True) - x, atol=0, rtol=0)
